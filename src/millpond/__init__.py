@@ -1,0 +1,1 @@
+"""millpond: network servers on Trio with bounded memory and a fast edge-triggered I/O core."""
