@@ -1,0 +1,733 @@
+/*
+ * loadgen.c -- small single-threaded epoll load generator for millpond benchmarks.
+ *
+ * Build:  cc -O2 -Wall -Wextra -o benchmarks/build/loadgen benchmarks/loadgen.c
+ *
+ * Modes:
+ *   loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S]
+ *       CONNS TCP connections (TCP_NODELAY), each keeping exactly one SIZE-byte message
+ *       in flight: send it, read back exactly SIZE bytes, verify every byte, repeat.
+ *       Every message has a pattern derived from (connection id, message sequence number),
+ *       so stale, duplicated, truncated, misordered or cross-connection echoes are detected.
+ *       Round trips completing during the DURATION_S window that follows WARMUP_S
+ *       (default 1) are counted.  Prints "# measure start" and "# measure end" marker lines
+ *       on stdout (flushed) at the window boundaries, then one JSON line with the results.
+ *       Exit status: 0 ok, 1 setup/usage failure, 2 echo mismatch, 3 a connection failed
+ *       (reset/closed by the server) during the run.
+ *
+ *   loadgen idle HOST PORT CONNS HOLD_S [RATE]
+ *       Opens CONNS connections, paced at RATE new connections per second (default 5000)
+ *       with a bounded number of connects in progress, retrying with backoff on
+ *       ECONNREFUSED/EAGAIN/ETIMEDOUT.  Sends nothing.  Prints "connected N" (flushed) when
+ *       all are up, then holds them for HOLD_S seconds, or until stdin (if it is a pipe)
+ *       is closed, or until SIGTERM/SIGINT.  Finally prints one JSON line and exits.
+ *
+ * Only IPv4 literal addresses are accepted (the benchmarks use 127.0.0.1).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EVENTS 1024
+
+/* ------------------------------------------------------------------ utilities */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static double cpu_seconds(double *user, double *sys)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    *user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
+    *sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    return *user + *sys;
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int set_nonblocking(int fd)
+{
+    int fl = fcntl(fd, F_GETFL, 0);
+    if (fl < 0)
+        return -1;
+    return fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
+    exit(1);
+}
+
+static long parse_long(const char *s, const char *name, long min, long max)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end != '\0' || v < min || v > max) {
+        fprintf(stderr, "loadgen: invalid %s: %s (expected %ld..%ld)\n", name, s, min, max);
+        exit(1);
+    }
+    return v;
+}
+
+static double parse_double(const char *s, const char *name, double min, double max)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end != '\0' || !(v >= min && v <= max)) {
+        fprintf(stderr, "loadgen: invalid %s: %s (expected %g..%g)\n", name, s, min, max);
+        exit(1);
+    }
+    return v;
+}
+
+static struct sockaddr_in parse_addr(const char *host, const char *port)
+{
+    struct sockaddr_in sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((uint16_t)parse_long(port, "PORT", 1, 65535));
+    if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: HOST must be an IPv4 address literal: %s\n", host);
+        exit(1);
+    }
+    return sa;
+}
+
+static volatile sig_atomic_t g_stop = 0;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* ------------------------------------------------------------------ histogram
+ * Log-linear histogram of nanosecond values: exact below 128 ns, then 64 sub-buckets per
+ * power of two (relative error < 1/64).  Covers up to 2^40 ns (~18 minutes).
+ */
+#define HIST_SUB_BITS 6
+#define HIST_SUB (1u << HIST_SUB_BITS)
+#define HIST_MAX_SHIFT 34
+#define HIST_BUCKETS (2 * HIST_SUB + HIST_MAX_SHIFT * HIST_SUB)
+
+static uint64_t hist[HIST_BUCKETS];
+
+static unsigned hist_index(uint64_t v)
+{
+    if (v < 2 * HIST_SUB)
+        return (unsigned)v;
+    unsigned msb = 63u - (unsigned)__builtin_clzll(v);
+    unsigned shift = msb - HIST_SUB_BITS; /* >= 1 */
+    if (shift > HIST_MAX_SHIFT)
+        return HIST_BUCKETS - 1;
+    return 2 * HIST_SUB + (shift - 1) * HIST_SUB + (unsigned)((v >> shift) - HIST_SUB);
+}
+
+/* Midpoint of a bucket, in ns. */
+static double hist_value(unsigned idx)
+{
+    if (idx < 2 * HIST_SUB)
+        return (double)idx;
+    unsigned shift = (idx - 2 * HIST_SUB) / HIST_SUB + 1;
+    uint64_t sub = (idx - 2 * HIST_SUB) % HIST_SUB + HIST_SUB;
+    uint64_t lo = sub << shift;
+    return (double)lo + (double)(1ull << shift) / 2.0;
+}
+
+static double hist_percentile(uint64_t total, double q)
+{
+    if (total == 0)
+        return 0.0;
+    uint64_t rank = (uint64_t)(q * (double)total);
+    if (rank >= total)
+        rank = total - 1;
+    uint64_t seen = 0;
+    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
+        seen += hist[i];
+        if (seen > rank)
+            return hist_value(i);
+    }
+    return hist_value(HIST_BUCKETS - 1);
+}
+
+/* ------------------------------------------------------------------ payload pattern */
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* Fill buf with the pattern of message `seq` on connection `conn`. */
+static void fill_pattern(uint8_t *buf, size_t size, uint32_t conn, uint64_t seq)
+{
+    uint64_t state = splitmix64(((uint64_t)conn << 40) ^ seq);
+    size_t i = 0;
+    while (i < size) {
+        state = splitmix64(state);
+        for (int b = 0; b < 8 && i < size; b++, i++)
+            buf[i] = (uint8_t)(state >> (8 * b));
+    }
+}
+
+/* ------------------------------------------------------------------ echo mode */
+
+enum { ST_SEND, ST_RECV, ST_DEAD };
+
+struct econn {
+    int fd;
+    int state;
+    uint32_t id;
+    uint64_t seq;
+    size_t off; /* bytes sent (ST_SEND) or received (ST_RECV) of the current message */
+    uint64_t t0;
+    uint8_t *expect; /* the message being sent / expected back */
+    uint8_t *rbuf;
+    int want_out; /* EPOLLOUT currently registered */
+};
+
+static int connect_blocking(const struct sockaddr_in *sa, uint64_t deadline)
+{
+    uint64_t backoff_us = 1000;
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            die("socket");
+        if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) == 0)
+            return fd;
+        int err = errno;
+        close(fd);
+        if ((err == ECONNREFUSED || err == EAGAIN || err == ETIMEDOUT || err == EINTR) &&
+            now_ns() < deadline && !g_stop) {
+            usleep((useconds_t)backoff_us);
+            if (backoff_us < 200000)
+                backoff_us *= 2;
+            continue;
+        }
+        errno = err;
+        die("connect");
+    }
+}
+
+/* Echo-mode context shared by all connections. */
+struct echo_ctx {
+    int ep;
+    size_t size;
+    int counting;
+    uint64_t msgs;
+    uint64_t lat_sum;
+};
+
+static int econn_want_out(struct echo_ctx *x, struct econn *c, int want)
+{
+    if (c->want_out == want)
+        return 0;
+    struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c};
+    c->want_out = want;
+    return epoll_ctl(x->ep, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+/*
+ * Advance one connection as far as possible without blocking.  The socket is registered
+ * level-triggered for EPOLLIN (plus EPOLLOUT only while a send is stuck), so this never
+ * needs to drive a syscall into EAGAIN: after a send completes it simply waits for the
+ * echo, and after a partial read it waits for the next readiness report.  That keeps the
+ * client at about one send + one recv per message (plus a shared epoll_wait).
+ * Returns 0 normally, -1 on connection failure (counted as an error), -2 on mismatch.
+ */
+static int econn_progress(struct echo_ctx *x, struct econn *c, uint64_t *now)
+{
+    const size_t size = x->size;
+    for (;;) {
+        if (c->state == ST_SEND) {
+            if (c->off == 0) {
+                fill_pattern(c->expect, size, c->id, c->seq);
+                *now = now_ns();
+                c->t0 = *now;
+            }
+            ssize_t n = send(c->fd, c->expect + c->off, size - c->off, MSG_NOSIGNAL);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return econn_want_out(x, c, 1) < 0 ? -1 : 0;
+                fprintf(stderr, "loadgen: conn %u send: %s\n", c->id, strerror(errno));
+                return -1;
+            }
+            c->off += (size_t)n;
+            if (c->off < size)
+                return econn_want_out(x, c, 1) < 0 ? -1 : 0; /* socket buffer full */
+            c->state = ST_RECV;
+            c->off = 0;
+            return econn_want_out(x, c, 0) < 0 ? -1 : 0; /* wait for the echo */
+        } else if (c->state == ST_RECV) {
+            /* Never read past the end of this message: extra bytes belong to the next one
+             * and would show up there as a mismatch. */
+            ssize_t n = recv(c->fd, c->rbuf + c->off, size - c->off, 0);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return 0; /* e.g. an EPOLLOUT report while waiting for the echo */
+                fprintf(stderr, "loadgen: conn %u recv: %s\n", c->id, strerror(errno));
+                return -1;
+            }
+            if (n == 0) {
+                fprintf(stderr, "loadgen: conn %u closed by server (%zu/%zu bytes of msg %llu)\n",
+                        c->id, c->off, size, (unsigned long long)c->seq);
+                return -1;
+            }
+            if (memcmp(c->rbuf + c->off, c->expect + c->off, (size_t)n) != 0) {
+                size_t i = c->off;
+                while (c->rbuf[i] == c->expect[i])
+                    i++;
+                fprintf(stderr,
+                        "loadgen: MISMATCH on conn %u msg %llu at byte %zu: got 0x%02x, "
+                        "expected 0x%02x\n",
+                        c->id, (unsigned long long)c->seq, i, c->rbuf[i], c->expect[i]);
+                return -2;
+            }
+            c->off += (size_t)n;
+            if (c->off < size)
+                return 0; /* level-triggered: we'll hear about the rest */
+            *now = now_ns();
+            if (x->counting) {
+                uint64_t lat = *now - c->t0;
+                hist[hist_index(lat)]++;
+                x->lat_sum += lat;
+                x->msgs++;
+            }
+            c->seq++;
+            c->state = ST_SEND;
+            c->off = 0;
+            if (g_stop)
+                return 0;
+            /* loop: send the next message right away */
+        } else {
+            return 0;
+        }
+    }
+}
+
+static int run_echo(int argc, char **argv)
+{
+    if (argc < 7 || argc > 8) {
+        fprintf(stderr, "usage: loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S]\n");
+        return 1;
+    }
+    struct sockaddr_in sa = parse_addr(argv[2], argv[3]);
+    long conns = parse_long(argv[4], "CONNS", 1, 1000000);
+    size_t size = (size_t)parse_long(argv[5], "SIZE", 1, 64L * 1024 * 1024);
+    double duration = parse_double(argv[6], "DURATION_S", 0.001, 86400);
+    double warmup = argc == 8 ? parse_double(argv[7], "WARMUP_S", 0, 86400) : 1.0;
+
+    raise_nofile();
+    install_signals();
+
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        die("epoll_create1");
+    struct econn *cs = calloc((size_t)conns, sizeof *cs);
+    if (!cs)
+        die("calloc");
+
+    uint64_t connect_deadline = now_ns() + 30ull * 1000000000ull;
+    for (long i = 0; i < conns; i++) {
+        struct econn *c = &cs[i];
+        c->fd = connect_blocking(&sa, connect_deadline);
+        int one = 1;
+        if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+            die("setsockopt TCP_NODELAY");
+        if (set_nonblocking(c->fd) < 0)
+            die("fcntl O_NONBLOCK");
+        c->id = (uint32_t)i;
+        c->state = ST_SEND;
+        c->expect = malloc(size);
+        c->rbuf = malloc(size);
+        if (!c->expect || !c->rbuf)
+            die("malloc");
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+            die("epoll_ctl");
+    }
+
+    struct echo_ctx x = {.ep = ep, .size = size};
+    uint64_t errors = 0;
+    long alive = conns;
+    int mismatch = 0;
+    double u0 = 0, s0 = 0, u1 = 0, s1 = 0;
+    uint64_t t_start = now_ns();
+    uint64_t t_measure = t_start + (uint64_t)(warmup * 1e9);
+    uint64_t t_end = t_measure + (uint64_t)(duration * 1e9);
+    uint64_t t_measure_real = 0, t_end_real = 0;
+    uint64_t now = t_start;
+
+    if (warmup == 0) {
+        x.counting = 1;
+        t_measure_real = now;
+        cpu_seconds(&u0, &s0);
+        printf("# measure start\n");
+        fflush(stdout);
+    }
+
+    /* Kick off the first message on every connection. */
+    for (long i = 0; i < conns; i++) {
+        int r = econn_progress(&x, &cs[i], &now);
+        if (r == -2) {
+            mismatch = 1;
+            break;
+        }
+        if (r == -1) {
+            errors++;
+            cs[i].state = ST_DEAD;
+            close(cs[i].fd);
+            alive--;
+        }
+    }
+
+    struct epoll_event evs[MAX_EVENTS];
+    while (!mismatch && alive > 0 && !g_stop) {
+        now = now_ns();
+        if (!x.counting && now >= t_measure) {
+            x.counting = 1;
+            t_measure_real = now;
+            cpu_seconds(&u0, &s0);
+            printf("# measure start\n");
+            fflush(stdout);
+        }
+        if (now >= t_end)
+            break;
+        uint64_t next = x.counting ? t_end : t_measure;
+        int timeout_ms = (int)((next - now) / 1000000ull) + 1;
+        if (timeout_ms > 100)
+            timeout_ms = 100;
+        int n = epoll_wait(ep, evs, MAX_EVENTS, timeout_ms);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("epoll_wait");
+        }
+        for (int k = 0; k < n; k++) {
+            struct econn *c = evs[k].data.ptr;
+            if (c->state == ST_DEAD)
+                continue;
+            int r = econn_progress(&x, c, &now);
+            if (r == -2) {
+                mismatch = 1;
+                break;
+            }
+            if (r == -1) {
+                errors++;
+                c->state = ST_DEAD;
+                close(c->fd);
+                alive--;
+            }
+        }
+    }
+    t_end_real = now_ns();
+    if (!x.counting) {
+        /* Stopped (signal or all connections lost) before the window started. */
+        t_measure_real = t_end_real;
+        cpu_seconds(&u0, &s0);
+    }
+    cpu_seconds(&u1, &s1);
+    printf("# measure end\n");
+    fflush(stdout);
+
+    double wall = (double)(t_end_real - t_measure_real) / 1e9;
+    double cpu = (u1 - u0) + (s1 - s0);
+    double mps = wall > 0 ? (double)x.msgs / wall : 0.0;
+    printf("{\"mode\": \"echo\", \"conns\": %ld, \"size\": %zu, \"warmup_s\": %.3f, "
+           "\"duration_s\": %.6f, \"msgs\": %llu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.3f, "
+           "\"lat_mean_us\": %.2f, \"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f, "
+           "\"max_us\": %.2f, \"errors\": %llu, \"mismatch\": %s, \"cpu_user_s\": %.3f, "
+           "\"cpu_sys_s\": %.3f, \"cpu_s\": %.3f, \"cpu_pct\": %.1f}\n",
+           conns, size, warmup, wall, (unsigned long long)x.msgs, mps,
+           mps * (double)size / 1e6, x.msgs ? (double)x.lat_sum / (double)x.msgs / 1e3 : 0.0,
+           hist_percentile(x.msgs, 0.50) / 1e3, hist_percentile(x.msgs, 0.99) / 1e3,
+           hist_percentile(x.msgs, 0.999) / 1e3, hist_percentile(x.msgs, 1.0) / 1e3,
+           (unsigned long long)errors, mismatch ? "true" : "false", u1 - u0, s1 - s0, cpu,
+           wall > 0 ? 100.0 * cpu / wall : 0.0);
+    fflush(stdout);
+
+    for (long i = 0; i < conns; i++) {
+        if (cs[i].state != ST_DEAD)
+            close(cs[i].fd);
+        free(cs[i].expect);
+        free(cs[i].rbuf);
+    }
+    free(cs);
+    close(ep);
+    if (mismatch)
+        return 2;
+    return errors ? 3 : 0;
+}
+
+/* ------------------------------------------------------------------ idle mode */
+
+enum { IC_FREE, IC_CONNECTING, IC_UP, IC_CLOSED };
+
+struct iconn {
+    int fd;
+    int state;
+};
+
+#define STDIN_TAG ((void *)-1)
+
+static int run_idle(int argc, char **argv)
+{
+    if (argc < 6 || argc > 7) {
+        fprintf(stderr, "usage: loadgen idle HOST PORT CONNS HOLD_S [RATE]\n");
+        return 1;
+    }
+    struct sockaddr_in sa = parse_addr(argv[2], argv[3]);
+    long conns = parse_long(argv[4], "CONNS", 1, 1000000);
+    double hold = parse_double(argv[5], "HOLD_S", 0, 86400);
+    double rate = argc == 7 ? parse_double(argv[6], "RATE", 1, 1e7) : 5000.0;
+    const long max_pending = 128;
+    const uint64_t connect_timeout_ns = 60ull * 1000000000ull;
+
+    raise_nofile();
+    install_signals();
+
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        die("epoll_create1");
+    struct iconn *cs = calloc((size_t)conns, sizeof *cs);
+    if (!cs)
+        die("calloc");
+    for (long i = 0; i < conns; i++)
+        cs[i].fd = -1;
+
+    /* Watch stdin only if it is a pipe or socket: EOF there means "stop holding". */
+    struct stat st;
+    int watch_stdin = fstat(0, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode));
+    if (watch_stdin) {
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLHUP, .data.ptr = STDIN_TAG};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, 0, &ev) < 0)
+            watch_stdin = 0;
+    }
+
+    uint64_t t_start = now_ns();
+    uint64_t deadline = t_start + connect_timeout_ns;
+    long next = 0, pending = 0, up = 0, closed_by_peer = 0, retries = 0, started = 0;
+    uint64_t backoff_until = 0, backoff_ns = 1000000;
+    int stdin_closed = 0, failed = 0;
+    uint64_t t_connected = 0, hold_until = 0;
+    struct epoll_event evs[MAX_EVENTS];
+
+    for (;;) {
+        uint64_t now = now_ns();
+        if (g_stop || stdin_closed)
+            break;
+        if (t_connected == 0) {
+            if (up == conns) {
+                t_connected = now;
+                hold_until = now + (uint64_t)(hold * 1e9);
+                printf("connected %ld\n", up);
+                fflush(stdout);
+                fprintf(stderr, "loadgen: %ld connections up in %.3f s (%ld retries)\n", up,
+                        (double)(now - t_start) / 1e9, retries);
+                continue;
+            }
+            if (now > deadline) {
+                fprintf(stderr, "loadgen: only %ld/%ld connections up after %.0f s\n", up, conns,
+                        (double)connect_timeout_ns / 1e9);
+                failed = 1;
+                break;
+            }
+            /* Start new connects: paced by RATE, bounded by max_pending. */
+            uint64_t allowed = (uint64_t)((double)(now - t_start) / 1e9 * rate) + 1;
+            while (next < conns && pending < max_pending && (uint64_t)started < allowed &&
+                   now >= backoff_until) {
+                /* find the next slot that needs a connection */
+                while (next < conns && cs[next].state != IC_FREE)
+                    next++;
+                if (next >= conns)
+                    break;
+                struct iconn *c = &cs[next];
+                int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                if (fd < 0)
+                    die("socket");
+                started++;
+                int r = connect(fd, (const struct sockaddr *)&sa, sizeof sa);
+                if (r < 0 && errno != EINPROGRESS) {
+                    int err = errno;
+                    close(fd);
+                    if (err == ECONNREFUSED || err == EAGAIN || err == ETIMEDOUT ||
+                        err == EINTR) {
+                        retries++;
+                        backoff_until = now + backoff_ns;
+                        if (backoff_ns < 200000000ull)
+                            backoff_ns *= 2;
+                        break;
+                    }
+                    errno = err;
+                    die("connect");
+                }
+                c->fd = fd;
+                struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN | EPOLLRDHUP,
+                                         .data.ptr = c};
+                if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+                    die("epoll_ctl");
+                if (r == 0) {
+                    c->state = IC_UP;
+                    up++;
+                    ev.events = EPOLLIN | EPOLLRDHUP;
+                    epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
+                } else {
+                    c->state = IC_CONNECTING;
+                    pending++;
+                }
+                next++;
+            }
+        } else if (now >= hold_until) {
+            break;
+        }
+
+        int timeout_ms = 1;
+        if (t_connected != 0) {
+            uint64_t left = hold_until > now ? hold_until - now : 0;
+            timeout_ms = (int)(left / 1000000ull) + 1;
+            if (timeout_ms > 100)
+                timeout_ms = 100;
+        }
+        int n = epoll_wait(ep, evs, MAX_EVENTS, timeout_ms);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("epoll_wait");
+        }
+        now = now_ns();
+        for (int k = 0; k < n; k++) {
+            if (evs[k].data.ptr == STDIN_TAG) {
+                char buf[256];
+                ssize_t r = read(0, buf, sizeof buf);
+                if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+                    stdin_closed = 1;
+                    epoll_ctl(ep, EPOLL_CTL_DEL, 0, NULL);
+                }
+                continue;
+            }
+            struct iconn *c = evs[k].data.ptr;
+            if (c->state == IC_CONNECTING) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                    err = errno;
+                pending--;
+                if (err == 0) {
+                    c->state = IC_UP;
+                    up++;
+                    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
+                    epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
+                } else {
+                    /* refused / timed out: retry this slot later, with backoff */
+                    close(c->fd);
+                    c->fd = -1;
+                    c->state = IC_FREE;
+                    retries++;
+                    long idx = (long)(c - cs);
+                    if (idx < next)
+                        next = idx;
+                    if (err != ECONNREFUSED && err != EAGAIN && err != ETIMEDOUT) {
+                        errno = err;
+                        die("connect (async)");
+                    }
+                    backoff_until = now + backoff_ns;
+                    if (backoff_ns < 200000000ull)
+                        backoff_ns *= 2;
+                }
+            } else if (c->state == IC_UP) {
+                /* The server sent data or closed: an idle client never expects either. */
+                char buf[4096];
+                ssize_t r = recv(c->fd, buf, sizeof buf, 0);
+                if (r > 0)
+                    continue; /* unexpected data: discard */
+                if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                    continue;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                c->fd = -1;
+                c->state = IC_CLOSED;
+                closed_by_peer++;
+            }
+        }
+    }
+
+    uint64_t t_done = now_ns();
+    const char *reason = failed ? "connect_timeout"
+                         : g_stop ? "signal"
+                         : stdin_closed ? "stdin_closed"
+                                        : "hold_elapsed";
+    double u, s;
+    double cpu = cpu_seconds(&u, &s);
+    printf("{\"mode\": \"idle\", \"conns\": %ld, \"connected\": %ld, \"connect_s\": %.3f, "
+           "\"held_s\": %.3f, \"retries\": %ld, \"closed_by_peer\": %ld, \"stop\": \"%s\", "
+           "\"cpu_s\": %.3f}\n",
+           conns, up, t_connected ? (double)(t_connected - t_start) / 1e9 : -1.0,
+           t_connected ? (double)(t_done - t_connected) / 1e9 : 0.0, retries, closed_by_peer,
+           reason, cpu);
+    fflush(stdout);
+
+    for (long i = 0; i < conns; i++)
+        if (cs[i].fd >= 0)
+            close(cs[i].fd);
+    free(cs);
+    close(ep);
+    return failed ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc >= 2 && strcmp(argv[1], "echo") == 0)
+        return run_echo(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "idle") == 0)
+        return run_idle(argc, argv);
+    fprintf(stderr,
+            "usage: loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S]\n"
+            "       loadgen idle HOST PORT CONNS HOLD_S [RATE]\n");
+    return 1;
+}

@@ -1,0 +1,50 @@
+"""An echo server: every byte a client sends comes straight back.
+
+Run it with ``python examples/echo.py --port 7000`` and try it with
+``nc 127.0.0.1 7000``. Ctrl-C stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+import trio
+
+import millpond
+
+
+async def echo(stream: millpond.Connection) -> None:
+    """Send back everything received, until the client closes its side."""
+    async for chunk in stream:
+        await stream.send_all(chunk)
+
+
+async def main(host: str, port: int, poller: str) -> None:
+    """Serve ``echo`` and print where it listens once it does."""
+    async with trio.open_nursery() as nursery:
+        addresses = await nursery.start(
+            functools.partial(millpond.serve, echo, port, host=host, poller=poller)
+        )
+        for address in addresses:
+            print(f"listening on {address[0]}:{address[1]}", flush=True)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7000, help="port (0 picks a free one)")
+    parser.add_argument(
+        "--poller", choices=("auto", "epoll", "trio"), default="auto", help="readiness backend"
+    )
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args(sys.argv[1:])
+    try:
+        trio.run(main, args.host, args.port, args.poller)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)

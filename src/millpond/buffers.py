@@ -1,0 +1,776 @@
+"""Leased byte buffers: size classes, slabs, trimming and leak detection.
+
+This module owns the memory that connections read into and nothing else: it does
+no I/O. A :class:`BufferPool` hands out :class:`Buffer` leases, each a window
+onto one slot of a *slab* (one anonymous ``mmap`` holding many buffers of one
+size class), after Netty's ``PooledByteBufAllocator``. Every leased byte is
+charged to a :class:`~millpond.limiter.BufferLimiter`, so the limiter's budget
+bounds what the pool hands out; the pool itself bounds what it keeps beyond that
+(idle slabs, see ``max_idle_bytes``) and gives idle slabs back to the operating
+system after a quiet period. A buffer that is garbage collected without
+``release()`` is reclaimed and, if it was sampled, reported with a
+:class:`BufferLeakWarning` that names where it was leased.
+
+``docs/buffers.md`` explains the size classes, the slack bound and the trimming
+rules at length.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import mmap
+import random
+import sys
+import threading
+import warnings
+from collections.abc import Hashable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final
+
+import trio
+
+from .limiter import BufferLimiter
+
+__all__ = [
+    "SIZE_CLASSES",
+    "Buffer",
+    "BufferLeakWarning",
+    "BufferPool",
+    "BufferPoolStatistics",
+    "LeakReport",
+    "SizeClassStatistics",
+    "capacity_for",
+    "size_class_index",
+]
+
+# Size classes are the powers of two from 1 KiB to 64 KiB. 64 KiB is Trio's
+# DEFAULT_RECEIVE_SIZE and the read size a busy TCP socket fills; 1 KiB is where a
+# Buffer's own overhead (the object plus a memoryview, ~200 bytes) stops
+# dominating. Powers of two keep the lookup to one bit_length() and the internal
+# waste of a lease below half its capacity.
+MIN_CLASS_BYTES: Final = 1024
+MAX_CLASS_BYTES: Final = 64 * 1024
+SIZE_CLASSES: Final[tuple[int, ...]] = tuple(
+    1 << shift for shift in range(MIN_CLASS_BYTES.bit_length() - 1, MAX_CLASS_BYTES.bit_length())
+)
+_MIN_SHIFT: Final = MIN_CLASS_BYTES.bit_length() - 1
+
+# One slab is one mmap of this many bytes. Equal to the largest class, so a 64 KiB
+# lease (the receive path) owns its slab outright and never pins free neighbours,
+# and a smaller class wastes less than one slab per partly used slab. Slabs are
+# rarely mapped once the pool is warm, so bigger slabs would save little.
+SLAB_BYTES: Final = MAX_CLASS_BYTES
+
+# Requests above MAX_CLASS_BYTES get their own mapping, rounded up to whole pages
+# (the kernel's unit, so the rounding is what the process really pays).
+PAGE_BYTES: Final = mmap.PAGESIZE
+
+# "sampled" leak detection tracks 1 lease in this many, chosen at random (a fixed
+# stride could alias with a loop that leaks every other lease). Netty's default.
+LEAK_SAMPLE_INTERVAL: Final = 128
+_SAMPLE_BITS: Final = LEAK_SAMPLE_INTERVAL.bit_length() - 1
+assert 1 << _SAMPLE_BITS == LEAK_SAMPLE_INTERVAL
+
+# A slab whose buffers have all been free this long goes back to the OS. Long
+# enough to ride out bursts a few seconds apart without remapping and
+# re-faulting, short enough that memory follows load within a few seconds.
+DEFAULT_TRIM_AFTER: Final = 5.0
+
+# At most this many bytes of fully free slabs are kept between bursts; beyond it
+# the oldest idle slab is unmapped at once. 128 receive buffers: enough to absorb
+# the churn of a few hundred busy connections without mmap/munmap on every burst,
+# and a fixed constant in the pool's memory bound (docs/buffers.md).
+DEFAULT_MAX_IDLE_BYTES: Final = 8 * 1024 * 1024
+
+# How many tracked leaks statistics() remembers, for the introspection endpoint.
+RECENT_LEAKS_KEPT: Final = 32
+
+_LEAK_LEVELS: Final = ("off", "sampled", "all")
+_MADV_DONTNEED: Final[int | None] = getattr(mmap, "MADV_DONTNEED", None)
+
+
+def size_class_index(nbytes: int) -> int:
+    """Index into :data:`SIZE_CLASSES` that serves *nbytes*, or -1 for a dedicated allocation."""
+    if nbytes <= MIN_CLASS_BYTES:
+        return 0
+    if nbytes > MAX_CLASS_BYTES:
+        return -1
+    return (nbytes - 1).bit_length() - _MIN_SHIFT
+
+
+def capacity_for(nbytes: int) -> int:
+    """Bytes a lease of *nbytes* really occupies, which is also what the limiter is charged.
+
+    The size class for requests up to 64 KiB, else *nbytes* rounded up to whole pages.
+    """
+    index = size_class_index(nbytes)
+    if index >= 0:
+        return SIZE_CLASSES[index]
+    return -(-nbytes // PAGE_BYTES) * PAGE_BYTES
+
+
+class BufferLeakWarning(ResourceWarning):
+    """A :class:`Buffer` was garbage collected without ``release()``.
+
+    The pool has already reclaimed its slot and limiter capacity; the warning
+    names the file, line and task that leased it so the missing ``release()``
+    (or ``with buf:``) can be found. Only tracked leases (see ``leak_detection``)
+    warn. Like every ResourceWarning it is hidden unless warnings are enabled
+    (``python -X dev``, ``-W default``, or pytest).
+    """
+
+
+@dataclass(frozen=True)
+class LeakReport:
+    """Where a leaked, tracked buffer was leased."""
+
+    filename: str
+    lineno: int
+    task_name: str
+    capacity: int
+
+
+@dataclass(frozen=True)
+class SizeClassStatistics:
+    """One size class: its buffer size, slabs mapped, and how many of their buffers are leased."""
+
+    size: int
+    slabs: int
+    buffers_total: int
+    buffers_leased: int
+
+
+@dataclass(frozen=True)
+class BufferPoolStatistics:
+    """A snapshot of a :class:`BufferPool`, from :meth:`BufferPool.statistics`.
+
+    * ``size_classes``: one :class:`SizeClassStatistics` per entry of :data:`SIZE_CLASSES`.
+    * ``bytes_leased``: capacity of all live leases; what the limiter is charged.
+    * ``bytes_reserved_by_slabs``: bytes mapped by slabs (what the pool holds, RSS-ish);
+      ``bytes_reserved_by_slabs + bytes_dedicated - bytes_leased`` is the pool's slack.
+    * ``bytes_idle``: of those, bytes in slabs none of whose buffers is leased.
+    * ``dedicated_buffers`` / ``bytes_dedicated``: live leases above 64 KiB, each its own mapping.
+    * ``leases``, ``releases``: totals since the pool was made (a leak counts as a release).
+    * ``leaks_detected``: buffers garbage collected without ``release()``, tracked or not.
+    * ``slabs_trimmed`` / ``bytes_trimmed``: slabs given back to the OS (age, cap or force).
+    * ``recent_leaks``: the last few tracked leaks, oldest first.
+
+    Per-owner holdings are the limiter's business: see ``BufferLimiter.statistics()``.
+    """
+
+    size_classes: tuple[SizeClassStatistics, ...]
+    bytes_leased: int
+    bytes_reserved_by_slabs: int
+    bytes_idle: int
+    dedicated_buffers: int
+    bytes_dedicated: int
+    leases: int
+    releases: int
+    leaks_detected: int
+    slabs_trimmed: int
+    bytes_trimmed: int
+    leak_detection: str
+    recent_leaks: tuple[LeakReport, ...]
+
+
+class _SizeClass:
+    # State of one class. A slab is in exactly one place: ``current`` (the slab
+    # leases are carved from), ``partial`` (some free, some leased), ``idle`` (all
+    # free; insertion order is idle order, oldest first) or nowhere (full: only its
+    # Buffers refer to it). Dicts serve as ordered sets: O(1) removal, LIFO popitem.
+    __slots__ = ("size", "slots", "current", "partial", "idle", "slabs", "leased")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.slots = SLAB_BYTES // size
+        self.current: _Slab | None = None
+        self.partial: dict[_Slab, None] = {}
+        self.idle: dict[_Slab, None] = {}
+        self.slabs = 0
+        self.leased = 0
+
+
+class _Slab:
+    # One anonymous private mapping. Private, not shared: MADV_DONTNEED really drops
+    # private pages, and munmap returns them to the OS at once (glibc's malloc would
+    # keep freed bytearrays in its heap).
+    __slots__ = ("mm", "base", "size_class", "free", "leased", "idle_since", "__weakref__")
+
+    def __init__(self, nbytes: int, size_class: _SizeClass | None, buffer_size: int) -> None:
+        self.mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+        self.base = memoryview(self.mm)
+        self.size_class = size_class
+        # Offsets, popped from the end: slot 0 first, the last freed slot next (LIFO
+        # keeps recently touched memory in use and lets the rest go idle).
+        self.free = list(range(nbytes - buffer_size, -1, -buffer_size))
+        self.leased = 0
+        self.idle_since = -math.inf
+
+    def unmap(self) -> None:
+        self.base.release()
+        try:
+            self.mm.close()
+        except BufferError:
+            # A sub-slice the user kept of a released view still exports the mapping.
+            # Drop the pages anyway (the stale slice then reads zeros); the mapping
+            # itself goes when the last slice does.
+            if _MADV_DONTNEED is not None:
+                self.mm.madvise(_MADV_DONTNEED)
+
+
+_Site = tuple[str, int, str]
+
+
+class Buffer:
+    """A lease of one buffer from a :class:`BufferPool`; get one with :meth:`BufferPool.lease`.
+
+    ``buf.view`` is a writable memoryview of the first ``buf.nbytes`` bytes of a
+    ``buf.capacity``-byte slot; hand it to ``recv_into``. Release the lease exactly
+    once, preferably with ``with``::
+
+        with await pool.lease(65536) as buf:
+            n = sock.recv_into(buf.view)
+            buf.set_length(n)
+            process(buf.view)
+
+    After release, the memoryview object that ``.view`` returned is released too,
+    so stale uses raise ValueError instead of reading recycled memory. Slices the
+    caller took of it (``buf.view[:n]``) are separate objects and are *not*
+    released: do not keep them past ``release()``. ``.view`` on a released Buffer
+    raises :class:`trio.ClosedResourceError`. A Buffer belongs to one task or
+    thread at a time; it may be released from a worker thread.
+    """
+
+    __slots__ = ("_pool", "_slab", "_offset", "_capacity", "_length", "_view", "_owner", "_site")
+
+    def __init__(
+        self,
+        pool: BufferPool,
+        slab: _Slab,
+        offset: int,
+        capacity: int,
+        nbytes: int,
+        owner: Hashable,
+        site: _Site | None,
+    ) -> None:
+        # Not public: the pool builds Buffers.
+        self._pool = pool
+        self._offset = offset
+        self._capacity = capacity
+        self._length = nbytes
+        self._view = slab.base[offset : offset + nbytes]
+        self._owner = owner
+        self._site = site
+        self._slab: _Slab | None = slab
+
+    @property
+    def view(self) -> memoryview:
+        """Writable memoryview of the usable bytes (``nbytes`` long)."""
+        if self._slab is None:
+            raise trio.ClosedResourceError("this Buffer was released")
+        return self._view
+
+    @property
+    def capacity(self) -> int:
+        """Size of the slot: the size class, or the page-rounded size of a dedicated buffer."""
+        return self._capacity
+
+    @property
+    def nbytes(self) -> int:
+        """Current length of ``view``: what was leased, or the last ``set_length``."""
+        return self._length
+
+    @property
+    def owner(self) -> Hashable:
+        """Who the limiter charged for this buffer (by default the task that leased it)."""
+        return self._owner
+
+    @property
+    def released(self) -> bool:
+        """True once ``release()`` ran (or the pool reclaimed the buffer)."""
+        return self._slab is None
+
+    def set_length(self, nbytes: int) -> None:
+        """Make ``view`` cover the first *nbytes* bytes of the slot (0 <= nbytes <= capacity).
+
+        The previous view object is released; its contents stay in place.
+        """
+        slab = self._slab
+        if slab is None:
+            raise trio.ClosedResourceError("this Buffer was released")
+        if type(nbytes) is not int:  # noqa: E721  (bool is not a length)
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if not 0 <= nbytes <= self._capacity:
+            raise ValueError(
+                f"nbytes must be between 0 and capacity {self._capacity}, not {nbytes}"
+            )
+        offset = self._offset
+        view = slab.base[offset : offset + nbytes]
+        try:
+            self._view.release()
+        except BufferError:
+            view.release()
+            raise
+        self._view = view
+        self._length = nbytes
+
+    def release(self) -> None:
+        """Return the buffer to its pool and its capacity to the limiter.
+
+        Raises RuntimeError if the buffer was already released, and BufferError
+        (changing nothing) if ``view`` is still exported, e.g. by a ``recv_into``
+        running in another thread.
+        """
+        slab = self._slab
+        if slab is None:
+            raise RuntimeError("Buffer.release() called twice")
+        self._view.release()
+        self._slab = None
+        self._pool._give_back(slab, self._offset, self._capacity, self._owner)
+
+    def __enter__(self) -> Buffer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        # Tolerates an explicit release() inside the block, like closing a file twice
+        # with ``with``; only a second explicit release() is an error.
+        if self._slab is not None:
+            self.release()
+
+    def __del__(self) -> None:
+        # Runs inside the garbage collector: on any thread, at any allocation, maybe
+        # in the middle of the pool's own locked code on this very thread. So this
+        # takes no lock and touches no Trio state; _leaked() only appends to a deque
+        # and pokes the Trio thread through TrioToken.run_sync_soon, which Trio makes
+        # safe for exactly this (its async-generator finalizer does the same).
+        slab = self._slab
+        if slab is None:
+            return
+        self._slab = None
+        try:
+            self._view.release()
+            exported = False
+        except BufferError:
+            exported = True  # someone still reads it: its slot must never be reused
+        self._pool._leaked(slab, self._offset, self._capacity, self._owner, self._site, exported)
+
+    def __repr__(self) -> str:
+        state = "released" if self._slab is None else f"nbytes={self._length}"
+        return f"<millpond.Buffer capacity={self._capacity} {state}>"
+
+
+class BufferPool:
+    """Hands out byte buffers for socket reads without churning the allocator.
+
+    A server reads into a buffer, hands the bytes on, and wants the buffer back
+    for the next read. The pool keeps buffers in size classes (powers of two from
+    1 KiB to 64 KiB; bigger requests get a mapping of their own), carves them from
+    slabs of anonymous memory, and charges every leased byte (the class size, not
+    the requested size) to *limiter*, so a full budget makes ``lease()`` wait in
+    the limiter's FIFO queue::
+
+        pool = millpond.BufferPool(millpond.BufferLimiter(64 * 1024 * 1024))
+        with await pool.lease(65536) as buf:
+            n = sock.recv_into(buf.view)
+
+    Arguments:
+      limiter: the :class:`~millpond.limiter.BufferLimiter` to charge, or None to
+        account (see :meth:`statistics`) without limiting.
+      leak_detection: ``"off"``, ``"sampled"`` (1 lease in :data:`LEAK_SAMPLE_INTERVAL`
+        records its call site) or ``"all"``. Whatever the level, a buffer that is
+        garbage collected unreleased gives its slot and capacity back; tracked
+        ones also raise a :class:`BufferLeakWarning`.
+      trim_after: seconds (Trio's clock) a slab must stay entirely free before it
+        is unmapped; checked lazily as buffers come and go, and by :meth:`trim`.
+        ``math.inf`` keeps idle slabs until ``trim(force=True)``.
+      max_idle_bytes: most bytes of entirely free slabs kept at any moment; when
+        exceeded the oldest idle slab is unmapped at once. None means no cap.
+
+    The pool is thread-safe: buffers may be leased with ``lease_nowait`` and
+    released from worker threads. It is meant to live inside one Trio run.
+    """
+
+    def __init__(
+        self,
+        limiter: BufferLimiter | None = None,
+        *,
+        leak_detection: str = "sampled",
+        trim_after: float = DEFAULT_TRIM_AFTER,
+        max_idle_bytes: int | None = DEFAULT_MAX_IDLE_BYTES,
+    ) -> None:
+        if limiter is not None and not isinstance(limiter, BufferLimiter):
+            raise TypeError(
+                f"limiter must be a BufferLimiter or None, not {type(limiter).__name__}"
+            )
+        if not isinstance(leak_detection, str):
+            raise TypeError(f"leak_detection must be a str, not {type(leak_detection).__name__}")
+        if leak_detection not in _LEAK_LEVELS:
+            raise ValueError(
+                f"leak_detection must be one of {_LEAK_LEVELS}, not {leak_detection!r}"
+            )
+        if isinstance(trim_after, bool) or not isinstance(trim_after, int | float):
+            raise TypeError(f"trim_after must be a number, not {type(trim_after).__name__}")
+        if not trim_after >= 0:  # also rejects NaN
+            raise ValueError(f"trim_after must be >= 0, not {trim_after!r}")
+        if max_idle_bytes is not None:
+            if type(max_idle_bytes) is not int:  # noqa: E721
+                raise TypeError(
+                    f"max_idle_bytes must be an int or None, not {type(max_idle_bytes).__name__}"
+                )
+            if max_idle_bytes < 0:
+                raise ValueError(f"max_idle_bytes must be >= 0, not {max_idle_bytes}")
+        self._limiter = limiter
+        self._leak_level = _LEAK_LEVELS.index(leak_detection)  # 0 off, 1 sampled, 2 all
+        self._trim_after = float(trim_after)
+        self._max_idle_bytes = math.inf if max_idle_bytes is None else max_idle_bytes
+        self._classes = tuple(_SizeClass(size) for size in SIZE_CLASSES)
+        # Guards everything below; held for a few list/dict operations (and the odd
+        # mmap/munmap), never across a limiter call or an await.
+        self._lock = threading.Lock()
+        self._bytes_leased = 0
+        self._slab_bytes = 0
+        self._idle_bytes = 0  # slabs in the ``idle`` dicts (not idle current slabs)
+        self._dedicated = 0
+        self._dedicated_bytes = 0
+        self._leases = 0
+        self._releases = 0
+        self._leaks_detected = 0
+        self._slabs_trimmed = 0
+        self._bytes_trimmed = 0
+        self._trim_due = math.inf  # no idle slab can expire before this time
+        self._last_now = 0.0  # Trio clock at the last reading; stands in outside Trio
+        self._token: trio.lowlevel.TrioToken | None = None
+        # Leaked buffers, appended by Buffer.__del__ from any thread (deque appends
+        # and pops are atomic), reclaimed by _drain_leaks on the Trio thread or at
+        # the next pool call.
+        self._leaks: collections.deque[tuple[_Slab, int, int, Hashable, bool]] = collections.deque()
+        self._recent_leaks: collections.deque[LeakReport] = collections.deque(
+            maxlen=RECENT_LEAKS_KEPT
+        )
+        self._sample = random.Random().getrandbits
+
+    # -- leasing ------------------------------------------------------------
+
+    def lease_nowait(self, nbytes: int, *, owner: Hashable | None = None) -> Buffer:
+        """Lease a buffer of at least *nbytes* now, or raise :class:`trio.WouldBlock`.
+
+        WouldBlock means the limiter has no room (or others are already queued for
+        it). *owner* is who the limiter charges; by default the current Trio task
+        (outside Trio, the current thread).
+        """
+        index, capacity, owner, site = self._request(nbytes, owner)
+        limiter = self._limiter
+        if limiter is not None:
+            limiter.acquire_on_behalf_of_nowait(owner, capacity)
+        return self._take(index, nbytes, capacity, owner, site)
+
+    async def lease(self, nbytes: int, *, owner: Hashable | None = None) -> Buffer:
+        """Lease a buffer of at least *nbytes*, waiting (FIFO, cancellable) for limiter room.
+
+        Always a checkpoint. See :meth:`lease_nowait` for *owner*.
+        """
+        index, capacity, owner, site = self._request(nbytes, owner)
+        limiter = self._limiter
+        if limiter is None:
+            await trio.lowlevel.checkpoint()
+        else:
+            await limiter.acquire_on_behalf_of(owner, capacity)
+        return self._take(index, nbytes, capacity, owner, site)
+
+    def _request(
+        self, nbytes: int, owner: Hashable | None
+    ) -> tuple[int, int, Hashable, _Site | None]:
+        # Hot path: validation, class lookup and owner in one pass.
+        if self._leaks:
+            self._drain_leaks()
+        if type(nbytes) is not int:  # noqa: E721
+            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
+        if nbytes <= MIN_CLASS_BYTES:
+            if nbytes < 0:
+                raise ValueError(f"nbytes must be >= 0, not {nbytes}")
+            index = 0
+            capacity = MIN_CLASS_BYTES
+        elif nbytes <= MAX_CLASS_BYTES:
+            index = (nbytes - 1).bit_length() - _MIN_SHIFT
+            capacity = SIZE_CLASSES[index]
+        else:
+            index = -1
+            capacity = -(-nbytes // PAGE_BYTES) * PAGE_BYTES
+        if owner is None:
+            try:
+                owner = trio.lowlevel.current_task()
+            except RuntimeError:  # a worker thread, or no Trio run at all
+                owner = threading.current_thread()
+        else:
+            try:
+                hash(owner)
+            except TypeError:
+                raise TypeError(f"owner must be hashable, not {type(owner).__name__}") from None
+        if self._token is None and trio.lowlevel.in_trio_run():
+            self._token = trio.lowlevel.current_trio_token()
+        site = None
+        if self._leak_level == 2 or (self._leak_level == 1 and not self._sample(_SAMPLE_BITS)):
+            site = _lease_site()
+        return index, capacity, owner, site
+
+    def _take(
+        self, index: int, nbytes: int, capacity: int, owner: Hashable, site: _Site | None
+    ) -> Buffer:
+        # The limiter already charged *capacity*; give it back if no memory comes of it.
+        try:
+            if index >= 0:
+                size_class = self._classes[index]
+                with self._lock:
+                    slab = size_class.current
+                    if slab is None or not slab.free:
+                        slab = self._next_slab(size_class)
+                    offset = slab.free.pop()
+                    slab.leased += 1
+                    size_class.leased += 1
+                    self._leases += 1
+                    self._bytes_leased += capacity
+            else:
+                slab = _Slab(capacity, None, capacity)  # may be large: map outside the lock
+                offset = 0
+                with self._lock:
+                    self._dedicated += 1
+                    self._dedicated_bytes += capacity
+                    self._leases += 1
+                    self._bytes_leased += capacity
+        except BaseException:
+            if self._limiter is not None:
+                self._limiter.release_on_behalf_of(owner, capacity)
+            raise
+        return Buffer(self, slab, offset, capacity, nbytes, owner, site)
+
+    def _next_slab(self, size_class: _SizeClass) -> _Slab:
+        # Lease slow path, lock held: the current slab is full. Prefer a partly used
+        # slab (packs leases into few slabs so the rest can go idle), then the most
+        # recently idled one (warm pages; the oldest stay to be trimmed), then a new one.
+        now = self._now()
+        if now >= self._trim_due:
+            self._trim_locked(now, force=False)
+        if size_class.partial:
+            slab, _ = size_class.partial.popitem()
+        elif size_class.idle:
+            slab, _ = size_class.idle.popitem()
+            self._idle_bytes -= SLAB_BYTES
+        else:
+            slab = _Slab(SLAB_BYTES, size_class, size_class.size)
+            size_class.slabs += 1
+            self._slab_bytes += SLAB_BYTES
+        size_class.current = slab
+        return slab
+
+    # -- giving back --------------------------------------------------------
+
+    def _give_back(self, slab: _Slab, offset: int, capacity: int, owner: Hashable) -> None:
+        size_class = slab.size_class
+        with self._lock:
+            self._releases += 1
+            self._bytes_leased -= capacity
+            if size_class is None:
+                self._dedicated -= 1
+                self._dedicated_bytes -= capacity
+            else:
+                size_class.leased -= 1
+                free = slab.free
+                free.append(offset)
+                slab.leased -= 1
+                if not slab.leased:
+                    self._slab_went_idle(size_class, slab)
+                elif len(free) == 1 and slab is not size_class.current:
+                    size_class.partial[slab] = None  # was full, now has room
+        if size_class is None:
+            slab.unmap()
+        # Slot first, capacity second: the waiter the limiter wakes finds the slot free.
+        if self._limiter is not None:
+            self._limiter.release_on_behalf_of(owner, capacity)
+
+    def _slab_went_idle(self, size_class: _SizeClass, slab: _Slab) -> None:
+        # Lock held. The only place (besides the lease slow path) that reads the clock.
+        now = self._now()
+        slab.idle_since = now
+        if slab is not size_class.current:
+            size_class.partial.pop(slab, None)
+            size_class.idle[slab] = None
+            self._idle_bytes += SLAB_BYTES
+            while self._idle_bytes > self._max_idle_bytes:
+                self._unmap_oldest_idle()
+        if now >= self._trim_due:
+            self._trim_locked(now, force=False)
+        elif self._trim_due == math.inf:
+            self._trim_due = now + self._trim_after
+
+    def _leaked(
+        self,
+        slab: _Slab,
+        offset: int,
+        capacity: int,
+        owner: Hashable,
+        site: _Site | None,
+        exported: bool,
+    ) -> None:
+        # Called from Buffer.__del__: any thread, any moment. No locks, see there.
+        self._leaks.append((slab, offset, capacity, owner, exported))
+        token = self._token
+        if token is not None:
+            try:
+                token.run_sync_soon(self._drain_leaks)
+            except trio.RunFinishedError:
+                self._token = None  # reclaimed at the next pool call instead
+        if site is not None:
+            filename, lineno, task_name = site
+            self._recent_leaks.append(LeakReport(filename, lineno, task_name, capacity))
+            # Last: under an "error" filter this raises, and Python reports it as
+            # unraisable from __del__ (the bookkeeping is already done).
+            warnings.warn_explicit(
+                f"a millpond Buffer of {capacity} bytes leased at {filename}:{lineno} "
+                f"by task {task_name!r} was garbage collected without release(); "
+                "its slot and limiter capacity were reclaimed",
+                BufferLeakWarning,
+                filename,
+                lineno,
+            )
+
+    def _drain_leaks(self) -> None:
+        leaks = self._leaks
+        while leaks:
+            try:
+                slab, offset, capacity, owner, exported = leaks.popleft()
+            except IndexError:  # another thread drained it first
+                return
+            with self._lock:
+                self._leaks_detected += 1
+            if not exported:
+                self._give_back(slab, offset, capacity, owner)
+            else:
+                # The memory is still in someone's hands: never reuse the slot (it
+                # stays counted as leased), but don't let it drain the budget.
+                if self._limiter is not None:
+                    self._limiter.release_on_behalf_of(owner, capacity)
+
+    # -- trimming -----------------------------------------------------------
+
+    def trim(self, force: bool = False) -> int:
+        """Unmap slabs that have been entirely free for ``trim_after`` seconds; return bytes freed.
+
+        With ``force=True``, unmap every entirely free slab regardless of age. The
+        pool also trims lazily as buffers come and go, so call this only to free
+        memory while the pool is quiet (a housekeeping task, or before a snapshot).
+        """
+        if not isinstance(force, bool):
+            raise TypeError(f"force must be a bool, not {type(force).__name__}")
+        if self._leaks:
+            self._drain_leaks()
+        with self._lock:
+            return self._trim_locked(self._now(), force)
+
+    def _now(self) -> float:
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # worker thread or no Trio run: time stands still
+            return self._last_now
+        self._last_now = now
+        return now
+
+    def _trim_locked(self, now: float, force: bool) -> int:
+        freed = 0
+        trim_after = self._trim_after
+        due = math.inf
+        for size_class in self._classes:
+            for slab in list(size_class.idle):
+                # min(): the clock may have jumped back (a pool reused across runs).
+                since = slab.idle_since = min(slab.idle_since, now)
+                if force or since + trim_after <= now:
+                    del size_class.idle[slab]
+                    self._idle_bytes -= SLAB_BYTES
+                    freed += self._unmap_locked(size_class, slab)
+                else:
+                    due = min(due, since + trim_after)
+            current = size_class.current
+            if current is not None and not current.leased:
+                since = current.idle_since = min(current.idle_since, now)
+                if force or since + trim_after <= now:
+                    size_class.current = None
+                    freed += self._unmap_locked(size_class, current)
+                else:
+                    due = min(due, since + trim_after)
+        self._trim_due = due
+        return freed
+
+    def _unmap_oldest_idle(self) -> None:
+        oldest: tuple[_SizeClass, _Slab] | None = None
+        for size_class in self._classes:
+            for slab in size_class.idle:  # first is oldest
+                if oldest is None or slab.idle_since < oldest[1].idle_since:
+                    oldest = (size_class, slab)
+                break
+        assert oldest is not None
+        size_class, slab = oldest
+        del size_class.idle[slab]
+        self._idle_bytes -= SLAB_BYTES
+        self._unmap_locked(size_class, slab)
+
+    def _unmap_locked(self, size_class: _SizeClass, slab: _Slab) -> int:
+        slab.unmap()
+        size_class.slabs -= 1
+        self._slab_bytes -= SLAB_BYTES
+        self._slabs_trimmed += 1
+        self._bytes_trimmed += SLAB_BYTES
+        return SLAB_BYTES
+
+    # -- introspection ------------------------------------------------------
+
+    def statistics(self) -> BufferPoolStatistics:
+        """Return a :class:`BufferPoolStatistics` snapshot (consistent: taken under the lock)."""
+        if self._leaks:
+            self._drain_leaks()
+        with self._lock:
+            classes = tuple(
+                SizeClassStatistics(c.size, c.slabs, c.slabs * c.slots, c.leased)
+                for c in self._classes
+            )
+            idle = self._idle_bytes + sum(
+                SLAB_BYTES for c in self._classes if c.current is not None and not c.current.leased
+            )
+            return BufferPoolStatistics(
+                size_classes=classes,
+                bytes_leased=self._bytes_leased,
+                bytes_reserved_by_slabs=self._slab_bytes,
+                bytes_idle=idle,
+                dedicated_buffers=self._dedicated,
+                bytes_dedicated=self._dedicated_bytes,
+                leases=self._leases,
+                releases=self._releases,
+                leaks_detected=self._leaks_detected,
+                slabs_trimmed=self._slabs_trimmed,
+                bytes_trimmed=self._bytes_trimmed,
+                leak_detection=_LEAK_LEVELS[self._leak_level],
+                recent_leaks=tuple(self._recent_leaks),
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"<millpond.BufferPool leased={self._bytes_leased} "
+            f"slabs={self._slab_bytes} dedicated={self._dedicated_bytes}>"
+        )
+
+
+def _lease_site() -> _Site:
+    # The first frame outside this module is the caller of lease()/lease_nowait().
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    try:
+        name = trio.lowlevel.current_task().name
+    except RuntimeError:
+        name = threading.current_thread().name
+    return frame.f_code.co_filename, frame.f_lineno, name

@@ -1,0 +1,808 @@
+"""The byte budget for buffers: :class:`BufferLimiter`.
+
+This module owns the answer to "how many buffer bytes may this process hold, who holds them,
+and who is waiting for more". It never allocates memory: the buffer pool asks it for permission
+before it leases a buffer and gives the bytes back when the lease ends.
+
+It is written in two layers, so that the rules can be tested without Trio:
+
+* :class:`_Ledger` is pure bookkeeping: counters, per-owner holdings and two FIFO queues of
+  waiting requests. Every rule about who gets what lives here, and its methods report which
+  waiters they granted instead of waking anybody.
+* :class:`BufferLimiter` wraps the ledger in Trio: it parks waiting tasks, reschedules the ones
+  the ledger granted, turns cancellation into a withdrawal, and brings calls made in worker
+  threads back to the Trio thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, TypeVar, TypeVarTuple, final
+
+import outcome
+import trio
+
+__all__ = ["BufferLimiter", "BufferLimiterStatistics", "Pressure"]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+# The default pressure threshold, as a fraction of total_bytes. Linux leaves it to the admin to
+# pick tcp_mem's "pressure" value; three quarters leaves a quarter of the budget as warning
+# time, which is enough for a server to start shrinking read sizes before anyone has to wait.
+DEFAULT_PRESSURE_FRACTION: Final = (3, 4)
+
+# statistics() names at most this many holders: enough to spot a leak or a greedy connection,
+# small enough to compute with a heap on every debug-endpoint request.
+TOP_HOLDERS: Final = 10
+
+
+class Pressure(enum.IntEnum):
+    """How full a :class:`BufferLimiter` is, after the three levels of Linux's ``tcp_mem``.
+
+    The levels are ordered, so ``limiter.pressure >= Pressure.PRESSURE`` reads naturally.
+
+    * ``NONE``: fewer than ``pressure_bytes`` are in use. Take what you like.
+    * ``PRESSURE``: at least ``pressure_bytes`` are in use, but ordinary requests can still be
+      granted. A good moment to read in smaller chunks and to trim caches.
+    * ``HARD``: at least ``total_bytes - reserved_bytes`` are in use, so an ordinary request
+      (from an owner that holds nothing) has to wait; only the reserve is left.
+    """
+
+    NONE = 0
+    PRESSURE = 1
+    HARD = 2
+
+
+@dataclass(frozen=True, slots=True)
+class BufferLimiterStatistics:
+    """An object containing debugging information, returned by
+    :meth:`BufferLimiter.statistics`.
+
+    Currently the following fields are defined:
+
+    * ``total_bytes``, ``reserved_bytes``, ``pressure_bytes``: the limiter's configuration.
+    * ``bytes_in_use``: bytes currently held. It can exceed ``total_bytes`` right after the
+      total was decreased.
+    * ``bytes_available``: ``max(0, total_bytes - bytes_in_use)``, reserve included.
+    * ``peak_bytes_in_use``: the highest ``bytes_in_use`` ever reached.
+    * ``tasks_waiting``: requests blocked in :meth:`BufferLimiter.acquire` or
+      :meth:`BufferLimiter.acquire_on_behalf_of`; ``bytes_waited_for`` is their sum.
+    * ``grants``: requests that were granted (and kept).
+    * ``timeouts``: waiting requests that gave up because they were cancelled, including those
+      that were granted but cancelled before they could resume.
+    * ``pressure``: the current :class:`Pressure` level.
+    * ``top_holders``: up to ten ``(repr(owner), bytes)`` pairs, largest first.
+    """
+
+    total_bytes: int
+    reserved_bytes: int
+    pressure_bytes: int
+    bytes_in_use: int
+    bytes_available: int
+    peak_bytes_in_use: int
+    tasks_waiting: int
+    bytes_waited_for: int
+    grants: int
+    timeouts: int
+    pressure: Pressure
+    top_holders: tuple[tuple[str, int], ...]
+
+
+def _checked_int(name: str, value: object, minimum: int) -> int:
+    # bool is an int to Python but never a byte count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _checked_nbytes(nbytes: object) -> int:
+    return _checked_int("nbytes", nbytes, 1)
+
+
+def _unhashable_owner(owner: object) -> TypeError:
+    return TypeError(f"owner must be hashable, not {type(owner).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure bookkeeping
+# ---------------------------------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    WAITING = "waiting"  # in one of the two queues
+    GRANTED = "granted"  # the ledger counts the bytes as held by the waiter's owner
+    WITHDRAWN = "withdrawn"  # cancelled while waiting; nothing was ever granted
+    REFUSED = "refused"  # total_bytes shrank below what it asked for
+    RETURNED = "returned"  # granted, then cancelled before resuming: the bytes went back
+
+
+# The only moves a waiter can make. Everything else is a bug in the ledger.
+_TRANSITIONS: Final = frozenset(
+    {
+        (_State.WAITING, _State.GRANTED),
+        (_State.WAITING, _State.WITHDRAWN),
+        (_State.WAITING, _State.REFUSED),
+        (_State.GRANTED, _State.RETURNED),
+    }
+)
+
+
+class _Waiter:
+    """One blocked request. The ledger treats ``task`` as an opaque tag for the I/O layer."""
+
+    __slots__ = ("nbytes", "owner", "privileged", "state", "task")
+
+    def __init__(self, owner: object, nbytes: int, privileged: bool) -> None:
+        self.owner = owner
+        self.nbytes = nbytes
+        self.privileged = privileged
+        self.state = _State.WAITING
+        self.task: trio.lowlevel.Task | None = None
+
+    def move(self, state: _State) -> None:
+        assert (self.state, state) in _TRANSITIONS, (self.state, state)
+        self.state = state
+
+
+_NOBODY: Final[tuple[_Waiter, ...]] = ()
+
+
+class _Ledger:
+    """Who holds how many bytes, and who waits for how many, with no I/O at all.
+
+    Queueing policy (the long version is in ``docs/limiter.md``):
+
+    * A request is *privileged* if its owner already holds bytes, *ordinary* otherwise. Only
+      privileged requests may use the last ``reserved`` bytes, so an owner that holds memory
+      can always get the little more it needs to finish and give everything back.
+    * Each class has its own FIFO. Privileged waiters are served first; within a class,
+      strictly in arrival order.
+    * Head-of-line: if the head of the queue being served does not fit, nobody behind it is
+      served, not even a smaller request that would fit, or the large request could starve.
+    * No barging: a new request is granted at once only if nobody of its class or a higher
+      class is waiting. Capacity freed by a release is handed to waiters inside that call.
+    * An ordinary waiter whose owner becomes a holder while it waits (because another request
+      for the same owner was granted) is promoted to the tail of the privileged FIFO.
+      Privilege is never taken away from a waiter.
+    """
+
+    def __init__(self, total: int, reserved: int, pressure: int | None) -> None:
+        self.reserved = reserved
+        self.explicit_pressure = pressure
+        self.in_use = 0
+        self.peak = 0
+        self.grants = 0
+        self.timeouts = 0
+        self.bytes_waited_for = 0
+        self.held: dict[object, int] = {}  # owner -> bytes, never 0
+        self.privileged: OrderedDict[_Waiter, None] = OrderedDict()
+        self.ordinary: OrderedDict[_Waiter, None] = OrderedDict()
+        self.ordinary_by_owner: dict[object, list[_Waiter]] = {}
+        self.total = total
+        self.ordinary_limit = total - reserved
+
+    @property
+    def pressure_bytes(self) -> int:
+        if self.explicit_pressure is not None:
+            return self.explicit_pressure
+        num, den = DEFAULT_PRESSURE_FRACTION
+        return min(self.total * num // den, self.ordinary_limit)
+
+    @property
+    def pressure(self) -> Pressure:
+        if self.in_use >= self.ordinary_limit:
+            return Pressure.HARD
+        if self.in_use >= self.pressure_bytes:
+            return Pressure.PRESSURE
+        return Pressure.NONE
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_use and not self.privileged and not self.ordinary
+
+    def take(self, owner: object, nbytes: int) -> bool:
+        """Grant ``nbytes`` to ``owner`` now if the policy allows it; False means wait."""
+        # Hot path: a few dict and int operations when nobody waits.
+        held = self.held
+        try:
+            already = held.get(owner, 0)
+        except TypeError:
+            raise _unhashable_owner(owner) from None
+        in_use = self.in_use + nbytes
+        if already:
+            if nbytes > self.total:
+                raise ValueError(
+                    f"nbytes={nbytes} is larger than total_bytes={self.total}; it could never "
+                    "be granted"
+                )
+            if self.privileged or in_use > self.total:
+                return False
+        else:
+            if nbytes > self.ordinary_limit:
+                raise ValueError(
+                    f"nbytes={nbytes} is larger than total_bytes - reserved_bytes = "
+                    f"{self.ordinary_limit}, the most an owner that holds nothing can get"
+                )
+            if self.privileged or self.ordinary or in_use > self.ordinary_limit:
+                return False
+        held[owner] = already + nbytes
+        self.in_use = in_use
+        if in_use > self.peak:
+            self.peak = in_use
+        self.grants += 1
+        return True
+
+    def enqueue(self, owner: object, nbytes: int) -> _Waiter:
+        """Queue a request that :meth:`take` refused."""
+        waiter = _Waiter(owner, nbytes, privileged=owner in self.held)
+        if waiter.privileged:
+            self.privileged[waiter] = None
+        else:
+            self.ordinary[waiter] = None
+            self.ordinary_by_owner.setdefault(owner, []).append(waiter)
+        self.bytes_waited_for += nbytes
+        return waiter
+
+    def withdraw(self, waiter: _Waiter) -> Sequence[_Waiter]:
+        """A waiter gave up (cancelled). Returns the waiters this unblocked."""
+        self._dequeue(waiter)
+        waiter.move(_State.WITHDRAWN)
+        self.timeouts += 1
+        return self._serve()
+
+    def give_back(self, waiter: _Waiter) -> Sequence[_Waiter]:
+        """A granted waiter was cancelled before it resumed: undo the grant."""
+        waiter.move(_State.RETURNED)
+        self.grants -= 1
+        self.timeouts += 1
+        # Somebody may have released on behalf of the same owner in the meantime; what is
+        # already back must not be put back twice.
+        nbytes = min(waiter.nbytes, self.held.get(waiter.owner, 0))
+        if nbytes:
+            return self.put_back(waiter.owner, nbytes)
+        return self._serve()
+
+    def put_back(self, owner: object, nbytes: int) -> Sequence[_Waiter]:
+        """``owner`` releases ``nbytes``. Returns the waiters granted with them."""
+        held = self.held
+        try:
+            already = held.get(owner, 0)
+        except TypeError:
+            raise _unhashable_owner(owner) from None
+        if nbytes > already:
+            raise RuntimeError(
+                f"can't release {nbytes} bytes on behalf of {owner!r}: it holds {already}"
+            )
+        if nbytes == already:
+            del held[owner]
+        else:
+            held[owner] = already - nbytes
+        self.in_use -= nbytes
+        if self.privileged or self.ordinary:
+            return self._serve()
+        return _NOBODY
+
+    def resize(self, total: int) -> tuple[Sequence[_Waiter], Sequence[_Waiter]]:
+        """Change the total. Returns ``(granted, refused)``: waiters whose request can no
+        longer ever fit are refused rather than left to block the queue for ever."""
+        self.total = total
+        self.ordinary_limit = total - self.reserved
+        refused = [
+            waiter
+            for waiter in (*self.privileged, *self.ordinary)
+            if waiter.nbytes > (total if waiter.privileged else self.ordinary_limit)
+        ]
+        for waiter in refused:
+            self._dequeue(waiter)
+            waiter.move(_State.REFUSED)
+        return self._serve(), refused
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        if waiter.privileged:
+            del self.privileged[waiter]
+        else:
+            del self.ordinary[waiter]
+            self._forget_ordinary(waiter)
+        self.bytes_waited_for -= waiter.nbytes
+
+    def _forget_ordinary(self, waiter: _Waiter) -> None:
+        same_owner = self.ordinary_by_owner[waiter.owner]
+        same_owner.remove(waiter)
+        if not same_owner:
+            del self.ordinary_by_owner[waiter.owner]
+
+    def _serve(self) -> list[_Waiter]:
+        granted: list[_Waiter] = []
+        privileged, ordinary, held = self.privileged, self.ordinary, self.held
+        while True:
+            if privileged:
+                waiter = next(iter(privileged))
+                if self.in_use + waiter.nbytes > self.total:
+                    break  # head-of-line: nobody overtakes a privileged head
+                del privileged[waiter]
+            elif ordinary:
+                waiter = next(iter(ordinary))
+                if self.in_use + waiter.nbytes > self.ordinary_limit:
+                    break
+                del ordinary[waiter]
+                self._forget_ordinary(waiter)
+            else:
+                break
+            waiter.move(_State.GRANTED)
+            nbytes, owner = waiter.nbytes, waiter.owner
+            self.bytes_waited_for -= nbytes
+            already = held.get(owner, 0)
+            held[owner] = already + nbytes
+            self.in_use += nbytes
+            self.peak = max(self.peak, self.in_use)
+            self.grants += 1
+            granted.append(waiter)
+            if not already:
+                # The owner just became a holder: its other waiting requests are now
+                # requests "from an owner that holds bytes".
+                for promoted in self.ordinary_by_owner.pop(owner, ()):
+                    del ordinary[promoted]
+                    promoted.privileged = True
+                    privileged[promoted] = None
+        return granted
+
+
+# ---------------------------------------------------------------------------------------------
+# Trio layer
+# ---------------------------------------------------------------------------------------------
+
+# Stands for "the current task", resolved when a reservation is entered.
+_CURRENT_TASK: Final = object()
+
+
+@final
+class BufferLimiter:
+    """A byte budget for buffers, with a fair, cancel-safe wait queue.
+
+    A server that reads from thousands of connections at once has to put a limit on how much
+    memory its buffers take, or a burst of slow clients takes the process down. One popular
+    policy is "at most 64 MiB of buffers; when they are all in use, a connection that wants
+    one waits for somebody to give one back". :class:`BufferLimiter` implements that policy.
+
+    You can think of a :class:`BufferLimiter` as a sack that starts out holding some fixed
+    number of bytes::
+
+       limiter = millpond.BufferLimiter(64 * 1024 * 1024)
+
+    Tasks take bytes out of the sack before they fill a buffer, and put them back when the
+    buffer is free again::
+
+       async with limiter.reserve(16384):
+           # 16 KiB of the budget are ours
+           await fill_and_send_a_buffer()
+       # leaving the block puts them back, whatever happened inside
+
+    If the sack holds too few bytes, the task waits until enough are put back. Waiters are
+    served first come, first served; a large request at the head of the line holds back the
+    smaller ones behind it, so that it cannot be starved. Waiting is cancel-safe: give up with
+    :func:`trio.move_on_after` and the bytes go to the next in line, none are lost.
+
+    Unlike :class:`trio.CapacityLimiter`, one owner (by default, the current task) may hold
+    bytes from many calls at once; the limiter counts them per owner, and releasing more than
+    an owner holds is a :exc:`RuntimeError`.
+
+    Two ideas are borrowed from other systems:
+
+    * ``reserved_bytes`` (HAProxy's ``tune.buffers.reserve``): the last bytes of the budget go
+      only to owners that already hold some, so a task that holds an input buffer can always
+      get the output buffer it needs to finish. Without it, a proxy in which every connection
+      holds one buffer and waits for a second one deadlocks as soon as the budget runs out.
+    * :attr:`pressure` (Linux's ``tcp_mem``): a :class:`Pressure` level that tells the server
+      when to economize before anybody has to wait.
+
+    Bytes may be released from a worker thread (:func:`trio.to_thread.run_sync`); the release
+    and the handoff to waiters then happen on the Trio thread, and the call returns once done.
+
+    Args:
+      total_bytes: The size of the budget; see :attr:`total_bytes`.
+      reserved_bytes: How many of ``total_bytes`` only owners that already hold bytes may use.
+        Make it at least as large as the largest single request a holder makes to finish.
+      pressure_bytes: The in-use level at which :attr:`pressure` becomes
+        :attr:`Pressure.PRESSURE`. Defaults to three quarters of ``total_bytes`` (but not
+        above ``total_bytes - reserved_bytes``), and follows ``total_bytes`` when it changes.
+
+    Raises:
+      TypeError: if an argument is not an int (``bool`` is not accepted).
+      ValueError: unless ``0 <= reserved_bytes < total_bytes`` and
+        ``0 <= pressure_bytes <= total_bytes - reserved_bytes``.
+
+    """
+
+    def __init__(
+        self,
+        total_bytes: int,
+        *,
+        reserved_bytes: int = 0,
+        pressure_bytes: int | None = None,
+    ) -> None:
+        total_bytes = _checked_int("total_bytes", total_bytes, 1)
+        reserved_bytes = _checked_int("reserved_bytes", reserved_bytes, 0)
+        if reserved_bytes >= total_bytes:
+            raise ValueError(
+                f"reserved_bytes must be < total_bytes={total_bytes}, got {reserved_bytes}"
+            )
+        if pressure_bytes is not None:
+            pressure_bytes = _checked_int("pressure_bytes", pressure_bytes, 0)
+            if pressure_bytes > total_bytes - reserved_bytes:
+                raise ValueError(
+                    f"pressure_bytes must be <= total_bytes - reserved_bytes = "
+                    f"{total_bytes - reserved_bytes}, got {pressure_bytes}"
+                )
+        self._ledger = _Ledger(total_bytes, reserved_bytes, pressure_bytes)
+        # The Trio run this limiter serves, and the thread it runs in. Calls from any other
+        # thread are carried over with the token; see _at_home().
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._home: int | None = None
+        if trio.lowlevel.in_trio_run():
+            self._token = trio.lowlevel.current_trio_token()
+            self._home = threading.get_ident()
+
+    def __repr__(self) -> str:
+        ledger = self._ledger
+        waiting = len(ledger.privileged) + len(ledger.ordinary)
+        return (
+            f"<millpond.BufferLimiter at {id(self):#x}, {ledger.in_use}/{ledger.total} bytes "
+            f"in use, {waiting} waiting>"
+        )
+
+    # -- configuration and state ---------------------------------------------------------
+
+    @property
+    def total_bytes(self) -> int:
+        """The size of the budget.
+
+        You can change :attr:`total_bytes` by assigning to it, also while the limiter is in
+        use. If you make it larger, the waiters that now fit are granted at once, in order. If
+        you make it smaller, nothing already held is revoked: holders finish as normal, and no
+        new request is granted until the bytes in use drop below the new total. A waiter whose
+        request can never fit under the new total gets the same :exc:`ValueError` a new
+        request of that size would get, instead of blocking the queue for ever.
+
+        Raises:
+          TypeError: if the new value is not an int.
+          ValueError: if the new value is not larger than :attr:`reserved_bytes`.
+
+        """
+        return self._ledger.total
+
+    @total_bytes.setter
+    def total_bytes(self, new_total: int) -> None:
+        new_total = _checked_int("total_bytes", new_total, 1)
+        if new_total <= self._ledger.reserved:
+            raise ValueError(
+                f"total_bytes must be > reserved_bytes={self._ledger.reserved}, got {new_total}"
+            )
+        self._resize(new_total)
+
+    @trio.lowlevel.enable_ki_protection
+    def _resize(self, new_total: int) -> None:
+        if threading.get_ident() != self._home and not self._at_home():
+            self._call_at_home(self._resize, new_total)
+            return
+        granted, refused = self._ledger.resize(new_total)
+        for waiter in refused:
+            assert waiter.task is not None
+            error = ValueError(
+                f"nbytes={waiter.nbytes} can no longer be granted: total_bytes was reduced to "
+                f"{new_total} (reserved_bytes={self._ledger.reserved})"
+            )
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
+        self._wake(granted)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """How many of :attr:`total_bytes` only owners that already hold bytes may use."""
+        return self._ledger.reserved
+
+    @property
+    def pressure_bytes(self) -> int:
+        """The in-use level at which :attr:`pressure` becomes :attr:`Pressure.PRESSURE`."""
+        return self._ledger.pressure_bytes
+
+    @property
+    def bytes_in_use(self) -> int:
+        """The number of bytes currently held, by all owners together."""
+        return self._ledger.in_use
+
+    @property
+    def bytes_available(self) -> int:
+        """``max(0, total_bytes - bytes_in_use)``, including the reserve.
+
+        An owner that holds nothing can get at most ``bytes_available - reserved_bytes``.
+        """
+        return max(0, self._ledger.total - self._ledger.in_use)
+
+    @property
+    def pressure(self) -> Pressure:
+        """The current :class:`Pressure` level."""
+        return self._ledger.pressure
+
+    def held_by(self, owner: object) -> int:
+        """The number of bytes ``owner`` currently holds (0 if none)."""
+        try:
+            return self._ledger.held.get(owner, 0)
+        except TypeError:
+            raise _unhashable_owner(owner) from None
+
+    # -- acquiring -------------------------------------------------------------------------
+
+    def acquire_nowait(self, nbytes: int) -> None:
+        """Take ``nbytes`` from the sack for the current task, without blocking.
+
+        Raises:
+          WouldBlock: if the bytes are not available, or if other requests are waiting.
+          TypeError: if ``nbytes`` is not an int.
+          ValueError: if ``nbytes <= 0`` or the request could never be granted.
+
+        """
+        self.acquire_on_behalf_of_nowait(_current_owner(), nbytes)
+
+    @trio.lowlevel.enable_ki_protection
+    def acquire_on_behalf_of_nowait(self, owner: object, nbytes: int) -> None:
+        """Take ``nbytes`` from the sack on behalf of ``owner``, without blocking.
+
+        This never barges: while anybody is waiting whom the policy would serve first, it
+        raises :exc:`trio.WouldBlock` even if enough bytes are free.
+
+        Args:
+          owner: Any hashable object that stands for who holds the bytes, for example a
+            connection. An owner that already holds bytes may use the reserve.
+          nbytes: How many bytes; an int > 0.
+
+        Raises:
+          WouldBlock: if the bytes are not available, or if other requests are waiting.
+          TypeError: if ``nbytes`` is not an int or ``owner`` is not hashable.
+          ValueError: if ``nbytes <= 0``, or larger than :attr:`total_bytes` (for an owner that
+            holds nothing: larger than ``total_bytes - reserved_bytes``).
+
+        """
+        if type(nbytes) is not int or nbytes <= 0:
+            nbytes = _checked_nbytes(nbytes)
+        if (threading.get_ident() != self._home or not self._ledger.in_use) and (
+            not self._at_home()
+        ):
+            self._call_at_home(self.acquire_on_behalf_of_nowait, owner, nbytes)
+            return
+        if not self._ledger.take(owner, nbytes):
+            raise trio.WouldBlock
+
+    async def acquire(self, nbytes: int) -> None:
+        """Take ``nbytes`` from the sack for the current task, waiting if necessary.
+
+        See :meth:`acquire_on_behalf_of`.
+        """
+        await self.acquire_on_behalf_of(trio.lowlevel.current_task(), nbytes)
+
+    @trio.lowlevel.enable_ki_protection
+    async def acquire_on_behalf_of(self, owner: object, nbytes: int) -> None:
+        """Take ``nbytes`` from the sack on behalf of ``owner``, waiting if necessary.
+
+        Waiters are served in arrival order (owners that already hold bytes first, see the
+        class docstring). If this raises :exc:`trio.Cancelled`, ``owner`` holds nothing more
+        than before: a waiter cancelled after the bytes were handed to it, but before it could
+        resume, passes them on to the next waiter.
+
+        Args:
+          owner: Any hashable object; see :meth:`acquire_on_behalf_of_nowait`.
+          nbytes: How many bytes; an int > 0.
+
+        Raises:
+          TypeError: if ``nbytes`` is not an int or ``owner`` is not hashable.
+          ValueError: if the request could never be granted (see
+            :meth:`acquire_on_behalf_of_nowait`), also if :attr:`total_bytes` is reduced
+            below it while it waits.
+
+        """
+        if type(nbytes) is not int or nbytes <= 0:
+            nbytes = _checked_nbytes(nbytes)
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if threading.get_ident() != self._home or not self._ledger.in_use:
+            self._at_home()  # inside Trio this binds the limiter to this run, or raises
+        ledger = self._ledger
+        if ledger.take(owner, nbytes):
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return
+        waiter = ledger.enqueue(owner, nbytes)
+        waiter.task = trio.lowlevel.current_task()
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            # Still queued (Trio only calls this before reschedule()): leave the queue, and
+            # let whoever was behind us go if we were what blocked them.
+            self._wake(ledger.withdraw(waiter))
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        # The ledger already counts the bytes as ours: the handoff happened inside a release
+        # (or a resize, or somebody else's withdrawal) while we were parked, so no newcomer
+        # could take them. But our scope may have been cancelled between that handoff and
+        # now; Trio does not call abort() for a task that was already rescheduled. A task that
+        # was told to stop no longer wants the bytes, so pass them on (HAProxy does the same)
+        # instead of returning and making the caller release them at its next checkpoint.
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            self._wake(ledger.give_back(waiter))
+            raise
+
+    def reserve(self, nbytes: int) -> AbstractAsyncContextManager[None]:
+        """An async context manager that acquires ``nbytes`` for the current task on entry,
+        waiting if necessary, and releases them on exit, however the block is left::
+
+           async with limiter.reserve(16384):
+               ...
+
+        """
+        return self.reserve_on_behalf_of(_CURRENT_TASK, nbytes)
+
+    def reserve_on_behalf_of(self, owner: object, nbytes: int) -> AbstractAsyncContextManager[None]:
+        """Like :meth:`reserve`, on behalf of ``owner``."""
+        return _Reservation(self, owner, _checked_nbytes(nbytes))
+
+    # -- releasing -------------------------------------------------------------------------
+
+    def release(self, nbytes: int) -> None:
+        """Put ``nbytes`` back into the sack on behalf of the current task.
+
+        In a thread started by :func:`trio.to_thread.run_sync` (without
+        ``abandon_on_cancel``), "the current task" is the task waiting for that thread.
+
+        Raises:
+          RuntimeError: if the current task holds fewer than ``nbytes``, or if there is no
+            current task (call :meth:`release_on_behalf_of` instead).
+
+        """
+        self.release_on_behalf_of(_current_owner(), nbytes)
+
+    @trio.lowlevel.enable_ki_protection
+    def release_on_behalf_of(self, owner: object, nbytes: int) -> None:
+        """Put ``nbytes`` back into the sack on behalf of ``owner``.
+
+        The bytes are handed to the waiters at the head of the line inside this call, so no
+        task arriving later can take them first. This may be called from any thread: from a
+        thread other than the Trio thread, the release is carried out on the Trio thread and
+        this call returns when it is done (or raises what it raised).
+
+        Raises:
+          RuntimeError: if ``owner`` holds fewer than ``nbytes``.
+          TypeError: if ``nbytes`` is not an int or ``owner`` is not hashable.
+          ValueError: if ``nbytes <= 0``.
+          trio.RunFinishedError: if called from another thread after the Trio run that uses
+            this limiter has finished.
+
+        """
+        if type(nbytes) is not int or nbytes <= 0:
+            nbytes = _checked_nbytes(nbytes)
+        if threading.get_ident() != self._home and not self._at_home():
+            self._call_at_home(self.release_on_behalf_of, owner, nbytes)
+            return
+        self._wake(self._ledger.put_back(owner, nbytes))
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def statistics(self) -> BufferLimiterStatistics:
+        """Return an object containing debugging information; see
+        :class:`BufferLimiterStatistics`."""
+        if threading.get_ident() != self._home and not self._at_home():
+            return self._call_at_home(self.statistics)
+        ledger = self._ledger
+        top = heapq.nlargest(TOP_HOLDERS, ledger.held.items(), key=lambda item: item[1])
+        return BufferLimiterStatistics(
+            total_bytes=ledger.total,
+            reserved_bytes=ledger.reserved,
+            pressure_bytes=ledger.pressure_bytes,
+            bytes_in_use=ledger.in_use,
+            bytes_available=max(0, ledger.total - ledger.in_use),
+            peak_bytes_in_use=ledger.peak,
+            tasks_waiting=len(ledger.privileged) + len(ledger.ordinary),
+            bytes_waited_for=ledger.bytes_waited_for,
+            grants=ledger.grants,
+            timeouts=ledger.timeouts,
+            pressure=ledger.pressure,
+            top_holders=tuple((repr(owner), nbytes) for owner, nbytes in top),
+        )
+
+    # -- Trio and threads ------------------------------------------------------------------
+
+    @staticmethod
+    def _wake(granted: Sequence[_Waiter]) -> None:
+        for waiter in granted:
+            assert waiter.task is not None
+            trio.lowlevel.reschedule(waiter.task)
+
+    def _at_home(self) -> bool:
+        """The slow path of the thread check: may this thread touch the ledger directly?
+
+        The fast path is ``threading.get_ident() == self._home``. We get here from another
+        thread, or before the limiter was first used inside Trio, or (from acquire) when no
+        bytes are in use. Returns False if the call must be carried to the Trio thread.
+        """
+        if not trio.lowlevel.in_trio_run():
+            # A worker thread (or a program without Trio). Before it is first used inside
+            # Trio the limiter is a plain object: nobody can be waiting, nothing to hand off.
+            return self._token is None
+        token = trio.lowlevel.current_trio_token()
+        if token is self._token:
+            return True
+        # A different Trio run. It may have the limiter if the previous one is done with it:
+        # nothing held, or the run is over (so nobody can ever release what it held).
+        if self._token is None or self._ledger.idle or _run_is_over(self._token):
+            self._token = token
+            self._home = threading.get_ident()
+            return True
+        raise RuntimeError("this BufferLimiter is in use by another Trio run")
+
+    def _call_at_home(self, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        # Like trio.from_thread.run_sync(fn, *args, trio_token=...), without spawning a task.
+        token = self._token
+        assert token is not None
+        results: queue.SimpleQueue[outcome.Outcome[T]] = queue.SimpleQueue()
+
+        def in_trio_thread() -> None:
+            results.put(outcome.capture(fn, *args))
+
+        token.run_sync_soon(in_trio_thread)
+        return results.get().unwrap()
+
+
+def _run_is_over(token: trio.lowlevel.TrioToken) -> bool:
+    try:
+        token.run_sync_soon(lambda: None)
+    except trio.RunFinishedError:
+        return True
+    return False
+
+
+def _current_owner() -> object:
+    """The current task; in a trio.to_thread worker, the task waiting for the thread."""
+    try:
+        return trio.lowlevel.current_task()
+    except RuntimeError:
+        pass
+    try:
+        return trio.from_thread.run_sync(trio.lowlevel.current_task)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            "there is no current task here; use the *_on_behalf_of(owner, nbytes) methods"
+        ) from exc
+
+
+@final
+class _Reservation(AbstractAsyncContextManager[None]):
+    __slots__ = ("_limiter", "_nbytes", "_owner", "_resolved")
+
+    def __init__(self, limiter: BufferLimiter, owner: object, nbytes: int) -> None:
+        self._limiter = limiter
+        self._owner = owner
+        self._nbytes = nbytes
+        self._resolved: object = None
+
+    async def __aenter__(self) -> None:
+        owner = self._owner
+        if owner is _CURRENT_TASK:
+            owner = trio.lowlevel.current_task()
+        await self._limiter.acquire_on_behalf_of(owner, self._nbytes)
+        self._resolved = owner
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._limiter.release_on_behalf_of(self._resolved, self._nbytes)

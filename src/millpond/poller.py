@@ -1,0 +1,507 @@
+"""Readiness: telling connection tasks when their socket can be read or written.
+
+This module owns the readiness core and nothing else: it knows sockets and
+tasks, never buffers or handlers. Two implementations share one interface:
+
+* ``EpollPoller`` (Linux): a private ``select.epoll`` per Trio run, every
+  socket registered once, edge-triggered, and one dispatcher system task that
+  drains events and wakes parked tasks with ``trio.lowlevel.reschedule``.
+* ``TrioPoller`` (everywhere): the same interface on Trio's own
+  ``wait_readable``/``wait_writable``.
+
+A socket is registered once and gets a ``Registration``; the connection code
+keeps that handle and parks on it, so the hot path does no dictionary lookup.
+
+Why edge-triggered, one registration per socket, is safe here
+---------------------------------------------------------------
+Trio's ``_io_epoll.py`` (read its long header comment) uses level-triggered
+``EPOLLONESHOT`` and pays one ``epoll_ctl(MOD)`` for every wait, because it
+cannot trust user code to tell it when an fd is closed: a stale registration
+on a closed-and-reused fd number would otherwise make ``epoll_wait`` return
+immediately forever. Oneshot bounds the damage to one spurious wakeup.
+
+millpond makes the opposite choice: ``EPOLLIN | EPOLLOUT | EPOLLRDHUP |
+EPOLLET``, added once when the socket is created and never modified. The
+kernel then reports a *transition* to readable or writable once, and the cost
+per wait is zero syscalls (only the shared ``epoll_wait``). This is safe
+because millpond owns the sockets it registers:
+
+1. Every registered socket is closed only through ``Poller.unregister``
+   followed by ``socket.close``, in that order (``Connection.aclose``, the
+   server's listener cleanup). ``EPOLL_CTL_DEL`` runs while the fd still
+   names our file object, so the registration is really removed; the
+   fd-reuse trap (a dup'd file object living on under an old fd number)
+   cannot arise. A new socket that reuses the number gets a fresh
+   ``Registration`` object and a fresh ``EPOLL_CTL_ADD``.
+2. Events are drained and dispatched synchronously (no ``await`` between
+   ``epoll.poll`` and the loop over its results), so ``unregister`` can never
+   run in the middle of a batch: an event for an fd number that is not in
+   the registry is ignored, never delivered to a later socket.
+3. An edge is never dropped. When the kernel reports readiness and no task
+   is parked, the edge is remembered on the registration (``readable`` /
+   ``writable``); the next wait consumes it instead of parking. The caller
+   parks only after the kernel said EAGAIN or after a short read: between
+   that syscall and the park there is no ``await``, so the dispatcher cannot
+   have consumed an edge the caller has not seen. (rsyscall's epoller says
+   it plainly: dropping a posedge means deadlock.)
+
+What it costs: a remembered edge can be stale (the data it announced was
+already read), which costs one extra ``recv`` that returns EAGAIN; and a
+socket closed behind millpond's back (``sock.close()`` without
+``unregister``) is silently dropped from the epoll set by the kernel, but its
+parked tasks would wait until cancelled. ``Connection`` never does that.
+
+Waking: a parked task is woken by exactly one ``reschedule``; the abort
+callback (cancellation) clears the parked slot first, so the dispatcher can
+never reschedule a task twice. Closing wakes parked tasks with
+``trio.ClosedResourceError``.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import select
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Final
+
+import outcome
+import trio
+from trio.lowlevel import (
+    Abort,
+    RaiseCancelT,
+    RunVar,
+    Task,
+    current_task,
+    reschedule,
+    spawn_system_task,
+    wait_task_rescheduled,
+)
+
+__all__ = [
+    "EpollPoller",
+    "Poller",
+    "PollerStatistics",
+    "Registration",
+    "TrioPoller",
+    "get_poller",
+    "resolve_poller_name",
+]
+
+POLLER_NAMES: Final = ("auto", "epoll", "trio")
+
+# Environment variable that picks the poller when the caller says "auto".
+POLLER_ENV_VAR: Final = "MILLPOND_POLLER"
+
+# Events returned by one epoll_wait. 1024 covers a full batch of a busy server
+# in one syscall; when a batch comes back full the dispatcher polls again
+# before parking, so the number bounds latency of nothing, only syscall count.
+MAX_EVENTS_PER_POLL: Final = 1024
+
+if sys.platform == "linux":
+    _EPOLLIN: Final = select.EPOLLIN
+    _EPOLLOUT: Final = select.EPOLLOUT
+    _EPOLLRDHUP: Final = select.EPOLLRDHUP
+    _EPOLLHUP: Final = select.EPOLLHUP
+    _EPOLLERR: Final = select.EPOLLERR
+    _EPOLLET: Final = select.EPOLLET
+    # Interest set of every socket, fixed at registration and never modified.
+    _INTEREST: Final = _EPOLLIN | _EPOLLOUT | _EPOLLRDHUP | _EPOLLET
+    # A reader must look at the socket on new data, a half-close by the peer,
+    # a hang-up or an error (the recv reports which).
+    _READ_EVENTS: Final = _EPOLLIN | _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
+    # A writer must look on free space, a hang-up or an error.
+    _WRITE_EVENTS: Final = _EPOLLOUT | _EPOLLHUP | _EPOLLERR
+    # The peer is done sending (or gone): sets Registration.hangup.
+    _HANGUP_EVENTS: Final = _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
+
+
+def _closed_error() -> outcome.Error:
+    return outcome.Error(trio.ClosedResourceError("another task closed this socket"))
+
+
+class Registration(abc.ABC):
+    """One socket's membership in a poller: the handle connection code parks on.
+
+    ``readable`` and ``writable`` are remembered edges: ``True`` when the
+    poller saw the socket become ready while no task was parked. Callers set
+    them to ``False`` right before the ``recv``/``send`` that consumes the
+    readiness, and park (``wait_readable``/``wait_writable``) only after that
+    syscall said EAGAIN, or after a short read while ``hangup`` is unset,
+    without an ``await`` in between. A level-triggered poller never sets them.
+    """
+
+    __slots__ = ("closed", "fd", "hangup", "readable", "sock", "writable")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.readable = False
+        self.writable = False
+        # Sticky: the peer half-closed, hung up or reset. A FIN queued behind
+        # data makes no further edge after the read that returns the data,
+        # so once this is set a short read no longer means "drained".
+        self.hangup = False
+        self.closed = False
+
+    @abc.abstractmethod
+    async def wait_readable(self) -> None:
+        """Park until the socket may be readable (or return a remembered edge).
+
+        Raises ``trio.ClosedResourceError`` if the socket is unregistered while
+        waiting, ``trio.BusyResourceError`` if another task already waits to
+        read, and ``trio.Cancelled`` when the caller's scope is cancelled.
+        """
+
+    @abc.abstractmethod
+    async def wait_writable(self) -> None:
+        """Park until the socket may be writable; errors as ``wait_readable``."""
+
+
+@dataclass(frozen=True, slots=True)
+class PollerStatistics:
+    """What a poller is doing right now, and what it has done.
+
+    Attributes:
+      backend: ``"epoll"`` or ``"trio"``.
+      registered: sockets currently registered.
+      tasks_waiting_read: tasks parked until a socket is readable.
+      tasks_waiting_write: tasks parked until a socket is writable.
+      dispatcher_wakeups: times the dispatcher woke up (epoll only).
+      events_dispatched: readiness events read from the kernel (epoll only).
+      edges_remembered: events that found no parked task and were kept.
+    """
+
+    backend: str
+    registered: int
+    tasks_waiting_read: int
+    tasks_waiting_write: int
+    dispatcher_wakeups: int
+    events_dispatched: int
+    edges_remembered: int
+
+
+class Poller(abc.ABC):
+    """Readiness for many sockets, shared by all tasks of one Trio run.
+
+    Get the run's poller with ``get_poller()``; register a non-blocking socket
+    once, park on its ``Registration``, unregister before closing::
+
+        poller = get_poller()
+        reg = poller.register(sock)
+        try:
+            while True:
+                try:
+                    data = sock.recv(65536)
+                    break
+                except BlockingIOError:
+                    await reg.wait_readable()
+        finally:
+            poller.unregister(reg)
+            sock.close()
+    """
+
+    name: str
+
+    def __init__(self) -> None:
+        self._registrations: dict[int, Registration] = {}
+
+    @abc.abstractmethod
+    def register(self, sock: socket.socket) -> Registration:
+        """Start watching a non-blocking socket; returns its handle."""
+
+    @abc.abstractmethod
+    def unregister(self, registration: Registration) -> None:
+        """Stop watching; wake parked tasks with ``ClosedResourceError``.
+
+        Call it before closing the socket. Calling it twice is harmless.
+        """
+
+    @abc.abstractmethod
+    def statistics(self) -> PollerStatistics:
+        """Return a snapshot of this poller's counters."""
+
+    def registration(self, sock: socket.socket) -> Registration:
+        """Return the registration of ``sock``; ``KeyError`` if it has none."""
+        return self._registrations[sock.fileno()]
+
+    def registered_fds(self) -> frozenset[int]:
+        """The fd numbers registered right now (for tests and introspection)."""
+        return frozenset(self._registrations)
+
+    async def wait_readable(self, sock: socket.socket) -> None:
+        """Wait until ``sock`` (already registered) may be readable."""
+        await self.registration(sock).wait_readable()
+
+    async def wait_writable(self, sock: socket.socket) -> None:
+        """Wait until ``sock`` (already registered) may be writable."""
+        await self.registration(sock).wait_writable()
+
+    def _check_socket(self, sock: socket.socket) -> None:
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+        if sock.fileno() < 0:
+            raise trio.ClosedResourceError("cannot register a closed socket")
+        if sock.getblocking():
+            raise ValueError("sock must be non-blocking (sock.setblocking(False))")
+        if sock.fileno() in self._registrations:
+            raise ValueError(f"socket fd {sock.fileno()} is already registered")
+
+
+class _EpollRegistration(Registration):
+    __slots__ = ("abort_read", "abort_write", "read_task", "write_task")
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self.read_task: Task | None = None
+        self.write_task: Task | None = None
+        # Bound once here so parking allocates no closure per wait.
+        self.abort_read = self._abort_read
+        self.abort_write = self._abort_write
+
+    def _abort_read(self, _raise_cancel: RaiseCancelT) -> Abort:
+        self.read_task = None
+        return Abort.SUCCEEDED
+
+    def _abort_write(self, _raise_cancel: RaiseCancelT) -> Abort:
+        self.write_task = None
+        return Abort.SUCCEEDED
+
+    async def wait_readable(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("socket was unregistered")
+        if self.readable:
+            self.readable = False
+            return
+        if self.read_task is not None:
+            raise trio.BusyResourceError("another task is already waiting to read")
+        self.read_task = current_task()
+        await wait_task_rescheduled(self.abort_read)
+
+    async def wait_writable(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("socket was unregistered")
+        if self.writable:
+            self.writable = False
+            return
+        if self.write_task is not None:
+            raise trio.BusyResourceError("another task is already waiting to write")
+        self.write_task = current_task()
+        await wait_task_rescheduled(self.abort_write)
+
+
+class EpollPoller(Poller):
+    """Edge-triggered epoll readiness with one dispatcher task (Linux only).
+
+    See the module docstring for why one ``EPOLLET`` registration per socket
+    is safe and what it costs. Use ``get_poller("epoll")`` rather than
+    constructing one: there must be exactly one per Trio run.
+    """
+
+    name = "epoll"
+
+    def __init__(self) -> None:
+        if sys.platform != "linux":
+            raise RuntimeError("EpollPoller needs Linux; use TrioPoller")
+        super().__init__()
+        self._epoll = select.epoll()
+        self._closed = False
+        self._dispatcher_wakeups = 0
+        self._events_dispatched = 0
+        self._edges_remembered = 0
+        spawn_system_task(self._dispatch, name="millpond.poller.dispatch")
+
+    def register(self, sock: socket.socket) -> Registration:
+        """Add ``sock`` to the epoll set once, edge-triggered, for both directions."""
+        if self._closed:
+            raise RuntimeError("this poller's Trio run has finished")
+        self._check_socket(sock)
+        registration = _EpollRegistration(sock)
+        self._epoll.register(registration.fd, _INTEREST)
+        self._registrations[registration.fd] = registration
+        return registration
+
+    def unregister(self, registration: Registration) -> None:
+        """Remove the socket from the epoll set and wake its parked tasks."""
+        if registration.closed:
+            return
+        assert isinstance(registration, _EpollRegistration)
+        registration.closed = True
+        fd = registration.fd
+        if self._registrations.get(fd) is registration:
+            del self._registrations[fd]
+            if not self._closed:
+                try:
+                    self._epoll.unregister(fd)
+                except OSError:
+                    # Closed behind our back: the kernel already dropped it.
+                    pass
+        for task in (registration.read_task, registration.write_task):
+            if task is not None:
+                reschedule(task, _closed_error())
+        registration.read_task = registration.write_task = None
+
+    def statistics(self) -> PollerStatistics:
+        """Return a snapshot of this poller's counters."""
+        readers = writers = 0
+        for registration in self._registrations.values():
+            assert isinstance(registration, _EpollRegistration)
+            readers += registration.read_task is not None
+            writers += registration.write_task is not None
+        return PollerStatistics(
+            backend=self.name,
+            registered=len(self._registrations),
+            tasks_waiting_read=readers,
+            tasks_waiting_write=writers,
+            dispatcher_wakeups=self._dispatcher_wakeups,
+            events_dispatched=self._events_dispatched,
+            edges_remembered=self._edges_remembered,
+        )
+
+    async def _dispatch(self) -> None:
+        # Hot path: everything bound to locals, no allocation per event.
+        poll = self._epoll.poll
+        registrations: dict[int, _EpollRegistration] = self._registrations  # type: ignore[assignment]
+        epoll_fd = self._epoll.fileno()
+        wait_readable = trio.lowlevel.wait_readable
+        read_events = _READ_EVENTS
+        write_events = _WRITE_EVENTS
+        hangup_events = _HANGUP_EVENTS
+        try:
+            while True:
+                await wait_readable(epoll_fd)
+                self._dispatcher_wakeups += 1
+                while True:
+                    events = poll(0, MAX_EVENTS_PER_POLL)
+                    remembered = 0
+                    for fd, flags in events:
+                        registration = registrations.get(fd)
+                        if registration is None:
+                            # Unregistered since the kernel queued it: stale.
+                            continue
+                        if flags & read_events:
+                            if flags & hangup_events:
+                                registration.hangup = True
+                            task = registration.read_task
+                            if task is None:
+                                registration.readable = True
+                                remembered += 1
+                            else:
+                                registration.read_task = None
+                                reschedule(task)
+                        if flags & write_events:
+                            task = registration.write_task
+                            if task is None:
+                                registration.writable = True
+                                remembered += 1
+                            else:
+                                registration.write_task = None
+                                reschedule(task)
+                    self._events_dispatched += len(events)
+                    self._edges_remembered += remembered
+                    if len(events) < MAX_EVENTS_PER_POLL:
+                        break
+                    # A full batch: let the woken tasks run, then drain more.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._closed = True
+        for registration in list(self._registrations.values()):
+            self.unregister(registration)
+        self._epoll.close()
+
+
+class _TrioRegistration(Registration):
+    __slots__ = ()
+
+    async def wait_readable(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("socket was unregistered")
+        await trio.lowlevel.wait_readable(self.sock)
+
+    async def wait_writable(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("socket was unregistered")
+        await trio.lowlevel.wait_writable(self.sock)
+
+
+class TrioPoller(Poller):
+    """The portable poller: Trio's own ``wait_readable``/``wait_writable``.
+
+    Works wherever Trio does. Each wait costs what Trio's I/O manager charges
+    (on Linux, one ``epoll_ctl`` per wait); no dispatcher task of our own.
+    """
+
+    name = "trio"
+
+    def register(self, sock: socket.socket) -> Registration:
+        """Start tracking ``sock``; Trio itself needs no registration."""
+        self._check_socket(sock)
+        registration = _TrioRegistration(sock)
+        self._registrations[registration.fd] = registration
+        return registration
+
+    def unregister(self, registration: Registration) -> None:
+        """Wake tasks waiting on the socket with ``ClosedResourceError``."""
+        if registration.closed:
+            return
+        registration.closed = True
+        if self._registrations.get(registration.fd) is registration:
+            del self._registrations[registration.fd]
+        if registration.sock.fileno() >= 0:
+            trio.lowlevel.notify_closing(registration.sock)
+
+    def statistics(self) -> PollerStatistics:
+        """Return a snapshot; Trio does not expose per-socket waiters here."""
+        return PollerStatistics(
+            backend=self.name,
+            registered=len(self._registrations),
+            tasks_waiting_read=0,
+            tasks_waiting_write=0,
+            dispatcher_wakeups=0,
+            events_dispatched=0,
+            edges_remembered=0,
+        )
+
+
+_RUN_POLLERS: RunVar[dict[str, Poller]] = RunVar("millpond_pollers")
+
+
+def resolve_poller_name(name: object) -> str:
+    """Validate a poller name and resolve ``"auto"`` to a concrete one.
+
+    ``"auto"`` means ``$MILLPOND_POLLER`` if set, else ``"epoll"`` on Linux and
+    ``"trio"`` elsewhere. Raises ``TypeError``/``ValueError`` naming ``poller``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"poller must be a str, not {type(name).__name__}")
+    if name not in POLLER_NAMES:
+        raise ValueError(f"poller must be one of {POLLER_NAMES}, not {name!r}")
+    if name == "auto":
+        name = os.environ.get(POLLER_ENV_VAR, "") or "auto"
+        if name not in POLLER_NAMES:
+            raise ValueError(f"${POLLER_ENV_VAR} must be one of {POLLER_NAMES}, not {name!r}")
+        if name == "auto":
+            name = "epoll" if sys.platform == "linux" else "trio"
+    if name == "epoll" and sys.platform != "linux":
+        raise ValueError("poller='epoll' needs Linux; use 'trio' or 'auto'")
+    return name
+
+
+def get_poller(name: str = "auto") -> Poller:
+    """Return the current Trio run's poller of that kind, creating it once."""
+    resolved = resolve_poller_name(name)
+    try:
+        pollers = _RUN_POLLERS.get()
+    except LookupError:
+        pollers = {}
+        _RUN_POLLERS.set(pollers)
+    poller = pollers.get(resolved)
+    if poller is None:
+        poller = EpollPoller() if resolved == "epoll" else TrioPoller()
+        pollers[resolved] = poller
+    return poller

@@ -1,0 +1,379 @@
+"""Connections: a Trio ``HalfCloseableStream`` over a non-blocking TCP socket.
+
+This module owns moving bytes between one socket and its handler: receive,
+send, half-close and close, parking on the poller when the kernel says
+EAGAIN. It does not accept connections (that is the server's job).
+
+Checkpoints follow Trio's rule for operations that may not block
+(``trio/_socket.py``, ``_nonblocking_helper``): check for cancellation first,
+try the syscall, and if it succeeded without parking, finish with
+``cancel_shielded_checkpoint()`` so every call is a full checkpoint. That
+schedule point is also what keeps a connection that always finds data from
+starving the others: it can do at most one operation before yielding.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+from typing import Final, TypeAlias, overload
+
+import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
+
+from .poller import Poller, Registration, get_poller
+
+SockOptValue: TypeAlias = int | bytes | bytearray | memoryview
+
+__all__ = ["DEFAULT_RECEIVE_SIZE", "Connection", "open_connection"]
+
+# Same default as trio.SocketStream: large enough that bulk transfers take
+# few syscalls; the kernel returns only what it has, so small messages stay
+# small (CPython shrinks the bytes object to the received length).
+DEFAULT_RECEIVE_SIZE: Final = 65536
+
+# Trio's SocketStream sets TCP_NOTSENT_LOWAT to 16 KiB: the kernel keeps at
+# most that much unsent data queued, so wait_send_all_might_not_block means
+# "the queue is short", not "the 4 MiB send buffer has a byte free".
+NOTSENT_LOWAT: Final = 16384
+
+# Linux's value, for Pythons whose socket module does not export it.
+_TCP_NOTSENT_LOWAT: Final = getattr(
+    socket, "TCP_NOTSENT_LOWAT", 25 if sys.platform == "linux" else None
+)
+
+# errnos that mean the peer or the network broke the connection.
+_BROKEN_ERRNOS: Final = frozenset(
+    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
+)
+
+
+def configure_socket(sock: socket.socket) -> None:
+    """Apply the same defaults as ``trio.SocketStream``, non-blocking mode included."""
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if _TCP_NOTSENT_LOWAT is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+            except OSError:  # pragma: no cover - kernels without it
+                pass
+
+
+def _broken(exc: OSError) -> trio.BrokenResourceError:
+    return trio.BrokenResourceError(f"connection broken: {exc}")
+
+
+class Connection(trio.abc.HalfCloseableStream):
+    """A TCP connection as a Trio stream: what a millpond handler receives.
+
+    It behaves like ``trio.SocketStream`` (same errors, same checkpoints, same
+    socket options: ``TCP_NODELAY`` on, ``TCP_NOTSENT_LOWAT`` 16 KiB) but parks
+    on millpond's poller, so an idle connection costs one registration and no
+    syscalls. It composes with anything that takes a Trio stream, such as
+    ``trio.SSLStream`` or h11::
+
+        async def echo(stream: millpond.Connection) -> None:
+            async for chunk in stream:
+                await stream.send_all(chunk)
+
+    The socket must be connected and not used by anyone else; the connection
+    owns it from now on and closes it in ``aclose``.
+    """
+
+    __slots__ = (
+        "_closed",
+        "_eof_sent",
+        "_poller",
+        "_read_drained",
+        "_receiving",
+        "_registration",
+        "_sending",
+        "_send_blocked",
+        "_sock",
+    )
+
+    def __init__(self, sock: socket.socket, *, poller: Poller | str = "auto") -> None:
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("sock must be a SOCK_STREAM socket")
+        if isinstance(poller, str):
+            poller = get_poller(poller)
+        elif not isinstance(poller, Poller):
+            raise TypeError(f"poller must be a Poller or a name, not {type(poller).__name__}")
+        configure_socket(sock)
+        self._sock = sock
+        self._poller = poller
+        self._registration: Registration = poller.register(sock)
+        self._closed = False
+        self._receiving = False
+        self._sending = False
+        self._eof_sent = False
+        # True after a short read: the kernel queue was empty, so the next
+        # receive parks first instead of paying a recv that says EAGAIN.
+        self._read_drained = False
+        # True after a send found the kernel queue full.
+        self._send_blocked = False
+
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying socket (for options; do not read or write it)."""
+        return self._sock
+
+    @property
+    def poller(self) -> Poller:
+        """The poller this connection parks on."""
+        return self._poller
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``aclose`` has been called."""
+        return self._closed
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Return up to ``max_bytes`` bytes, waiting for at least one; ``b""`` at EOF."""
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        elif type(max_bytes) is not int:
+            raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
+        elif max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, not {max_bytes}")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this connection")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection was closed")
+        self._receiving = True
+        try:
+            # Hot path: locals, no allocation beyond the bytes received.
+            await checkpoint_if_cancelled()
+            registration = self._registration
+            recv = self._sock.recv
+            parked = False
+            if self._read_drained and not (registration.readable or registration.hangup):
+                await registration.wait_readable()
+                parked = True
+            while True:
+                registration.readable = False
+                try:
+                    data = recv(max_bytes)
+                    break
+                except BlockingIOError:
+                    await registration.wait_readable()
+                    parked = True
+                except OSError as exc:
+                    if self._closed:
+                        raise trio.ClosedResourceError("this connection was closed") from None
+                    raise _broken(exc) from exc
+            # An empty read is EOF: reading again returns b"" at once, so
+            # EOF never counts as "drained".
+            self._read_drained = 0 < len(data) < max_bytes
+            if not parked:
+                await cancel_shielded_checkpoint()
+            return data
+        finally:
+            self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send all of ``data``, waiting while the kernel's send queue is full.
+
+        The bytes are never copied in Python: partial sends continue from a
+        memoryview slice. If cancelled part-way, some data may have been sent
+        and the stream is then no longer usable for sending (Trio's contract).
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection was closed")
+        if self._eof_sent:
+            raise trio.ClosedResourceError("cannot send data after send_eof")
+        self._sending = True
+        try:
+            await checkpoint_if_cancelled()
+            registration = self._registration
+            send = self._sock.send
+            parked = False
+            # Hot path: bytes and bytearray go to send() as they are; a
+            # memoryview is made only for a partial send or exotic input.
+            if type(data) is bytes or type(data) is bytearray:
+                remaining: bytes | bytearray | memoryview = data
+                total = len(data)
+            else:
+                try:
+                    remaining = memoryview(data).cast("B")
+                except TypeError:
+                    raise TypeError(
+                        f"data must be bytes-like, not {type(data).__name__}"
+                    ) from None
+                total = len(remaining)
+            sent = 0
+            while sent < total:
+                registration.writable = False
+                try:
+                    sent += send(remaining)
+                except BlockingIOError:
+                    self._send_blocked = True
+                    await registration.wait_writable()
+                    parked = True
+                    continue
+                except OSError as exc:
+                    if self._closed:
+                        raise trio.ClosedResourceError("this connection was closed") from None
+                    raise _broken(exc) from exc
+                if sent < total:
+                    remaining = memoryview(data).cast("B")[sent:]
+            self._send_blocked = False
+            if not parked:
+                await cancel_shielded_checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Return when ``send_all`` would probably not have to wait."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection was closed")
+        self._sending = True
+        try:
+            registration = self._registration
+            if self._send_blocked and not registration.writable:
+                await registration.wait_writable()
+            else:
+                await checkpoint()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        """Close the sending direction (``shutdown(SHUT_WR)``); idempotent."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this connection")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection was closed")
+        self._sending = True
+        try:
+            await checkpoint()
+            if self._eof_sent:
+                return
+            self._eof_sent = True
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                if exc.errno in _BROKEN_ERRNOS:
+                    raise _broken(exc) from exc
+                raise
+        finally:
+            self._sending = False
+
+    def close(self) -> None:
+        """Close at once, without a checkpoint: unregister, then close the socket.
+
+        Tasks blocked on this connection get ``trio.ClosedResourceError``.
+        Safe to call more than once, and from a ``finally`` in a cancelled task.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._poller.unregister(self._registration)
+        self._sock.close()
+
+    async def aclose(self) -> None:
+        """Close the connection; idempotent, and closes even when cancelled."""
+        self.close()
+        await checkpoint()
+
+    def getpeername(self) -> tuple[str, int] | tuple[str, int, int, int]:
+        """The remote address, as ``socket.getpeername`` returns it."""
+        return self._sock.getpeername()  # type: ignore[no-any-return]
+
+    def getsockname(self) -> tuple[str, int] | tuple[str, int, int, int]:
+        """The local address, as ``socket.getsockname`` returns it."""
+        return self._sock.getsockname()  # type: ignore[no-any-return]
+
+    @overload
+    def setsockopt(self, level: int, option: int, value: SockOptValue) -> None: ...
+
+    @overload
+    def setsockopt(self, level: int, option: int, value: None, length: int) -> None: ...
+
+    def setsockopt(
+        self, level: int, option: int, value: SockOptValue | None, length: int | None = None
+    ) -> None:
+        """Set a socket option, like ``trio.SocketStream.setsockopt``."""
+        if length is None:
+            if value is None:
+                raise TypeError("value must not be None unless length is given")
+            self._sock.setsockopt(level, option, value)
+        else:
+            if value is not None:
+                raise TypeError("value must be None when length is given")
+            self._sock.setsockopt(level, option, None, length)
+
+    @overload
+    def getsockopt(self, level: int, option: int) -> int: ...
+
+    @overload
+    def getsockopt(self, level: int, option: int, buffersize: int) -> bytes: ...
+
+    def getsockopt(self, level: int, option: int, buffersize: int = 0) -> int | bytes:
+        """Read a socket option, like ``trio.SocketStream.getsockopt``."""
+        if buffersize == 0:
+            return self._sock.getsockopt(level, option)
+        return self._sock.getsockopt(level, option, buffersize)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"fd={self._sock.fileno()}"
+        return f"<millpond.Connection {state} poller={self._poller.name}>"
+
+
+async def open_connection(host: str, port: int, *, poller: Poller | str = "auto") -> Connection:
+    """Connect to ``host:port`` over TCP and return a ``Connection``.
+
+    Tries each address ``getaddrinfo`` returns, in order, and raises the last
+    ``OSError`` if none accepts.
+    """
+    if not isinstance(host, str | bytes):
+        raise TypeError(f"host must be a str, not {type(host).__name__}")
+    if type(port) is not int:
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be in 1..65535, not {port}")
+    if isinstance(poller, str):
+        poller = get_poller(poller)
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"no addresses for {host!r}")
+    last_error: OSError | None = None
+    for family, type_, proto, _canonname, sockaddr in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            await _connect(sock, sockaddr, poller)
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return Connection(sock, poller=poller)
+    assert last_error is not None
+    raise last_error
+
+
+async def _connect(sock: socket.socket, sockaddr: tuple[object, ...], poller: Poller) -> None:
+    err = sock.connect_ex(sockaddr)
+    if err == 0:
+        await checkpoint()
+        return
+    if err not in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
+        raise OSError(err, f"connect to {sockaddr!r} failed: {errno.errorcode.get(err, err)}")
+    registration = poller.register(sock)
+    try:
+        await registration.wait_writable()
+    finally:
+        poller.unregister(registration)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, f"connect to {sockaddr!r} failed: {errno.errorcode.get(err, err)}")
