@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import signal
 import sys
 
 import trio
@@ -22,13 +23,18 @@ async def echo(stream: millpond.Connection) -> None:
 
 
 async def main(host: str, port: int, poller: str) -> None:
-    """Serve ``echo`` and print where it listens once it does."""
-    async with trio.open_nursery() as nursery:
-        addresses = await nursery.start(
-            functools.partial(millpond.serve, echo, port, host=host, poller=poller)
-        )
-        for address in addresses:
-            print(f"listening on {address[0]}:{address[1]}", flush=True)
+    """Serve ``echo``, print where it listens, stop cleanly on SIGINT/SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(
+                functools.partial(millpond.serve, echo, port, host=host, poller=poller)
+            )
+            for address in addresses:
+                print(f"listening on {address[0]}:{address[1]}", flush=True)
+            async for signum in signals:
+                print(f"{signal.Signals(signum).name}: stopping", flush=True)
+                nursery.cancel_scope.cancel()
+                break
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,7 +50,4 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
-    try:
-        trio.run(main, args.host, args.port, args.poller)
-    except KeyboardInterrupt:
-        print("stopped", flush=True)
+    trio.run(main, args.host, args.port, args.poller)
