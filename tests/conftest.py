@@ -1,0 +1,84 @@
+"""Shared fixtures: every stream and server test runs against both pollers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import trio
+
+import millpond
+
+POLLERS = ["epoll", "trio"] if sys.platform == "linux" else ["trio"]
+
+
+@pytest.fixture(params=POLLERS)
+def poller_name(request: pytest.FixtureRequest) -> str:
+    """The name of the poller under test ("epoll" or "trio")."""
+    return str(request.param)
+
+
+Handler = Callable[[millpond.Connection], Awaitable[object]]
+
+
+@pytest.fixture
+async def start_server(
+    poller_name: str, nursery: trio.Nursery
+) -> AsyncIterator[Callable[[Handler], Awaitable[millpond.Server]]]:
+    """Start a ``millpond.Server`` on 127.0.0.1:0 in the test's nursery."""
+
+    async def start(handler: Handler) -> millpond.Server:
+        server = millpond.Server(handler, 0, host="127.0.0.1", poller=poller_name)
+        await nursery.start(server.run)
+        return server
+
+    yield start
+
+
+def server_port(server: millpond.Server) -> int:
+    """The port a started server listens on."""
+    return int(server.addresses[0][1])
+
+
+async def connect(server: millpond.Server, poller_name: str) -> millpond.Connection:
+    """A client connection to ``server`` over loopback."""
+    return await millpond.open_connection("127.0.0.1", server_port(server), poller=poller_name)
+
+
+async def echo(stream: millpond.Connection) -> None:
+    """The echo handler most tests serve."""
+    async for chunk in stream:
+        await stream.send_all(chunk)
+
+
+def open_fds() -> set[int]:
+    """The fd numbers this process has open (Linux: /proc/self/fd)."""
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+async def socket_pair(poller_name: str) -> tuple[millpond.Connection, millpond.Connection]:
+    """Two connected ``Connection``s over a real loopback TCP connection."""
+    listeners = await millpond.open_listeners(0, host="127.0.0.1")
+    listener = listeners[0]
+    try:
+        port = listener.getsockname()[1]
+        client = await millpond.open_connection("127.0.0.1", port, poller=poller_name)
+        poller = millpond.get_poller(poller_name)
+        registration = poller.register(listener)
+        try:
+            while True:
+                try:
+                    sock, _ = listener.accept()
+                    break
+                except BlockingIOError:
+                    await registration.wait_readable()
+        finally:
+            poller.unregister(registration)
+        return client, millpond.Connection(sock, poller=poller)
+    finally:
+        listener.close()
+
+
+__all__ = ["connect", "echo", "open_fds", "server_port", "socket_pair"]
