@@ -54,8 +54,19 @@ async def echo(stream: millpond.Connection) -> None:
 
 
 def open_fds() -> set[int]:
-    """The fd numbers this process has open (Linux: /proc/self/fd)."""
-    return {int(name) for name in os.listdir("/proc/self/fd")}
+    """The fd numbers this process has open (Linux: /proc/self/fd).
+
+    Listing the directory opens an fd of its own, closed again by the time
+    the listing returns: only numbers still open afterwards count.
+    """
+    open_now = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))
+        except OSError:
+            continue
+        open_now.add(int(name))
+    return open_now
 
 
 async def socket_pair(poller_name: str) -> tuple[millpond.Connection, millpond.Connection]:
