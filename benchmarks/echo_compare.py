@@ -36,7 +36,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,35 @@ def core_busy_pct(before: tuple[int, int], after: tuple[int, int]) -> float:
     return round(100.0 * (after[0] - before[0]) / total, 1) if total > 0 else 0.0
 
 
+def wait_for_quiet_cores(cpus: Sequence[int], max_wait: float, limit: float = 15.0) -> float:
+    """Wait (up to max_wait s) until every CPU in `cpus` is below `limit` % busy over a
+    0.25 s sample, so a measurement doesn't start while e.g. a test suite runs there.
+    Returns the seconds waited (max_wait if the cores never went quiet)."""
+    start = time.monotonic()
+    warned = False
+    while True:
+        before = core_times(cpus)
+        time.sleep(0.25)
+        after = core_times(cpus)
+        busy = {c: core_busy_pct(before[c], after[c]) for c in cpus}
+        waited = time.monotonic() - start
+        if all(b < limit for b in busy.values()):
+            if warned:
+                log(f"cores quiet after {waited:.1f} s")
+            return waited
+        if waited >= max_wait:
+            log(f"cores still busy after {max_wait:g} s ({busy}); measuring anyway")
+            return waited
+        if not warned:
+            log(f"waiting for quiet cores: busy% {busy}")
+            warned = True
+
+
+def is_disturbed(row: Row) -> bool:
+    """Other processes used the benchmark cores during an echo window."""
+    return bool(row["server_core_other_pct"] > 5 or row["client_core_other_pct"] > 20)
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -280,7 +309,15 @@ class Config:
     startup_timeout: float
     settle: float
     results: Path | None
-    extra: Row = field(default_factory=dict)
+    quiet_wait: float = 30.0
+    retries: int = 2
+
+
+def reset_signals() -> None:
+    """In the child before exec: undo an inherited SIG_IGN (e.g. when the runner itself was
+    started as a background job of a non-interactive shell), so SIGINT/SIGTERM stop it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def server_env() -> dict[str, str]:
@@ -310,6 +347,7 @@ def running_server(cfg: Config, name: str, scenario: str) -> Iterator[RunningSer
                 env=server_env(),
                 cwd=ROOT,
                 start_new_session=True,  # Ctrl-C of the runner must not hit it directly
+                preexec_fn=reset_signals,
             )
         server = RunningServer(name, proc, port, log_path)
         if wait_listening(cfg, server):
@@ -352,6 +390,7 @@ def start_loadgen(cfg: Config, args: Sequence[str], stdin: int) -> subprocess.Po
             stdout=subprocess.PIPE,
             stderr=errf,
             start_new_session=True,
+            preexec_fn=reset_signals,
         )
 
 
@@ -397,6 +436,9 @@ def run_echo(cfg: Config, name: str) -> Row:
             raise BenchError(f"loadgen echo failed (status {rc})\n{loadgen_stderr('echo')}")
     window = t1 - t0
     server_cpu_s = (ticks1 - ticks0) / CLK_TCK
+    server_cpu_pct = round(100.0 * server_cpu_s / window, 1) if window > 0 else 0.0
+    client_core = core_busy_pct(cores0[cfg.client_cpu], cores1[cfg.client_cpu])
+    server_core = core_busy_pct(cores0[cfg.server_cpu], cores1[cfg.server_cpu])
     return {
         "kind": "echo",
         "server": name,
@@ -409,10 +451,13 @@ def run_echo(cfg: Config, name: str) -> Row:
         "msgs": result["msgs"],
         "errors": result["errors"],
         "client_cpu_pct": result["cpu_pct"],
-        "server_cpu_pct": round(100.0 * server_cpu_s / window, 1) if window > 0 else 0.0,
+        "server_cpu_pct": server_cpu_pct,
         "server_cpu_s": server_cpu_s,
-        "client_core_busy_pct": core_busy_pct(cores0[cfg.client_cpu], cores1[cfg.client_cpu]),
-        "server_core_busy_pct": core_busy_pct(cores0[cfg.server_cpu], cores1[cfg.server_cpu]),
+        "client_core_busy_pct": client_core,
+        "server_core_busy_pct": server_core,
+        # busy time on each core not explained by the process pinned there: other load
+        "client_core_other_pct": round(max(0.0, client_core - result["cpu_pct"]), 1),
+        "server_core_other_pct": round(max(0.0, server_core - server_cpu_pct), 1),
         "window_s": round(window, 3),
         "loadgen": result,
     }
@@ -484,7 +529,7 @@ def print_echo_row(run: int, row: Row) -> None:
         f"p50 {fmt(row['p50_us']):>6} us  p99 {fmt(row['p99_us']):>6} us  "
         f"client {row['client_cpu_pct']:5.1f}% (core {row['client_core_busy_pct']:5.1f}%)  "
         f"server {row['server_cpu_pct']:5.1f}% (core {row['server_core_busy_pct']:5.1f}%)  "
-        f"errors {row['errors']}",
+        f"errors {row['errors']}" + ("  DISTURBED" if row.get("disturbed") else ""),
         flush=True,
     )
 
@@ -568,7 +613,7 @@ def print_summary(cfg: Config, rows: list[Row], summary: list[Row]) -> None:
         return f"{s[key]:.2f}x" if key in s else "-"
 
     def failed(s: Row) -> str:
-        return f"{s['failures']} FAILED" if s["failures"] else ""
+        return f" ({s['failures']} FAILED)" if s["failures"] else ""
 
     print()
     print(
@@ -581,7 +626,7 @@ def print_summary(cfg: Config, rows: list[Row], summary: list[Row]) -> None:
     )
     print()
     print_table(
-        ["server", "msgs/s", "vs trio", "p50 us", "p99 us", "runs", ""],
+        ["server", "msgs/s", "vs trio", "p50 us", "p99 us", "runs"],
         [
             [
                 s["server"],
@@ -589,8 +634,7 @@ def print_summary(cfg: Config, rows: list[Row], summary: list[Row]) -> None:
                 ratio(s, "msgs_per_s_vs_trio"),
                 med_range(values("echo", s["server"], "p50_us")),
                 med_range(values("echo", s["server"], "p99_us")),
-                str(s["echo_runs"]),
-                failed(s),
+                str(s["echo_runs"]) + failed(s),
             ]
             for s in summary
         ],
@@ -634,6 +678,13 @@ def print_summary(cfg: Config, rows: list[Row], summary: list[Row]) -> None:
         print(
             f"WARNING: load generator (or its core) above 80% busy in {len(busy_clients)} echo "
             "run(s): the client may be the bottleneck there."
+        )
+    disturbed = [r for r in echo_rows if is_disturbed(r)]
+    if disturbed:
+        print(
+            f"WARNING: other processes used the benchmark cores in {len(disturbed)} echo run(s) "
+            "(core busy% well above the pinned process's CPU%); see *_core_other_pct in the "
+            "JSON rows and rerun on a quiet machine."
         )
     if idle_servers:
         print(
@@ -680,6 +731,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=0.5, help="idle: wait before RSS baseline")
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON lines output")
     p.add_argument("--no-save", action="store_true", help="don't append to the results file")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="max seconds to wait for both cores to be idle before each measurement",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="re-measure an echo run disturbed by other load on the cores up to N times",
+    )
     return p.parse_args(argv)
 
 
@@ -738,6 +801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup_timeout=args.startup_timeout,
         settle=args.settle,
         results=None if args.no_save else args.results,
+        quiet_wait=args.quiet_wait,
+        retries=args.retries,
     )
     run_id = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {"run_id": run_id, "commit": git_commit()}
@@ -754,7 +819,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "idle_rate": cfg.idle_rate,
             "server_cpu": cfg.server_cpu,
             "client_cpu": cfg.client_cpu,
-            "servers": {k: v for k, v in servers.items()},
+            "quiet_wait_s": cfg.quiet_wait,
+            "retries": cfg.retries,
+            "servers": dict(servers),
         },
         "env": environment_info(),
     }
@@ -764,18 +831,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows: list[Row] = []
     failures: dict[str, int] = {}
+    cores = (cfg.server_cpu, cfg.client_cpu)
     scenarios = [("echo", run_echo)] + ([("idle", run_idle)] if cfg.idle > 0 else [])
     try:
         for run in range(1, cfg.runs + 1):
             for scenario, func in scenarios:
                 for name in servers:
-                    log(f"run {run}/{cfg.runs}: {scenario} {name} ...")
-                    try:
-                        row = func(cfg, name)
-                    except (BenchError, OSError, subprocess.SubprocessError) as exc:
-                        failures[name] = failures.get(name, 0) + 1
-                        log(f"FAILED run {run} {scenario} {name}: {exc}")
-                        row = {"kind": f"{scenario}_error", "server": name, "error": str(exc)}
+                    for attempt in range(cfg.retries + 1):
+                        log(f"run {run}/{cfg.runs}: {scenario} {name} ...")
+                        quiet = wait_for_quiet_cores(cores, cfg.quiet_wait)
+                        try:
+                            row = func(cfg, name)
+                        except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                            failures[name] = failures.get(name, 0) + 1
+                            log(f"FAILED run {run} {scenario} {name}: {exc}")
+                            row = {"kind": f"{scenario}_error", "server": name, "error": str(exc)}
+                            break
+                        row["quiet_wait_s"] = round(quiet, 2)
+                        row["attempt"] = attempt + 1
+                        if scenario != "echo" or not is_disturbed(row):
+                            break
+                        row["disturbed"] = True
+                        log(
+                            f"run {run} echo {name} disturbed by other load on the cores "
+                            f"(server core +{row['server_core_other_pct']}%, client core "
+                            f"+{row['client_core_other_pct']}%)"
+                            + ("; retrying" if attempt < cfg.retries else "; keeping it")
+                        )
                     row = {**common, "run": run, **row}
                     if row["kind"] == "echo":
                         print_echo_row(run, row)

@@ -717,7 +717,7 @@ static int run_idle(int argc, char **argv)
             close(cs[i].fd);
     free(cs);
     close(ep);
-    return failed ? 1 : 0;
+    return (failed || t_connected == 0) ? 1 : 0; /* 1: never had all CONNS up */
 }
 
 int main(int argc, char **argv)
