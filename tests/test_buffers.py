@@ -54,6 +54,13 @@ def test_large_request_rounds_up_to_whole_pages(nbytes: int) -> None:
     assert nbytes <= capacity < nbytes + PAGE_BYTES
 
 
+@given(st.integers(min_value=0, max_value=4 * MAX_CLASS_BYTES))
+def test_lease_capacity_matches_the_size_class_arithmetic(nbytes: int) -> None:
+    pool = BufferPool(leak_detection="off")  # outside Trio: the pool works unbound
+    with pool.lease_nowait(nbytes) as buf:
+        assert (buf.capacity, buf.nbytes, len(buf.view)) == (capacity_for(nbytes), nbytes, nbytes)
+
+
 @pytest.mark.parametrize(
     ("nbytes", "capacity"),
     [(0, 1024), (1, 1024), (1024, 1024), (1025, 2048), (65535, 65536), (65536, 65536)],
@@ -449,3 +456,57 @@ async def test_bad_lease_arguments_are_rejected_by_name(
 def test_trim_force_must_be_a_bool() -> None:
     with pytest.raises(TypeError, match="force"):
         BufferPool().trim(force=1)  # type: ignore[arg-type]
+
+
+# -- threads and runs --------------------------------------------------------------------
+
+
+async def test_lease_nowait_from_a_worker_thread_is_charged_to_that_thread() -> None:
+    limiter = BufferLimiter(64 * KiB)
+    pool = BufferPool(limiter)
+    buf = await trio.to_thread.run_sync(pool.lease_nowait, 1000)
+    assert limiter.held_by(buf.owner) == 1024
+    buf.release()
+    assert limiter.bytes_in_use == 0
+
+
+async def test_leak_in_a_worker_thread_is_reclaimed_on_the_trio_thread() -> None:
+    limiter = BufferLimiter(64 * KiB)
+    pool = BufferPool(limiter, leak_detection="off")
+    box = [pool.lease_nowait(64 * KiB)]
+    await trio.to_thread.run_sync(box.clear)
+    assert limiter.bytes_in_use == 0
+    assert pool.statistics().leaks_detected == 1
+
+
+async def test_pool_refuses_a_second_trio_run_while_its_own_is_alive() -> None:
+    pool = BufferPool()
+
+    async def use_pool() -> None:
+        pool.lease_nowait(1).release()
+
+    with pytest.raises(RuntimeError, match="another Trio run"):
+        await trio.to_thread.run_sync(trio.run, use_pool)
+
+
+def test_pool_moves_to_a_new_run_after_the_old_one_ends() -> None:
+    pool = BufferPool(BufferLimiter(64 * KiB))
+
+    async def use_pool() -> None:
+        pool.lease_nowait(64 * KiB).release()
+        buf = await pool.lease(64 * KiB)
+        await trio.to_thread.run_sync(buf.release)
+
+    trio.run(use_pool)
+    trio.run(use_pool)
+    assert pool.statistics().leases == 4
+
+
+async def test_freed_slots_of_partly_used_slabs_are_reused_before_mapping_a_new_slab() -> None:
+    pool = BufferPool()
+    a, b, c = (pool.lease_nowait(32 * KiB) for _ in range(3))  # two slabs of two slots
+    a.release()
+    d, e = pool.lease_nowait(32 * KiB), pool.lease_nowait(32 * KiB)
+    assert pool.statistics().size_classes[5].slabs == 2
+    for buf in (b, c, d, e):
+        buf.release()

@@ -20,15 +20,18 @@ from __future__ import annotations
 import collections
 import math
 import mmap
+import queue
 import random
 import sys
 import threading
+import time
 import warnings
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import Final, TypeVar, TypeVarTuple
 
+import outcome
 import trio
 
 from .limiter import BufferLimiter
@@ -88,6 +91,13 @@ DEFAULT_MAX_IDLE_BYTES: Final = 8 * 1024 * 1024
 RECENT_LEAKS_KEPT: Final = 32
 
 _LEAK_LEVELS: Final = ("off", "sampled", "all")
+# What a queued return is (see BufferPool._hand_home).
+_RELEASED: Final = 0
+_LEAKED: Final = 1
+_LEAKED_EXPORTED: Final = 2
+_get_ident: Final = threading.get_ident
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 _MADV_DONTNEED: Final[int | None] = getattr(mmap, "MADV_DONTNEED", None)
 
 
@@ -196,7 +206,7 @@ class _Slab:
     # One anonymous private mapping. Private, not shared: MADV_DONTNEED really drops
     # private pages, and munmap returns them to the OS at once (glibc's malloc would
     # keep freed bytearrays in its heap).
-    __slots__ = ("mm", "base", "size_class", "free", "leased", "idle_since", "__weakref__")
+    __slots__ = ("mm", "base", "size_class", "free", "leased", "idle_since")
 
     def __init__(self, nbytes: int, size_class: _SizeClass | None, buffer_size: int) -> None:
         self.mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
@@ -240,7 +250,8 @@ class Buffer:
     caller took of it (``buf.view[:n]``) are separate objects and are *not*
     released: do not keep them past ``release()``. ``.view`` on a released Buffer
     raises :class:`trio.ClosedResourceError`. A Buffer belongs to one task or
-    thread at a time; it may be released from a worker thread.
+    thread at a time; it may be released from a worker thread. Its bytes are not
+    zeroed between leases: read only what you wrote.
     """
 
     __slots__ = ("_pool", "_slab", "_offset", "_capacity", "_length", "_view", "_owner", "_site")
@@ -292,6 +303,7 @@ class Buffer:
         """True once ``release()`` ran (or the pool reclaimed the buffer)."""
         return self._slab is None
 
+    @trio.lowlevel.enable_ki_protection
     def set_length(self, nbytes: int) -> None:
         """Make ``view`` cover the first *nbytes* bytes of the slot (0 <= nbytes <= capacity).
 
@@ -316,6 +328,7 @@ class Buffer:
         self._view = view
         self._length = nbytes
 
+    @trio.lowlevel.enable_ki_protection
     def release(self) -> None:
         """Return the buffer to its pool and its capacity to the limiter.
 
@@ -328,7 +341,11 @@ class Buffer:
             raise RuntimeError("Buffer.release() called twice")
         self._view.release()
         self._slab = None
-        self._pool._give_back(slab, self._offset, self._capacity, self._owner)
+        pool = self._pool
+        if _get_ident() == pool._home or (pool._home is None and pool._token is None):
+            pool._give_back_here(slab, self._offset, self._capacity, self._owner)
+        else:  # another thread: the home thread applies it
+            pool._hand_home((slab, self._offset, self._capacity, self._owner, _RELEASED))
 
     def __enter__(self) -> Buffer:
         return self
@@ -344,14 +361,15 @@ class Buffer:
         if self._slab is not None:
             self.release()
 
-    def __del__(self) -> None:
+    @trio.lowlevel.enable_ki_protection
+    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
         # Runs inside the garbage collector: on any thread, at any allocation, maybe
-        # in the middle of the pool's own locked code on this very thread. So this
-        # takes no lock and touches no Trio state; _leaked() only appends to a deque
-        # and pokes the Trio thread through TrioToken.run_sync_soon, which Trio makes
-        # safe for exactly this (its async-generator finalizer does the same).
+        # in the middle of the pool's own bookkeeping on this very thread. So it
+        # changes no pool state and touches no Trio state: _leaked() only appends to
+        # a deque and pokes the home thread through TrioToken.run_sync_soon, which
+        # Trio makes safe for exactly this (its async-generator finalizer does too).
         slab = self._slab
-        if slab is None:
+        if slab is None or _finalizing():  # at interpreter exit nobody needs it back
             return
         self._slab = None
         try:
@@ -390,11 +408,16 @@ class BufferPool:
       trim_after: seconds (Trio's clock) a slab must stay entirely free before it
         is unmapped; checked lazily as buffers come and go, and by :meth:`trim`.
         ``math.inf`` keeps idle slabs until ``trim(force=True)``.
-      max_idle_bytes: most bytes of entirely free slabs kept at any moment; when
-        exceeded the oldest idle slab is unmapped at once. None means no cap.
+      max_idle_bytes: most bytes of entirely free slabs kept (besides each class's
+        current slab); beyond it the oldest idle slab is unmapped at once. None: no cap.
 
-    The pool is thread-safe: buffers may be leased with ``lease_nowait`` and
-    released from worker threads. It is meant to live inside one Trio run.
+    The pool belongs to the Trio run that first uses it, and its bookkeeping
+    happens on that run's thread, without locks. From a worker thread
+    (:func:`trio.to_thread.run_sync`) ``Buffer.release()`` hands the return to
+    the Trio thread and returns at once (it is done before the worker's result
+    reaches the waiting task); ``lease_nowait``, ``trim`` and ``statistics`` are
+    carried over and wait for the answer. Outside any Trio run the pool works on
+    the calling thread, unsynchronised.
     """
 
     def __init__(
@@ -431,9 +454,6 @@ class BufferPool:
         self._trim_after = float(trim_after)
         self._max_idle_bytes = math.inf if max_idle_bytes is None else max_idle_bytes
         self._classes = tuple(_SizeClass(size) for size in SIZE_CLASSES)
-        # Guards everything below; held for a few list/dict operations (and the odd
-        # mmap/munmap), never across a limiter call or an await.
-        self._lock = threading.Lock()
         self._bytes_leased = 0
         self._slab_bytes = 0
         self._idle_bytes = 0  # slabs in the ``idle`` dicts (not idle current slabs)
@@ -445,38 +465,69 @@ class BufferPool:
         self._slabs_trimmed = 0
         self._bytes_trimmed = 0
         self._trim_due = math.inf  # no idle slab can expire before this time
-        self._last_now = 0.0  # Trio clock at the last reading; stands in outside Trio
+        # The Trio run we belong to: its token, its thread (None: not bound, so the
+        # next call takes the slow path in _enter) and its clock. All bookkeeping
+        # happens on that thread, so it needs no lock; the public entry points are
+        # KI-protected (as the limiter's are) because a KeyboardInterrupt between two
+        # bookkeeping steps would corrupt the free lists.
         self._token: trio.lowlevel.TrioToken | None = None
-        # Leaked buffers, appended by Buffer.__del__ from any thread (deque appends
-        # and pops are atomic), reclaimed by _drain_leaks on the Trio thread or at
-        # the next pool call.
-        self._leaks: collections.deque[tuple[_Slab, int, int, Hashable, bool]] = collections.deque()
+        self._home: int | None = None
+        self._clock: Callable[[], float] = time.monotonic
+        # Returns made where the pool's state must not be touched: releases from
+        # other threads and leaks found by Buffer.__del__. Deque appends and pops
+        # are atomic; _drain() applies them on the home thread.
+        self._pending: collections.deque[tuple[_Slab, int, int, Hashable, int]] = (
+            collections.deque()
+        )
         self._recent_leaks: collections.deque[LeakReport] = collections.deque(
             maxlen=RECENT_LEAKS_KEPT
         )
         self._sample = random.Random().getrandbits
+        if trio.lowlevel.in_trio_run():
+            self._enter()  # belong to this run from the start, not to a worker thread
 
     # -- leasing ------------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     def lease_nowait(self, nbytes: int, *, owner: Hashable | None = None) -> Buffer:
         """Lease a buffer of at least *nbytes* now, or raise :class:`trio.WouldBlock`.
 
         WouldBlock means the limiter has no room (or others are already queued for
         it). *owner* is who the limiter charges; by default the current Trio task
-        (outside Trio, the current thread).
+        (in a worker thread or outside Trio, the current thread).
         """
         index, capacity, owner, site = self._request(nbytes, owner)
+        if _get_ident() != self._home and not self._enter():
+            return self._call_at_home(self._lease_here, index, nbytes, capacity, owner, site)
+        # Hot path: _lease_here inlined.
+        if self._pending:
+            self._drain()
         limiter = self._limiter
         if limiter is not None:
             limiter.acquire_on_behalf_of_nowait(owner, capacity)
         return self._take(index, nbytes, capacity, owner, site)
 
+    def _lease_here(
+        self, index: int, nbytes: int, capacity: int, owner: Hashable, site: _Site | None
+    ) -> Buffer:
+        if self._pending:
+            self._drain()
+        limiter = self._limiter
+        if limiter is not None:
+            limiter.acquire_on_behalf_of_nowait(owner, capacity)
+        return self._take(index, nbytes, capacity, owner, site)
+
+    @trio.lowlevel.enable_ki_protection
     async def lease(self, nbytes: int, *, owner: Hashable | None = None) -> Buffer:
         """Lease a buffer of at least *nbytes*, waiting (FIFO, cancellable) for limiter room.
 
-        Always a checkpoint. See :meth:`lease_nowait` for *owner*.
+        Always a checkpoint. Cancelled, it charges nothing. See :meth:`lease_nowait`.
         """
         index, capacity, owner, site = self._request(nbytes, owner)
+        if _get_ident() != self._home:
+            self._enter()
+        if self._pending:
+            self._drain()  # queued returns may hold the capacity we are about to wait for
         limiter = self._limiter
         if limiter is None:
             await trio.lowlevel.checkpoint()
@@ -487,10 +538,8 @@ class BufferPool:
     def _request(
         self, nbytes: int, owner: Hashable | None
     ) -> tuple[int, int, Hashable, _Site | None]:
-        # Hot path: validation, class lookup and owner in one pass.
-        if self._leaks:
-            self._drain_leaks()
-        if type(nbytes) is not int:  # noqa: E721
+        # Hot path: validation, size class, owner and leak sampling in one pass.
+        if type(nbytes) is not int:  # noqa: E721  (bool is not a size)
             raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
         if nbytes <= MIN_CLASS_BYTES:
             if nbytes < 0:
@@ -513,50 +562,46 @@ class BufferPool:
                 hash(owner)
             except TypeError:
                 raise TypeError(f"owner must be hashable, not {type(owner).__name__}") from None
-        if self._token is None and trio.lowlevel.in_trio_run():
-            self._token = trio.lowlevel.current_trio_token()
-        site = None
-        if self._leak_level == 2 or (self._leak_level == 1 and not self._sample(_SAMPLE_BITS)):
-            site = _lease_site()
-        return index, capacity, owner, site
+        level = self._leak_level
+        if level and (level == 2 or not self._sample(_SAMPLE_BITS)):
+            return index, capacity, owner, _lease_site()
+        return index, capacity, owner, None
 
     def _take(
         self, index: int, nbytes: int, capacity: int, owner: Hashable, site: _Site | None
     ) -> Buffer:
-        # The limiter already charged *capacity*; give it back if no memory comes of it.
+        # Home thread. The limiter already charged *capacity*: give it back if no
+        # memory comes of it (mmap can fail).
         try:
             if index >= 0:
                 size_class = self._classes[index]
-                with self._lock:
-                    slab = size_class.current
-                    if slab is None or not slab.free:
-                        slab = self._next_slab(size_class)
-                    offset = slab.free.pop()
-                    slab.leased += 1
-                    size_class.leased += 1
-                    self._leases += 1
-                    self._bytes_leased += capacity
+                slab = size_class.current
+                if slab is None or not slab.free:
+                    slab = self._next_slab(size_class)
+                offset = slab.free.pop()
+                slab.leased += 1
+                size_class.leased += 1
             else:
-                slab = _Slab(capacity, None, capacity)  # may be large: map outside the lock
+                slab = _Slab(capacity, None, capacity)
                 offset = 0
-                with self._lock:
-                    self._dedicated += 1
-                    self._dedicated_bytes += capacity
-                    self._leases += 1
-                    self._bytes_leased += capacity
+                self._dedicated += 1
+                self._dedicated_bytes += capacity
         except BaseException:
             if self._limiter is not None:
                 self._limiter.release_on_behalf_of(owner, capacity)
             raise
+        self._leases += 1
+        self._bytes_leased += capacity
         return Buffer(self, slab, offset, capacity, nbytes, owner, site)
 
     def _next_slab(self, size_class: _SizeClass) -> _Slab:
-        # Lease slow path, lock held: the current slab is full. Prefer a partly used
-        # slab (packs leases into few slabs so the rest can go idle), then the most
-        # recently idled one (warm pages; the oldest stay to be trimmed), then a new one.
-        now = self._now()
+        # Lease slow path: the current slab is full. Prefer a partly used slab (packs
+        # leases into few slabs so the rest can go idle), then the most recently
+        # idled one (warm pages; the oldest stay to be trimmed), then a new one.
+        # Trim first, so that the slab chosen here is not unmapped under us.
+        now = self._clock()
         if now >= self._trim_due:
-            self._trim_locked(now, force=False)
+            self._trim_here(now, force=False)
         if size_class.partial:
             slab, _ = size_class.partial.popitem()
         elif size_class.idle:
@@ -571,43 +616,38 @@ class BufferPool:
 
     # -- giving back --------------------------------------------------------
 
-    def _give_back(self, slab: _Slab, offset: int, capacity: int, owner: Hashable) -> None:
+    def _give_back_here(self, slab: _Slab, offset: int, capacity: int, owner: Hashable) -> None:
+        # Hot path (every receive ends here), home thread only; see Buffer.release().
+        self._releases += 1
+        self._bytes_leased -= capacity
         size_class = slab.size_class
-        with self._lock:
-            self._releases += 1
-            self._bytes_leased -= capacity
-            if size_class is None:
-                self._dedicated -= 1
-                self._dedicated_bytes -= capacity
-            else:
-                size_class.leased -= 1
-                free = slab.free
-                free.append(offset)
-                slab.leased -= 1
-                if not slab.leased:
-                    self._slab_went_idle(size_class, slab)
-                elif len(free) == 1 and slab is not size_class.current:
-                    size_class.partial[slab] = None  # was full, now has room
         if size_class is None:
+            self._dedicated -= 1
+            self._dedicated_bytes -= capacity
             slab.unmap()
+        else:
+            size_class.leased -= 1
+            free = slab.free
+            free.append(offset)
+            slab.leased -= 1
+            if not slab.leased:
+                # Idle now: the only place besides the lease slow path that reads the clock.
+                now = slab.idle_since = self._clock()
+                if slab is not size_class.current:
+                    size_class.partial.pop(slab, None)
+                    size_class.idle[slab] = None
+                    self._idle_bytes += SLAB_BYTES
+                    while self._idle_bytes > self._max_idle_bytes:
+                        self._unmap_oldest_idle()
+                if now >= self._trim_due:
+                    self._trim_here(now, force=False)
+                elif self._trim_due == math.inf:
+                    self._trim_due = now + self._trim_after
+            elif len(free) == 1 and slab is not size_class.current:
+                size_class.partial[slab] = None  # was full, has room again
         # Slot first, capacity second: the waiter the limiter wakes finds the slot free.
         if self._limiter is not None:
             self._limiter.release_on_behalf_of(owner, capacity)
-
-    def _slab_went_idle(self, size_class: _SizeClass, slab: _Slab) -> None:
-        # Lock held. The only place (besides the lease slow path) that reads the clock.
-        now = self._now()
-        slab.idle_since = now
-        if slab is not size_class.current:
-            size_class.partial.pop(slab, None)
-            size_class.idle[slab] = None
-            self._idle_bytes += SLAB_BYTES
-            while self._idle_bytes > self._max_idle_bytes:
-                self._unmap_oldest_idle()
-        if now >= self._trim_due:
-            self._trim_locked(now, force=False)
-        elif self._trim_due == math.inf:
-            self._trim_due = now + self._trim_after
 
     def _leaked(
         self,
@@ -618,14 +658,8 @@ class BufferPool:
         site: _Site | None,
         exported: bool,
     ) -> None:
-        # Called from Buffer.__del__: any thread, any moment. No locks, see there.
-        self._leaks.append((slab, offset, capacity, owner, exported))
-        token = self._token
-        if token is not None:
-            try:
-                token.run_sync_soon(self._drain_leaks)
-            except trio.RunFinishedError:
-                self._token = None  # reclaimed at the next pool call instead
+        # From Buffer.__del__: any thread, any moment, see there.
+        self._hand_home((slab, offset, capacity, owner, _LEAKED_EXPORTED if exported else _LEAKED))
         if site is not None:
             filename, lineno, task_name = site
             self._recent_leaks.append(LeakReport(filename, lineno, task_name, capacity))
@@ -640,25 +674,73 @@ class BufferPool:
                 lineno,
             )
 
-    def _drain_leaks(self) -> None:
-        leaks = self._leaks
-        while leaks:
+    def _hand_home(self, item: tuple[_Slab, int, int, Hashable, int]) -> None:
+        # Queue a return for the home thread and wake it. No locks, no Trio state:
+        # TrioToken.run_sync_soon is safe from any thread and from finalizers (Trio's
+        # own async-generator finalizer relies on it). Without a live run the item
+        # waits for the next pool call, which rebinds or unbinds the pool first.
+        self._pending.append(item)
+        token = self._token
+        if token is not None:
             try:
-                slab, offset, capacity, owner, exported = leaks.popleft()
-            except IndexError:  # another thread drained it first
+                token.run_sync_soon(self._drain)
+            except trio.RunFinishedError:
+                self._home = None  # send the next call through _enter()
+
+    @trio.lowlevel.enable_ki_protection
+    def _drain(self) -> None:
+        # Home thread: apply queued returns (from other threads and from leaks).
+        pending = self._pending
+        while pending:
+            try:
+                slab, offset, capacity, owner, kind = pending.popleft()
+            except IndexError:  # pragma: no cover - another drain got there first
                 return
-            with self._lock:
+            if kind != _RELEASED:
                 self._leaks_detected += 1
-            if not exported:
-                self._give_back(slab, offset, capacity, owner)
-            else:
-                # The memory is still in someone's hands: never reuse the slot (it
-                # stays counted as leased), but don't let it drain the budget.
-                if self._limiter is not None:
-                    self._limiter.release_on_behalf_of(owner, capacity)
+            if kind != _LEAKED_EXPORTED:
+                self._give_back_here(slab, offset, capacity, owner)
+            elif self._limiter is not None:
+                # Someone still holds an export of the view: never reuse the slot (it
+                # stays counted as leased), but don't let it drain the budget for good.
+                self._limiter.release_on_behalf_of(owner, capacity)
+
+    # -- the home thread ----------------------------------------------------
+
+    def _enter(self) -> bool:
+        """Slow path of ``_get_ident() == self._home``; False: carry the call to the Trio thread.
+
+        Binds the pool to the Trio run calling it (the first one, or a new one once
+        the old run is over), and unbinds it when called outside Trio after its run
+        ended.
+        """
+        if trio.lowlevel.in_trio_run():
+            token = trio.lowlevel.current_trio_token()
+            if token is not self._token:
+                if self._token is not None and not _run_is_over(self._token):
+                    raise RuntimeError("this BufferPool is in use by another Trio run")
+                self._token = token
+                self._clock = trio.lowlevel.current_clock().current_time
+            self._home = _get_ident()
+            return True
+        if self._token is not None and not _run_is_over(self._token):
+            return False  # a worker thread of the run we belong to
+        self._token = None
+        self._home = None
+        self._clock = time.monotonic
+        return True
+
+    def _call_at_home(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+        # Like trio.from_thread.run_sync(fn, *args), without spawning a task.
+        token = self._token
+        assert token is not None
+        results: queue.SimpleQueue[outcome.Outcome[_T]] = queue.SimpleQueue()
+        token.run_sync_soon(lambda: results.put(outcome.capture(fn, *args)))
+        return results.get().unwrap()
 
     # -- trimming -----------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     def trim(self, force: bool = False) -> int:
         """Unmap slabs that have been entirely free for ``trim_after`` seconds; return bytes freed.
 
@@ -668,20 +750,13 @@ class BufferPool:
         """
         if not isinstance(force, bool):
             raise TypeError(f"force must be a bool, not {type(force).__name__}")
-        if self._leaks:
-            self._drain_leaks()
-        with self._lock:
-            return self._trim_locked(self._now(), force)
+        if _get_ident() != self._home and not self._enter():
+            return self._call_at_home(self.trim, force)
+        if self._pending:
+            self._drain()
+        return self._trim_here(self._clock(), force)
 
-    def _now(self) -> float:
-        try:
-            now = trio.current_time()
-        except RuntimeError:  # worker thread or no Trio run: time stands still
-            return self._last_now
-        self._last_now = now
-        return now
-
-    def _trim_locked(self, now: float, force: bool) -> int:
+    def _trim_here(self, now: float, force: bool) -> int:
         freed = 0
         trim_after = self._trim_after
         due = math.inf
@@ -692,7 +767,7 @@ class BufferPool:
                 if force or since + trim_after <= now:
                     del size_class.idle[slab]
                     self._idle_bytes -= SLAB_BYTES
-                    freed += self._unmap_locked(size_class, slab)
+                    freed += self._unmap(size_class, slab)
                 else:
                     due = min(due, since + trim_after)
             current = size_class.current
@@ -700,7 +775,7 @@ class BufferPool:
                 since = current.idle_since = min(current.idle_since, now)
                 if force or since + trim_after <= now:
                     size_class.current = None
-                    freed += self._unmap_locked(size_class, current)
+                    freed += self._unmap(size_class, current)
                 else:
                     due = min(due, since + trim_after)
         self._trim_due = due
@@ -709,7 +784,7 @@ class BufferPool:
     def _unmap_oldest_idle(self) -> None:
         oldest: tuple[_SizeClass, _Slab] | None = None
         for size_class in self._classes:
-            for slab in size_class.idle:  # first is oldest
+            for slab in size_class.idle:  # the first is the class's oldest
                 if oldest is None or slab.idle_since < oldest[1].idle_since:
                     oldest = (size_class, slab)
                 break
@@ -717,9 +792,9 @@ class BufferPool:
         size_class, slab = oldest
         del size_class.idle[slab]
         self._idle_bytes -= SLAB_BYTES
-        self._unmap_locked(size_class, slab)
+        self._unmap(size_class, slab)
 
-    def _unmap_locked(self, size_class: _SizeClass, slab: _Slab) -> int:
+    def _unmap(self, size_class: _SizeClass, slab: _Slab) -> int:
         slab.unmap()
         size_class.slabs -= 1
         self._slab_bytes -= SLAB_BYTES
@@ -729,39 +804,48 @@ class BufferPool:
 
     # -- introspection ------------------------------------------------------
 
+    @trio.lowlevel.enable_ki_protection
     def statistics(self) -> BufferPoolStatistics:
-        """Return a :class:`BufferPoolStatistics` snapshot (consistent: taken under the lock)."""
-        if self._leaks:
-            self._drain_leaks()
-        with self._lock:
-            classes = tuple(
-                SizeClassStatistics(c.size, c.slabs, c.slabs * c.slots, c.leased)
-                for c in self._classes
-            )
-            idle = self._idle_bytes + sum(
-                SLAB_BYTES for c in self._classes if c.current is not None and not c.current.leased
-            )
-            return BufferPoolStatistics(
-                size_classes=classes,
-                bytes_leased=self._bytes_leased,
-                bytes_reserved_by_slabs=self._slab_bytes,
-                bytes_idle=idle,
-                dedicated_buffers=self._dedicated,
-                bytes_dedicated=self._dedicated_bytes,
-                leases=self._leases,
-                releases=self._releases,
-                leaks_detected=self._leaks_detected,
-                slabs_trimmed=self._slabs_trimmed,
-                bytes_trimmed=self._bytes_trimmed,
-                leak_detection=_LEAK_LEVELS[self._leak_level],
-                recent_leaks=tuple(self._recent_leaks),
-            )
+        """Return a :class:`BufferPoolStatistics` snapshot."""
+        if _get_ident() != self._home and not self._enter():
+            return self._call_at_home(self.statistics)
+        if self._pending:
+            self._drain()
+        classes = self._classes
+        idle_current = sum(
+            SLAB_BYTES for c in classes if c.current is not None and not c.current.leased
+        )
+        return BufferPoolStatistics(
+            size_classes=tuple(
+                SizeClassStatistics(c.size, c.slabs, c.slabs * c.slots, c.leased) for c in classes
+            ),
+            bytes_leased=self._bytes_leased,
+            bytes_reserved_by_slabs=self._slab_bytes,
+            bytes_idle=self._idle_bytes + idle_current,
+            dedicated_buffers=self._dedicated,
+            bytes_dedicated=self._dedicated_bytes,
+            leases=self._leases,
+            releases=self._releases,
+            leaks_detected=self._leaks_detected,
+            slabs_trimmed=self._slabs_trimmed,
+            bytes_trimmed=self._bytes_trimmed,
+            leak_detection=_LEAK_LEVELS[self._leak_level],
+            recent_leaks=tuple(self._recent_leaks),
+        )
 
     def __repr__(self) -> str:
         return (
             f"<millpond.BufferPool leased={self._bytes_leased} "
             f"slabs={self._slab_bytes} dedicated={self._dedicated_bytes}>"
         )
+
+
+def _run_is_over(token: trio.lowlevel.TrioToken) -> bool:
+    try:
+        token.run_sync_soon(lambda: None)
+    except trio.RunFinishedError:
+        return True
+    return False
 
 
 def _lease_site() -> _Site:
