@@ -117,6 +117,20 @@ def git_commit() -> str:
         return "unknown"
 
 
+def git_dirty_files() -> list[str]:
+    """Uncommitted changes: the measured code may differ from `commit`."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return [line[3:] for line in out.stdout.splitlines()]
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
 def environment_info() -> Row:
     cpu_model = ""
     for line in read_text("/proc/cpuinfo").splitlines():
@@ -824,6 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "servers": dict(servers),
         },
         "env": environment_info(),
+        "dirty_files": git_dirty_files(),
     }
     log(f"run {run_id}: servers {', '.join(servers)}; loadavg {meta['env']['loadavg']}")
     if cfg.results:
