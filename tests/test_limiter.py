@@ -13,17 +13,6 @@ from trio.testing import wait_all_tasks_blocked
 from millpond.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
 
 
-async def take(limiter: BufferLimiter, owner: object, nbytes: int) -> None:
-    await limiter.acquire_on_behalf_of(owner, nbytes)
-
-
-async def take_and_log(
-    limiter: BufferLimiter, owner: object, nbytes: int, log: list[object]
-) -> None:
-    await limiter.acquire_on_behalf_of(owner, nbytes)
-    log.append(owner)
-
-
 @dataclasses.dataclass
 class Waiter:
     """A task blocked in acquire_on_behalf_of, with its own cancel scope."""
@@ -128,17 +117,19 @@ async def test_acquire_nowait_raises_would_block_when_full() -> None:
 async def test_waiters_are_served_in_arrival_order() -> None:
     limiter = BufferLimiter(10)
     limiter.acquire_on_behalf_of_nowait("holder", 10)
+    served = []
     async with trio.open_nursery() as nursery:
         for owner in ["first", "second", "third"]:
-            nursery.start_soon(take, limiter, owner, 10)
-            await wait_all_tasks_blocked()
-        served = []
+            await queue_up(nursery, limiter, owner, 10)
         previous = "holder"
         for _ in range(3):
             limiter.release_on_behalf_of(previous, 10)
-            (previous,) = [o for o in ["first", "second", "third"] if limiter.held_by(o)]
+            holders = [o for o in ["first", "second", "third"] if limiter.held_by(o)]
+            if len(holders) != 1:
+                break
+            previous = holders[0]
             served.append(previous)
-            await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
     assert served == ["first", "second", "third"]
 
 
@@ -146,12 +137,14 @@ async def test_release_hands_capacity_to_the_waiter_inside_the_release_call() ->
     limiter = BufferLimiter(10)
     limiter.acquire_on_behalf_of_nowait("holder", 10)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, limiter, "waiter", 4)
-        await wait_all_tasks_blocked()
+        waiter = await queue_up(nursery, limiter, "waiter", 4)
         limiter.release_on_behalf_of("holder", 10)
         # No checkpoint since the release: the waiter has not run, yet it holds the bytes.
         assert limiter.held_by("waiter") == 4
         assert limiter.statistics().tasks_waiting == 0
+        await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert waiter.outcome == "granted"
 
 
 async def test_nowait_does_not_barge_past_waiter() -> None:
@@ -159,21 +152,21 @@ async def test_nowait_does_not_barge_past_waiter() -> None:
     limiter = BufferLimiter(10)
     limiter.acquire_on_behalf_of_nowait("holder", 10)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, limiter, "waiter", 10)
-        await wait_all_tasks_blocked()
+        waiter = await queue_up(nursery, limiter, "waiter", 10)
         limiter.release_on_behalf_of("holder", 10)
         with pytest.raises(trio.WouldBlock):
             limiter.acquire_on_behalf_of_nowait("newcomer", 10)
-    assert limiter.held_by("waiter") == 10
-    assert limiter.held_by("newcomer") == 0
+        await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert waiter.outcome == "granted"
+    assert (limiter.held_by("waiter"), limiter.held_by("newcomer")) == (10, 0)
 
 
 async def test_nowait_does_not_barge_even_when_its_request_would_fit() -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 50)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, limiter, "big", 60)
-        await wait_all_tasks_blocked()
+        await queue_up(nursery, limiter, "big", 60)
         with pytest.raises(trio.WouldBlock):
             limiter.acquire_on_behalf_of_nowait("small", 10)
         nursery.cancel_scope.cancel()
@@ -182,15 +175,14 @@ async def test_nowait_does_not_barge_even_when_its_request_would_fit() -> None:
 async def test_new_acquire_queues_behind_existing_waiters() -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 50)
-    log: list[object] = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take_and_log, limiter, "big", 60, log)
-        await wait_all_tasks_blocked()
-        nursery.start_soon(take_and_log, limiter, "small", 10, log)
-        await wait_all_tasks_blocked()
-        assert log == []
+        big = await queue_up(nursery, limiter, "big", 60)
+        small = await queue_up(nursery, limiter, "small", 10)
+        assert (big.outcome, small.outcome) == ("waiting", "waiting")
         limiter.release_on_behalf_of("holder", 50)
-    assert sorted(str(o) for o in log) == ["big", "small"]
+        await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert (big.outcome, small.outcome) == ("granted", "granted")
 
 
 async def test_large_request_at_head_blocks_smaller_ones() -> None:
@@ -199,15 +191,14 @@ async def test_large_request_at_head_blocks_smaller_ones() -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 50)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(take, limiter, "large", 80)
-        await wait_all_tasks_blocked()
-        nursery.start_soon(take, limiter, "small", 10)
-        await wait_all_tasks_blocked()
+        await queue_up(nursery, limiter, "large", 80)
+        await queue_up(nursery, limiter, "small", 10)
         # 50 bytes are free and "small" wants 10, but it is behind "large".
         assert limiter.held_by("small") == 0
         assert limiter.statistics().tasks_waiting == 2
         limiter.release_on_behalf_of("holder", 50)
         assert (limiter.held_by("large"), limiter.held_by("small")) == (80, 10)
+        nursery.cancel_scope.cancel()
 
 
 # -- cancellation -----------------------------------------------------------------------------
@@ -216,12 +207,11 @@ async def test_large_request_at_head_blocks_smaller_ones() -> None:
 async def test_cancelled_waiter_leaves_the_queue() -> None:
     limiter = BufferLimiter(10)
     limiter.acquire_on_behalf_of_nowait("holder", 10)
-    with trio.CancelScope() as scope:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(take, limiter, "waiter", 5)
-            await wait_all_tasks_blocked()
-            assert limiter.statistics().tasks_waiting == 1
-            scope.cancel()
+    async with trio.open_nursery() as nursery:
+        waiter = await queue_up(nursery, limiter, "waiter", 5)
+        assert limiter.statistics().tasks_waiting == 1
+        waiter.scope.cancel()
+    assert waiter.outcome == "cancelled"
     stats = limiter.statistics()
     assert (stats.tasks_waiting, stats.bytes_waited_for, stats.timeouts) == (0, 0, 1)
     limiter.release_on_behalf_of("holder", 10)
@@ -238,6 +228,8 @@ async def test_cancelled_waiter_passes_capacity_to_next() -> None:
         big.scope.cancel()
         # The withdrawal happens inside cancel(): "small" no longer stands behind anybody.
         assert limiter.held_by("small") == 40
+        await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
     assert (big.outcome, small.outcome) == ("cancelled", "granted")
     assert limiter.held_by("big") == 0
 
@@ -255,6 +247,8 @@ async def test_granted_then_cancelled_capacity_goes_to_next_waiter() -> None:
         assert limiter.held_by("first") == 60
         first.scope.cancel()
         assert limiter.held_by("second") == 0
+        await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
     assert (first.outcome, second.outcome) == ("cancelled", "granted")
     assert (limiter.held_by("first"), limiter.held_by("second")) == (0, 50)
     stats = limiter.statistics()
@@ -270,6 +264,8 @@ async def test_cancelled_in_the_same_tick_before_the_release_is_simply_withdrawn
         first.scope.cancel()
         limiter.release_on_behalf_of("holder", 100)
         assert limiter.held_by("second") == 50
+        await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
     assert (first.outcome, second.outcome) == ("cancelled", "granted")
     assert limiter.statistics().timeouts == 1
 
@@ -292,10 +288,11 @@ async def test_waiter_under_move_on_after_gives_up_on_time_and_next_is_served(
         served_at.append(trio.current_time())
 
     start = trio.current_time()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(impatient)
-        await wait_all_tasks_blocked()
-        nursery.start_soon(patient)
+    with trio.move_on_after(100):  # if "patient" were never served
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(impatient)
+            await wait_all_tasks_blocked()
+            nursery.start_soon(patient)
     assert gave_up_at == served_at == [start + 5]
     assert limiter.held_by("impatient") == 0
     assert limiter.statistics().timeouts == 1
@@ -356,6 +353,8 @@ async def test_shrinking_total_below_a_waiting_request_refuses_it() -> None:
         await wait_all_tasks_blocked()
         assert (big.outcome, small.outcome) == ("refused", "waiting")
         limiter.release_on_behalf_of("holder", 100)
+        await wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
     assert small.outcome == "granted"
 
 
@@ -435,6 +434,18 @@ async def test_holders_waiting_are_served_before_ordinary_waiters() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_holder_does_not_barge_past_waiting_holders() -> None:
+    limiter = BufferLimiter(100, reserved_bytes=20)
+    limiter.acquire_on_behalf_of_nowait("a", 40)
+    limiter.acquire_on_behalf_of_nowait("b", 40)
+    async with trio.open_nursery() as nursery:
+        await queue_up(nursery, limiter, "b", 30)
+        with pytest.raises(trio.WouldBlock):
+            limiter.acquire_on_behalf_of_nowait("a", 10)  # would fit, but "b" came first
+        nursery.cancel_scope.cancel()
+    assert limiter.held_by("a") == 40
+
+
 async def test_waiting_request_is_promoted_when_its_owner_becomes_a_holder() -> None:
     # Two requests for one connection queue up while it holds nothing. Once the first is
     # granted, the second is a request from a holder and may use the reserve.
@@ -455,8 +466,8 @@ async def test_waiting_request_is_promoted_when_its_owner_becomes_a_holder() -> 
 
 async def proxy_workload(limiter: BufferLimiter, connections: int, chunk: int) -> list[str]:
     """Every connection takes an input buffer; once all have one (the unreserved budget is
-    gone) each needs an output buffer before it can give both back. A newcomer waits at the
-    head of the ordinary queue meanwhile. Returns who finished, in order."""
+    gone) each needs an output buffer before it can give both back. A newcomer waits in the
+    ordinary queue meanwhile. Returns who finished."""
     finished: list[str] = []
     everyone_has_input = trio.Event()
     holding = 0
@@ -492,7 +503,6 @@ async def test_proxy_workload_completes_with_a_reserve(
     limiter = BufferLimiter(8 * 1000 + 1000, reserved_bytes=1000)
     finished = await proxy_workload(limiter, connections=8, chunk=1000)
     assert sorted(finished) == sorted([f"conn{i}" for i in range(8)] + ["newcomer"])
-    assert finished[-1] == "newcomer"
     assert limiter.bytes_in_use == 0
 
 
@@ -509,17 +519,20 @@ async def test_proxy_workload_deadlocks_without_a_reserve(
 
 async def test_pressure_levels() -> None:
     limiter = BufferLimiter(100, reserved_bytes=10, pressure_bytes=60)
-    assert limiter.pressure is Pressure.NONE
-    limiter.acquire_on_behalf_of_nowait("a", 59)
-    assert limiter.pressure is Pressure.NONE
-    limiter.acquire_on_behalf_of_nowait("a", 1)
-    assert limiter.pressure is Pressure.PRESSURE
-    limiter.acquire_on_behalf_of_nowait("a", 29)
-    assert limiter.pressure is Pressure.PRESSURE
-    limiter.acquire_on_behalf_of_nowait("a", 1)
-    assert limiter.pressure is Pressure.HARD
+    levels = [limiter.pressure]
+    for nbytes in [59, 1, 29, 1]:
+        limiter.acquire_on_behalf_of_nowait("a", nbytes)
+        levels.append(limiter.pressure)
     limiter.release_on_behalf_of("a", 90)
-    assert limiter.pressure is Pressure.NONE
+    levels.append(limiter.pressure)
+    assert levels == [
+        Pressure.NONE,  # 0 in use
+        Pressure.NONE,  # 59
+        Pressure.PRESSURE,  # 60: pressure_bytes reached
+        Pressure.PRESSURE,  # 89
+        Pressure.HARD,  # 90: total_bytes - reserved_bytes, only holders get more
+        Pressure.NONE,  # 0
+    ]
 
 
 async def test_pressure_levels_are_ordered() -> None:
@@ -529,9 +542,9 @@ async def test_pressure_levels_are_ordered() -> None:
 async def test_shrinking_total_can_put_the_limiter_under_hard_pressure() -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("a", 50)
-    assert limiter.pressure is Pressure.NONE
+    before = limiter.pressure
     limiter.total_bytes = 50
-    assert limiter.pressure is Pressure.HARD
+    assert (before, limiter.pressure) == (Pressure.NONE, Pressure.HARD)
 
 
 # -- threads --------------------------------------------------------------------------------
@@ -596,8 +609,18 @@ def test_release_after_the_trio_run_finished_raises_run_finished_error() -> None
         limiter.acquire_on_behalf_of_nowait("a", 10)
 
     trio.run(main)
-    with pytest.raises(trio.RunFinishedError):
-        limiter.release_on_behalf_of("a", 10)
+    errors: list[BaseException] = []
+
+    def release_in_thread() -> None:
+        try:
+            limiter.release_on_behalf_of("a", 10)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=release_in_thread)
+    thread.start()
+    thread.join()
+    assert [type(exc) for exc in errors] == [trio.RunFinishedError]
 
 
 def test_a_limiter_can_serve_one_trio_run_after_another() -> None:
@@ -684,14 +707,12 @@ async def test_bad_nbytes_is_rejected_by_every_method(
     nbytes: object, error: type[Exception]
 ) -> None:
     limiter = BufferLimiter(100)
-    calls = [
-        lambda: limiter.acquire_on_behalf_of_nowait("a", nbytes),  # type: ignore[arg-type]
-        lambda: limiter.release_on_behalf_of("a", nbytes),  # type: ignore[arg-type]
-        lambda: limiter.reserve(nbytes),  # type: ignore[arg-type]
-    ]
-    for call in calls:
-        with pytest.raises(error, match="nbytes"):
-            call()
+    with pytest.raises(error, match="nbytes"):
+        limiter.acquire_on_behalf_of_nowait("a", nbytes)  # type: ignore[arg-type]
+    with pytest.raises(error, match="nbytes"):
+        limiter.release_on_behalf_of("a", nbytes)  # type: ignore[arg-type]
+    with pytest.raises(error, match="nbytes"):
+        limiter.reserve(nbytes)  # type: ignore[arg-type]
     with pytest.raises(error, match="nbytes"):
         await limiter.acquire_on_behalf_of("a", nbytes)  # type: ignore[arg-type]
 
