@@ -12,7 +12,6 @@ from __future__ import annotations
 import select
 import socket
 
-import pytest
 import trio
 import trio.testing
 from conftest import socket_pair
@@ -30,13 +29,6 @@ MAX_FILL_SENDS = 1000
 # Small enough that a send_all started while the kernel reports the socket
 # writable (unsent bytes below half of TCP_NOTSENT_LOWAT) completes at once.
 SMALL_CHUNK = b"x" * 4096
-
-WAIT_SEND_BUG = (
-    "Connection.wait_send_all_might_not_block only parks when the connection's own "
-    "last send hit EAGAIN (_send_blocked); it never asks the kernel, so with a long "
-    "unsent queue it returns at once, unlike trio.SocketStream"
-)
-
 
 def fill_kernel_queue(sock: socket.socket) -> None:
     """Send on a non-blocking socket until the kernel says EAGAIN."""
@@ -86,7 +78,6 @@ async def test_connection_passes_trio_suite_when_clogged_through_send_all(
         await trio.testing.check_half_closeable_stream(stream_maker, clogged_stream_maker)
 
 
-@pytest.mark.xfail(strict=True, reason=WAIT_SEND_BUG)
 async def test_connection_passes_trio_suite_when_clogged_through_raw_socket(
     poller_name: str,
 ) -> None:
@@ -106,7 +97,6 @@ async def test_connection_passes_trio_suite_when_clogged_through_raw_socket(
         await trio.testing.check_half_closeable_stream(stream_maker, clogged_stream_maker)
 
 
-@pytest.mark.xfail(strict=True, reason=WAIT_SEND_BUG)
 async def test_wait_send_all_might_not_block_waits_while_unsent_queue_is_long(
     poller_name: str,
 ) -> None:

@@ -159,6 +159,17 @@ class Registration(abc.ABC):
     async def wait_writable(self) -> None:
         """Park until the socket may be writable; errors as ``wait_readable``."""
 
+    def writable_now(self) -> bool:
+        """Ask the kernel (one ``poll`` syscall) whether a send would not block.
+
+        Not for hot paths: for the rare question "may I send?" asked without
+        sending (``wait_send_all_might_not_block``). On Linux the question
+        itself arms the next EPOLLOUT edge when the answer is no.
+        """
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        return bool(poller.poll(0))
+
 
 @dataclass(frozen=True, slots=True)
 class PollerStatistics:
@@ -246,8 +257,13 @@ class Poller(abc.ABC):
             raise trio.ClosedResourceError("cannot register a closed socket")
         if sock.getblocking():
             raise ValueError("sock must be non-blocking (sock.setblocking(False))")
-        if sock.fileno() in self._registrations:
-            raise ValueError(f"socket fd {sock.fileno()} is already registered")
+        stale = self._registrations.get(sock.fileno())
+        if stale is not None:
+            if stale.sock is sock:
+                raise ValueError(f"socket fd {sock.fileno()} is already registered")
+            # Its socket was closed without unregister and the number reused:
+            # drop the stale entry (waking its waiters) instead of refusing.
+            self.unregister(stale)
 
 
 class _EpollRegistration(Registration):

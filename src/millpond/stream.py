@@ -90,7 +90,6 @@ class Connection(trio.abc.HalfCloseableStream):
         "_receiving",
         "_registration",
         "_sending",
-        "_send_blocked",
         "_sock",
     )
 
@@ -114,8 +113,6 @@ class Connection(trio.abc.HalfCloseableStream):
         # True after a short read: the kernel queue was empty, so the next
         # receive parks first instead of paying a recv that says EAGAIN.
         self._read_drained = False
-        # True after a send found the kernel queue full.
-        self._send_blocked = False
 
     @property
     def socket(self) -> socket.socket:
@@ -213,7 +210,6 @@ class Connection(trio.abc.HalfCloseableStream):
                 try:
                     sent += send(remaining)
                 except BlockingIOError:
-                    self._send_blocked = True
                     await registration.wait_writable()
                     parked = True
                     continue
@@ -223,7 +219,6 @@ class Connection(trio.abc.HalfCloseableStream):
                     raise _broken(exc) from exc
                 if sent < total:
                     remaining = memoryview(data).cast("B")[sent:]
-            self._send_blocked = False
             if not parked:
                 await cancel_shielded_checkpoint()
         finally:
@@ -238,10 +233,14 @@ class Connection(trio.abc.HalfCloseableStream):
         self._sending = True
         try:
             registration = self._registration
-            if self._send_blocked and not registration.writable:
-                await registration.wait_writable()
-            else:
+            # A remembered edge may be stale (sends since then may have
+            # filled the queue): ask the kernel, and park only on a "no",
+            # which also arms the edge that will wake us.
+            registration.writable = False
+            if registration.writable_now():
                 await checkpoint()
+            else:
+                await registration.wait_writable()
         finally:
             self._sending = False
 
