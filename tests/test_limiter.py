@@ -635,6 +635,31 @@ def test_a_limiter_can_serve_one_trio_run_after_another() -> None:
     assert limiter.statistics().grants == 2
 
 
+def test_a_limiter_held_in_a_running_trio_run_refuses_another_run() -> None:
+    limiter = BufferLimiter(100)
+    holding, done = threading.Event(), threading.Event()
+
+    async def first_run() -> None:
+        limiter.acquire_on_behalf_of_nowait("a", 10)
+        holding.set()
+        await trio.to_thread.run_sync(done.wait)
+        limiter.release_on_behalf_of("a", 10)
+
+    async def second_run() -> None:
+        with pytest.raises(RuntimeError, match="another Trio run"):
+            await limiter.acquire_on_behalf_of("b", 10)
+
+    thread = threading.Thread(target=trio.run, args=(first_run,))
+    thread.start()
+    try:
+        assert holding.wait(timeout=30)
+        trio.run(second_run)
+    finally:
+        done.set()
+        thread.join()
+    assert limiter.bytes_in_use == 0
+
+
 # -- statistics -----------------------------------------------------------------------------
 
 

@@ -64,6 +64,7 @@ import os
 import select
 import socket
 import sys
+from collections.abc import Awaitable, Generator
 from dataclasses import dataclass
 from typing import Final
 
@@ -147,8 +148,10 @@ class Registration(abc.ABC):
         self.closed = False
 
     @abc.abstractmethod
-    async def wait_readable(self) -> None:
+    def wait_readable(self) -> Awaitable[None]:
         """Park until the socket may be readable (or return a remembered edge).
+
+        Await the result at once: the checks run when this is called.
 
         Raises ``trio.ClosedResourceError`` if the socket is unregistered while
         waiting, ``trio.BusyResourceError`` if another task already waits to
@@ -156,7 +159,7 @@ class Registration(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def wait_writable(self) -> None:
+    def wait_writable(self) -> Awaitable[None]:
         """Park until the socket may be writable; errors as ``wait_readable``."""
 
     def writable_now(self) -> bool:
@@ -266,16 +269,30 @@ class Poller(abc.ABC):
             self.unregister(stale)
 
 
+class _Ready:
+    """An awaitable that completes at once: a remembered edge needs no park."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_READY: Final = _Ready()
+
+
 class _EpollRegistration(Registration):
-    __slots__ = ("abort_read", "abort_write", "read_task", "write_task")
+    __slots__ = ("abort_read", "read_task", "write_task")
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
         self.read_task: Task | None = None
         self.write_task: Task | None = None
-        # Bound once here so parking allocates no closure per wait.
+        # Bound once, so a read park allocates no bound method. Writes park
+        # rarely (only under backpressure): their abort is bound per park,
+        # which keeps 64 bytes off every idle connection.
         self.abort_read = self._abort_read
-        self.abort_write = self._abort_write
 
     def _abort_read(self, _raise_cancel: RaiseCancelT) -> Abort:
         self.read_task = None
@@ -285,27 +302,30 @@ class _EpollRegistration(Registration):
         self.write_task = None
         return Abort.SUCCEEDED
 
-    async def wait_readable(self) -> None:
+    # Not ``async def``: returning Trio's own awaitable saves a coroutine
+    # frame per parked task (200 bytes on an idle connection) and a call
+    # layer per park.
+    def wait_readable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
         if self.readable:
             self.readable = False
-            return
+            return _READY
         if self.read_task is not None:
             raise trio.BusyResourceError("another task is already waiting to read")
         self.read_task = current_task()
-        await wait_task_rescheduled(self.abort_read)
+        return wait_task_rescheduled(self.abort_read)
 
-    async def wait_writable(self) -> None:
+    def wait_writable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
         if self.writable:
             self.writable = False
-            return
+            return _READY
         if self.write_task is not None:
             raise trio.BusyResourceError("another task is already waiting to write")
         self.write_task = current_task()
-        await wait_task_rescheduled(self.abort_write)
+        return wait_task_rescheduled(self._abort_write)
 
 
 class EpollPoller(Poller):
@@ -434,15 +454,15 @@ class EpollPoller(Poller):
 class _TrioRegistration(Registration):
     __slots__ = ()
 
-    async def wait_readable(self) -> None:
+    def wait_readable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
-        await trio.lowlevel.wait_readable(self.sock)
+        return trio.lowlevel.wait_readable(self.sock)
 
-    async def wait_writable(self) -> None:
+    def wait_writable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
-        await trio.lowlevel.wait_writable(self.sock)
+        return trio.lowlevel.wait_writable(self.sock)
 
 
 class TrioPoller(Poller):

@@ -48,6 +48,9 @@ ACCEPT_BACKOFF_SECONDS: Final = 0.100
 # flood cannot keep established connections from running.
 ACCEPT_BATCH: Final = 16
 
+# Name of every connection task (see Server._accept_loop).
+CONNECTION_TASK_NAME: Final = "millpond.connection"
+
 # The kernel clamps the listen backlog to net.core.somaxconn; asking for the
 # largest value lets the system administrator's setting decide (as Trio does).
 DEFAULT_BACKLOG: Final = 0xFFFF
@@ -186,7 +189,7 @@ class Server:
         self._host = host
         self._backlog = backlog
         self._addresses: tuple[SockAddr, ...] = ()
-        self._connections: set[Connection] = set()
+        self._connections_active = 0
         self._connections_accepted = 0
         self._handler_errors = 0
         self._accept_backoffs = 0
@@ -197,16 +200,11 @@ class Server:
         """The bound addresses (empty until ``run`` has started)."""
         return self._addresses
 
-    @property
-    def connections(self) -> frozenset[Connection]:
-        """The connections whose handler is running now."""
-        return frozenset(self._connections)
-
     def statistics(self) -> ServerStatistics:
         """Return a snapshot of this server's counters."""
         return ServerStatistics(
             addresses=self._addresses,
-            connections_active=len(self._connections),
+            connections_active=self._connections_active,
             connections_accepted=self._connections_accepted,
             handler_errors=self._handler_errors,
             accept_backoffs=self._accept_backoffs,
@@ -248,51 +246,69 @@ class Server:
         accepted_in_a_row = 0
         while True:
             registration.readable = False
+            backoff = False
             try:
-                sock, address = accept()
+                sock, _address = accept()
             except BlockingIOError:
-                accepted_in_a_row = 0
-                await registration.wait_readable()
-                continue
+                sock = None
             except OSError as exc:
-                if exc.errno in ACCEPT_CAPACITY_ERRNOS:
-                    self._accept_backoffs += 1
-                    logger.error(
-                        "accept failed (%s); backing off for %.0f ms",
-                        errno.errorcode.get(exc.errno or 0, exc.errno),
-                        ACCEPT_BACKOFF_SECONDS * 1000,
-                    )
-                    await trio.sleep(ACCEPT_BACKOFF_SECONDS)
-                    continue
                 if exc.errno in ACCEPT_IGNORED_ERRNOS:
                     continue
-                raise
+                if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                self._accept_backoffs += 1
+                logger.error(
+                    "accept failed (%s); backing off for %.0f ms",
+                    errno.errorcode.get(exc.errno or 0, exc.errno),
+                    ACCEPT_BACKOFF_SECONDS * 1000,
+                )
+                sock = None
+                backoff = True
+            if sock is None:
+                accepted_in_a_row = 0
+                if backoff:
+                    await trio.sleep(ACCEPT_BACKOFF_SECONDS)
+                else:
+                    await registration.wait_readable()
+                continue
             self._connections_accepted += 1
             try:
                 connection = Connection(sock, poller=poller)
             except OSError as exc:
                 # The client went away between accept and setup.
                 sock.close()
-                logger.info("dropped connection from %s during setup: %s", address, exc)
+                logger.info("dropped a connection during setup: %s", exc)
                 continue
-            start_soon(run_connection, connection, address)
+            # A constant task name: Trio would otherwise format a new string
+            # per connection, and an idle connection should cost little.
+            start_soon(run_connection, connection, name=CONNECTION_TASK_NAME)
             accepted_in_a_row += 1
             if accepted_in_a_row >= ACCEPT_BATCH:
                 accepted_in_a_row = 0
                 await trio.lowlevel.checkpoint()
 
-    async def _run_connection(self, connection: Connection, address: SockAddr) -> None:
-        self._connections.add(connection)
+    async def _run_connection(self, connection: Connection) -> None:
+        self._connections_active += 1
         try:
             await self._handler(connection)
         except trio.BrokenResourceError as exc:
-            logger.info("connection from %s broke: %s", address, exc)
+            logger.info("connection from %s broke: %s", _peer(connection), exc)
         except Exception:
             self._handler_errors += 1
-            logger.exception("handler failed for connection from %s", address)
+            logger.exception("handler failed for connection from %s", _peer(connection))
         finally:
-            self._connections.discard(connection)
+            self._connections_active -= 1
             connection.close()
+
+
+def _peer(connection: Connection) -> str:
+    # Asked only when there is something to log, so that no connection keeps
+    # its address alive just in case. After a reset the kernel may not know.
+    try:
+        address = connection.getpeername()
+    except OSError:
+        return "an unknown peer (already closed or reset)"
+    return f"{address[0]}:{address[1]}"
 
 
 async def serve(
