@@ -302,7 +302,12 @@ class RunningServer:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
+            kept = self.log_path.with_name(
+                f"crashed-{time.strftime('%Y%m%dT%H%M%S')}-{self.log_path.name}"
+            )
+            shutil.copyfile(self.log_path, kept)
             raise BenchError(
+                f"(log kept in {kept.relative_to(ROOT)}) "
                 f"server {self.name} exited with status {self.proc.returncode}\n" + self.log_tail()
             )
 
@@ -480,6 +485,7 @@ def run_echo(cfg: Config, name: str) -> Row:
 def run_idle(cfg: Config, name: str) -> Row:
     with running_server(cfg, name, "idle") as server:
         time.sleep(cfg.settle)
+        server.check_alive()
         rss0, fds0 = vmrss_kib(server.pid), fd_count(server.pid)
         args = ["idle", HOST, str(server.port), str(cfg.idle), "600", str(cfg.idle_rate)]
         proc = start_loadgen(cfg, args, subprocess.PIPE)
@@ -566,7 +572,9 @@ def med_range(values: list[float], digits: int = 0) -> str:
     )
 
 
-def summarize(cfg: Config, rows: list[Row], failures: dict[str, int]) -> list[Row]:
+def summarize(
+    cfg: Config, rows: list[Row], failures: dict[str, int], interrupted: bool
+) -> list[Row]:
     def values(kind: str, server: str, key: str) -> list[float]:
         return [r[key] for r in rows if r["kind"] == kind and r["server"] == server]
 
@@ -582,6 +590,10 @@ def summarize(cfg: Config, rows: list[Row], failures: dict[str, int]) -> list[Ro
             "echo_runs": len(mps),
             "idle_runs": len(kib),
             "failures": failures.get(name, 0),
+            "disturbed_runs": sum(
+                1 for r in rows if r["server"] == name and r.get("disturbed", False)
+            ),
+            "interrupted": interrupted,
         }
         for key in ("msgs_per_s", "p50_us", "p99_us", "client_cpu_pct", "server_cpu_pct"):
             vs = values("echo", name, key)
@@ -627,7 +639,9 @@ def print_summary(cfg: Config, rows: list[Row], summary: list[Row]) -> None:
         return f"{s[key]:.2f}x" if key in s else "-"
 
     def failed(s: Row) -> str:
-        return f" ({s['failures']} FAILED)" if s["failures"] else ""
+        notes = [f"{s['failures']} FAILED"] if s["failures"] else []
+        notes += [f"{s['disturbed_runs']} DISTURBED"] if s["disturbed_runs"] else []
+        return f" ({', '.join(notes)})" if notes else ""
 
     print()
     print(
@@ -846,6 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows: list[Row] = []
     failures: dict[str, int] = {}
+    interrupted = False
     cores = (cfg.server_cpu, cfg.client_cpu)
     scenarios = [("echo", run_echo)] + ([("idle", run_idle)] if cfg.idle > 0 else [])
     try:
@@ -882,9 +897,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if cfg.results:
                         append_jsonl(cfg.results, [row])
     except KeyboardInterrupt:
+        interrupted = True
         log("interrupted; summarizing what was measured so far")
 
-    summary = summarize(cfg, rows, failures)
+    summary = summarize(cfg, rows, failures, interrupted)
     print_summary(cfg, rows, summary)
     if cfg.results:
         append_jsonl(cfg.results, [{**common, **s} for s in summary])
