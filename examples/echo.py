@@ -22,12 +22,14 @@ async def echo(stream: millpond.Connection) -> None:
         await stream.send_all(chunk)
 
 
-async def main(host: str, port: int, poller: str) -> None:
+async def main(host: str, port: int, poller: str, pooled: bool = True) -> None:
     """Serve ``echo``, print where it listens, stop cleanly on SIGINT/SIGTERM."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             addresses = await nursery.start(
-                functools.partial(millpond.serve, echo, port, host=host, poller=poller)
+                functools.partial(
+                    millpond.serve, echo, port, host=host, poller=poller, pooled=pooled
+                )
             )
             for address in addresses:
                 print(f"listening on {address[0]}:{address[1]}", flush=True)
@@ -45,9 +47,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--poller", choices=("auto", "epoll", "trio"), default="auto", help="readiness backend"
     )
+    parser.add_argument(
+        "--unpooled",
+        action="store_true",
+        help="read into fresh bytes objects, outside any memory budget (for comparison)",
+    )
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
-    trio.run(main, args.host, args.port, args.poller)
+    trio.run(main, args.host, args.port, args.poller, not args.unpooled)

@@ -486,6 +486,11 @@ class BufferPool:
         if trio.lowlevel.in_trio_run():
             self._enter()  # belong to this run from the start, not to a worker thread
 
+    @property
+    def limiter(self) -> BufferLimiter | None:
+        """The limiter this pool charges, or None."""
+        return self._limiter
+
     # -- leasing ------------------------------------------------------------
 
     @trio.lowlevel.enable_ki_protection

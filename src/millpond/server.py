@@ -18,7 +18,10 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 import trio
 
+from .buffers import BufferPool
+from .limiter import BufferLimiter
 from .poller import Poller, Registration, get_poller, resolve_poller_name
+from .readsize import DEFAULT_READ_SIZES, ReadSizes
 from .stream import Connection
 
 __all__ = ["Handler", "Server", "ServerStatistics", "open_listeners", "serve"]
@@ -47,6 +50,22 @@ ACCEPT_BACKOFF_SECONDS: Final = 0.100
 # Connections accepted in a row before the accept loop yields, so a connect
 # flood cannot keep established connections from running.
 ACCEPT_BATCH: Final = 16
+
+# The default byte budget of a server's buffers: 1024 full-size (64 KiB)
+# reads in flight at once, or 65536 minimum-size ones under pressure. Enough
+# that a busy server rarely waits, small enough for a modest container.
+DEFAULT_BUDGET_BYTES: Final = 64 * 1024 * 1024
+
+# The default reserve, 1/16 of the budget: only connections that already hold
+# buffer memory may use it, so one that needs a second buffer to finish (a
+# proxy with an input and an output buffer) always can (HAProxy's
+# tune.buffers.reserve).
+DEFAULT_RESERVE_FRACTION: Final = 16
+
+# How often a server gives idle buffer slabs back to the system. The pool
+# unmaps a slab once it has been idle for its trim_after (5 s by default);
+# checking at that pace keeps RSS within one period of the traffic.
+TRIM_INTERVAL_SECONDS: Final = 5.0
 
 # Name of every connection task (see Server._accept_loop).
 CONNECTION_TASK_NAME: Final = "millpond.connection"
@@ -176,6 +195,10 @@ class Server:
         host: str | None = None,
         backlog: int | None = None,
         poller: str = "auto",
+        limiter: BufferLimiter | None = None,
+        pool: BufferPool | None = None,
+        read_sizes: ReadSizes = DEFAULT_READ_SIZES,
+        pooled: bool = True,
     ) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
@@ -184,6 +207,31 @@ class Server:
             raise TypeError(f"host must be a str or None, not {type(host).__name__}")
         _check_backlog(backlog)
         self._poller_name = resolve_poller_name(poller)
+        if limiter is not None and not isinstance(limiter, BufferLimiter):
+            raise TypeError(
+                f"limiter must be a BufferLimiter or None, not {type(limiter).__name__}"
+            )
+        if pool is not None and not isinstance(pool, BufferPool):
+            raise TypeError(f"pool must be a BufferPool or None, not {type(pool).__name__}")
+        if pool is not None and limiter is not None and pool.limiter is not limiter:
+            raise ValueError("pool must charge the given limiter (pool.limiter is not limiter)")
+        if not isinstance(read_sizes, ReadSizes):
+            raise TypeError(f"read_sizes must be a ReadSizes, not {type(read_sizes).__name__}")
+        if not isinstance(pooled, bool):
+            raise TypeError(f"pooled must be a bool, not {type(pooled).__name__}")
+        if not pooled and (pool is not None or limiter is not None):
+            raise ValueError("pooled=False reads without a pool: pass no pool or limiter")
+        self._pooled = pooled
+        if pool is not None:
+            limiter = pool.limiter
+        elif limiter is None:
+            limiter = BufferLimiter(
+                DEFAULT_BUDGET_BYTES,
+                reserved_bytes=DEFAULT_BUDGET_BYTES // DEFAULT_RESERVE_FRACTION,
+            )
+        self._limiter = limiter
+        self._pool = pool
+        self._read_sizes = read_sizes
         self._handler = handler
         self._port = port
         self._host = host
@@ -194,6 +242,16 @@ class Server:
         self._handler_errors = 0
         self._accept_backoffs = 0
         self._running = False
+
+    @property
+    def limiter(self) -> BufferLimiter | None:
+        """The byte budget every connection's buffers are charged to."""
+        return self._limiter
+
+    @property
+    def pool(self) -> BufferPool | None:
+        """The buffer pool connections read into (created when ``run`` starts)."""
+        return self._pool
 
     @property
     def addresses(self) -> tuple[SockAddr, ...]:
@@ -218,6 +276,9 @@ class Server:
             raise RuntimeError("this Server is already running")
         self._running = True
         poller = get_poller(self._poller_name)
+        if self._pool is None and self._pooled:
+            self._pool = BufferPool(self._limiter)
+        pool = self._pool
         listeners = await open_listeners(self._port, host=self._host, backlog=self._backlog)
         registrations: list[Registration] = []
         try:
@@ -226,7 +287,9 @@ class Server:
             self._addresses = tuple(sock.getsockname() for sock in listeners)
             async with trio.open_nursery() as nursery:
                 for registration in registrations:
-                    nursery.start_soon(self._accept_loop, registration, poller, nursery)
+                    nursery.start_soon(self._accept_loop, registration, poller, pool, nursery)
+                if pool is not None:
+                    nursery.start_soon(_trim_periodically, pool)
                 task_status.started(list(self._addresses))
                 await trio.sleep_forever()
         finally:
@@ -238,7 +301,11 @@ class Server:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _accept_loop(
-        self, registration: Registration, poller: Poller, nursery: trio.Nursery
+        self,
+        registration: Registration,
+        poller: Poller,
+        pool: BufferPool | None,
+        nursery: trio.Nursery,
     ) -> None:
         accept = registration.sock.accept
         start_soon = nursery.start_soon
@@ -273,7 +340,9 @@ class Server:
                 continue
             self._connections_accepted += 1
             try:
-                connection = Connection(sock, poller=poller)
+                connection = Connection(
+                    sock, poller=poller, pool=pool, read_sizes=self._read_sizes
+                )
             except OSError as exc:
                 # The client went away between accept and setup.
                 sock.close()
@@ -301,6 +370,14 @@ class Server:
             connection.close()
 
 
+async def _trim_periodically(pool: BufferPool) -> NoReturn:
+    # The pool trims lazily as buffers come and go; this covers a server that
+    # went quiet after a burst, so its RSS falls without new traffic.
+    while True:
+        await trio.sleep(TRIM_INTERVAL_SECONDS)
+        pool.trim()
+
+
 def _peer(connection: Connection) -> str:
     # Asked only when there is something to log, so that no connection keeps
     # its address alive just in case. After a reset the kernel may not know.
@@ -318,6 +395,10 @@ async def serve(
     host: str | None = None,
     backlog: int | None = None,
     poller: str = "auto",
+    limiter: BufferLimiter | None = None,
+    pool: BufferPool | None = None,
+    read_sizes: ReadSizes = DEFAULT_READ_SIZES,
+    pooled: bool = True,
     task_status: trio.TaskStatus[list[SockAddr]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve ``handler`` on ``port`` until cancelled.
@@ -325,11 +406,27 @@ async def serve(
     ``handler`` is ``async def handler(stream: millpond.Connection)``; it runs
     in its own task, and the connection is closed when it returns or raises.
     ``host=None`` listens on every interface; ``port=0`` picks a free port.
-    ``poller`` is ``"auto"``, ``"epoll"`` or ``"trio"``. With
+    ``poller`` is ``"auto"``, ``"epoll"`` or ``"trio"``.
+
+    Memory: every read leases a buffer from ``pool`` (a ``BufferPool``),
+    charged to ``limiter`` (a ``BufferLimiter``); by default a 64 MiB budget
+    with a 4 MiB reserve. ``read_sizes`` bounds the adaptive read size (1 KiB
+    to 64 KiB by default). ``pooled=False`` reads with plain ``recv`` into new
+    ``bytes`` objects, outside any budget (Trio's own behaviour). With
     ``await nursery.start(millpond.serve, handler, 0)`` the bound addresses
     are returned once the server is listening::
 
         trio.run(millpond.serve, echo, 7000)
     """
-    server = Server(handler, port, host=host, backlog=backlog, poller=poller)
+    server = Server(
+        handler,
+        port,
+        host=host,
+        backlog=backlog,
+        poller=poller,
+        limiter=limiter,
+        pool=pool,
+        read_sizes=read_sizes,
+        pooled=pooled,
+    )
     await server.run(task_status=task_status)

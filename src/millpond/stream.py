@@ -17,13 +17,17 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any, Final, TypeAlias, overload
 
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
+from .buffers import SIZE_CLASSES, Buffer, BufferPool
+from .limiter import Pressure
 from .poller import Poller, Registration, get_poller
+from .readsize import DEFAULT_READ_SIZES, ReadSizes, adapt
 
 SockOptValue: TypeAlias = int | bytes | bytearray | memoryview
 
@@ -87,14 +91,25 @@ class Connection(trio.abc.HalfCloseableStream):
         "_closed",
         "_eof_sent",
         "_poller",
+        "_pool",
         "_read_drained",
+        "_read_index",
+        "_read_limits",
         "_receiving",
         "_registration",
         "_sending",
+        "_shrink_pending",
         "_sock",
     )
 
-    def __init__(self, sock: socket.socket, *, poller: Poller | str = "auto") -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        poller: Poller | str = "auto",
+        pool: BufferPool | None = None,
+        read_sizes: ReadSizes = DEFAULT_READ_SIZES,
+    ) -> None:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
         if sock.type != socket.SOCK_STREAM:
@@ -103,6 +118,10 @@ class Connection(trio.abc.HalfCloseableStream):
             poller = get_poller(poller)
         elif not isinstance(poller, Poller):
             raise TypeError(f"poller must be a Poller or a name, not {type(poller).__name__}")
+        if pool is not None and not isinstance(pool, BufferPool):
+            raise TypeError(f"pool must be a BufferPool or None, not {type(pool).__name__}")
+        if not isinstance(read_sizes, ReadSizes):
+            raise TypeError(f"read_sizes must be a ReadSizes, not {type(read_sizes).__name__}")
         configure_socket(sock)
         self._sock = sock
         self._poller = poller
@@ -119,6 +138,13 @@ class Connection(trio.abc.HalfCloseableStream):
         # also keeps an idle connection's frame from being materialised by
         # the BlockingIOError traceback (240 bytes each).
         self._read_drained = True
+        # Receive memory: with a pool, every read leases a buffer (charged to
+        # the pool's limiter) only once the socket is readable, so an idle
+        # connection holds none. The read size adapts (see readsize.py).
+        self._pool = pool
+        self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
+        self._read_index = read_sizes.initial_index
+        self._shrink_pending = False
 
     @property
     def socket(self) -> socket.socket:
@@ -162,35 +188,145 @@ class Connection(trio.abc.HalfCloseableStream):
         try:
             await checkpoint_if_cancelled()
             registration = self._registration
+            pool = self._pool
             parked = False
-            if self._read_drained and not (registration.readable or registration.hangup):
-                await registration.wait_readable()
-                parked = True
             while True:
-                registration.readable = False
-                try:
-                    data = self._sock.recv(max_bytes)
-                    break
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    if self._closed:
-                        raise trio.ClosedResourceError("this connection was closed") from None
-                    raise _broken(exc) from exc
-                # Parked outside the except block: an exception kept alive
-                # across the await would cost 560 bytes per idle connection.
-                await registration.wait_readable()
-                parked = True
-            # An empty read is EOF: reading again returns b"" at once, so
-            # EOF never counts as "drained".
-            self._read_drained = 0 < len(data) < max_bytes
+                # Wait for readiness first, memory second: an idle connection
+                # holds no buffer, and bytes stay in the kernel until we can
+                # afford them (a cancelled wait loses nothing).
+                if self._read_drained and not (registration.readable or registration.hangup):
+                    await registration.wait_readable()
+                    parked = True
+                if pool is None:
+                    registration.readable = False
+                    try:
+                        data = self._sock.recv(max_bytes)
+                        break
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        raise self._stream_error(exc) from exc
+                    # Parked at the top of the loop, outside the except block:
+                    # an exception kept alive across the await would cost 560
+                    # bytes per idle connection.
+                    self._read_drained = True
+                    continue
+                size = self._read_size(max_bytes)
+                buffer = self._try_lease(pool, size)
+                if buffer is None:
+                    buffer = await pool.lease(size, owner=self)
+                    parked = True
+                received = self._read_into(buffer, size)
+                if received < 0:
+                    continue
+                data = bytes(buffer.view[:received])
+                buffer.release()
+                break
             if not parked:
                 await cancel_shielded_checkpoint()
         finally:
             self._receiving = False
         if not data and eof_stops_iteration:
             raise StopAsyncIteration
+        if pool is None:
+            # An empty read is EOF: reading again returns b"" at once, so EOF
+            # never counts as "drained".
+            self._read_drained = 0 < len(data) < max_bytes
         return data
+
+    @asynccontextmanager
+    async def receive_buffer(self, max_bytes: int | None = None) -> AsyncIterator[Buffer]:
+        """Receive into a pooled buffer and lend it to the caller, without copying.
+
+        ``buf.view`` holds the bytes received (empty at EOF); the buffer goes
+        back to the pool when the ``async with`` block ends, whatever happens::
+
+            async with stream.receive_buffer() as buf:
+                if not buf.nbytes:
+                    return  # EOF
+                await stream.send_all(buf.view)
+
+        Needs a connection made with a ``pool`` (every server connection is).
+        """
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("receive_buffer() needs a Connection made with a BufferPool")
+        if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
+            raise ValueError(f"max_bytes must be an int >= 1 or None, not {max_bytes!r}")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this connection")
+        if self._closed:
+            raise trio.ClosedResourceError("this connection was closed")
+        self._receiving = True
+        try:
+            await checkpoint_if_cancelled()
+            registration = self._registration
+            parked = False
+            while True:
+                if self._read_drained and not (registration.readable or registration.hangup):
+                    await registration.wait_readable()
+                    parked = True
+                size = self._read_size(max_bytes or DEFAULT_RECEIVE_SIZE)
+                buffer = self._try_lease(pool, size)
+                if buffer is None:
+                    buffer = await pool.lease(size, owner=self)
+                    parked = True
+                received = self._read_into(buffer, size)
+                if received >= 0:
+                    break
+            if not parked:
+                try:
+                    await cancel_shielded_checkpoint()
+                except BaseException:
+                    buffer.release()
+                    raise
+        finally:
+            self._receiving = False
+        buffer.set_length(received)
+        with buffer:
+            yield buffer
+
+    def _read_size(self, max_bytes: int) -> int:
+        # Hot path. Under memory pressure every read is the minimum class.
+        minimum_index, _ = self._read_limits
+        limiter = self._pool.limiter  # type: ignore[union-attr]
+        if limiter is not None and limiter.pressure is not Pressure.NONE:
+            index = minimum_index
+        else:
+            index = self._read_index
+        size = SIZE_CLASSES[index]
+        return max_bytes if max_bytes < size else size
+
+    def _try_lease(self, pool: BufferPool, size: int) -> Buffer | None:
+        try:
+            return pool.lease_nowait(size, owner=self)
+        except trio.WouldBlock:
+            return None
+
+    def _read_into(self, buffer: Buffer, size: int) -> int:
+        """One ``recv_into``; -1 (buffer released, now "drained") on EAGAIN."""
+        self._registration.readable = False
+        try:
+            received = self._sock.recv_into(buffer.view, size)
+        except BlockingIOError:
+            buffer.release()
+            self._read_drained = True
+            return -1
+        except OSError as exc:
+            buffer.release()
+            raise self._stream_error(exc) from exc
+        self._read_drained = 0 < received < size
+        if size == SIZE_CLASSES[self._read_index]:  # not shrunk by pressure or max_bytes
+            minimum_index, maximum_index = self._read_limits
+            self._read_index, self._shrink_pending = adapt(
+                self._read_index, received, self._shrink_pending, minimum_index, maximum_index
+            )
+        return received
+
+    def _stream_error(self, exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+        if self._closed:
+            return trio.ClosedResourceError("this connection was closed")
+        return _broken(exc)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send all of ``data``, waiting while the kernel's send queue is full.
@@ -225,26 +361,50 @@ class Connection(trio.abc.HalfCloseableStream):
                     ) from None
                 total = len(remaining)
             sent = 0
-            while sent < total:
-                registration.writable = False
-                try:
-                    sent += send(remaining)
-                except BlockingIOError:
-                    pass
-                except OSError as exc:
-                    if self._closed:
-                        raise trio.ClosedResourceError("this connection was closed") from None
-                    raise _broken(exc) from exc
-                else:
-                    if sent < total:
-                        remaining = memoryview(data).cast("B")[sent:]
-                    continue
-                await registration.wait_writable()
-                parked = True
+            charged = 0
+            try:
+                while sent < total:
+                    registration.writable = False
+                    try:
+                        sent += send(remaining)
+                    except BlockingIOError:
+                        pass
+                    except OSError as exc:
+                        raise self._stream_error(exc) from exc
+                    else:
+                        if sent < total:
+                            remaining = memoryview(data).cast("B")[sent:]
+                        continue
+                    if not charged and self._pool is not None:
+                        charged = await self._charge_unsent(total - sent)
+                    await registration.wait_writable()
+                    parked = True
+            finally:
+                if charged:
+                    self._pool.limiter.release_on_behalf_of(self, charged)  # type: ignore[union-attr]
             if not parked:
                 await cancel_shielded_checkpoint()
         finally:
             self._sending = False
+
+    async def _charge_unsent(self, unsent: int) -> int:
+        """Charge the bytes a blocked ``send_all`` holds to the limiter; returns the charge.
+
+        The unsent tail stays in memory until the peer reads, so it counts
+        against the budget like a receive buffer, up to one maximum read's
+        worth: what a handler builds beyond that is its own memory. Waits
+        (FIFO, cancellable) when the budget is spent, which is backpressure
+        on a handler whose peer does not read.
+        """
+        limiter = self._pool.limiter  # type: ignore[union-attr]
+        if limiter is None:
+            return 0
+        charge = min(unsent, SIZE_CLASSES[self._read_limits[1]])
+        try:
+            limiter.acquire_on_behalf_of_nowait(self, charge)
+        except trio.WouldBlock:
+            await limiter.acquire_on_behalf_of(self, charge)
+        return charge
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return when ``send_all`` would probably not have to wait."""

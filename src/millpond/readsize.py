@@ -1,0 +1,88 @@
+"""How much to read next: the adaptive read size, after Netty's AdaptiveRecvByteBufAllocator.
+
+This module owns one pure policy, with no I/O and no state of its own: given
+the size class a connection read with last time and how many bytes that read
+returned, which size class to read with next. Connections keep the answer in
+two small integers, so the policy costs an idle connection nothing.
+
+* A read that fills its buffer means more is probably waiting: grow one class.
+* A read that returns less than the class below would have held means the
+  buffer is too big: shrink one class, but only on the second such read in a
+  row, so one small message between large ones does not undo the growth.
+* Under memory pressure (``Pressure.PRESSURE`` or worse) every read uses the
+  minimum, so that a full budget is shared by many small reads instead of a
+  few large ones, as Linux does below ``tcp_mem[1]``.
+
+The classes are the pool's size classes (powers of two), so a read size is
+always exactly a buffer's capacity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from .buffers import SIZE_CLASSES
+
+__all__ = ["DEFAULT_READ_SIZES", "ReadSizes", "adapt"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSizes:
+    """The read-size range of a connection: ``minimum <= initial <= maximum``.
+
+    Each is one of the pool's size classes (a power of two from 1 KiB to
+    64 KiB). ``maximum`` is also the most one read can hold of the budget.
+    """
+
+    minimum: int = 1024
+    initial: int = 4096
+    maximum: int = 65536
+
+    def __post_init__(self) -> None:
+        for name in ("minimum", "initial", "maximum"):
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+            if value not in SIZE_CLASSES:
+                raise ValueError(f"{name} must be one of the size classes {SIZE_CLASSES}")
+        if not self.minimum <= self.initial <= self.maximum:
+            raise ValueError("read sizes must satisfy minimum <= initial <= maximum")
+
+    @property
+    def minimum_index(self) -> int:
+        """Index of ``minimum`` in the pool's size classes."""
+        return SIZE_CLASSES.index(self.minimum)
+
+    @property
+    def initial_index(self) -> int:
+        """Index of ``initial`` in the pool's size classes."""
+        return SIZE_CLASSES.index(self.initial)
+
+    @property
+    def maximum_index(self) -> int:
+        """Index of ``maximum`` in the pool's size classes."""
+        return SIZE_CLASSES.index(self.maximum)
+
+
+# 1 KiB holds most request lines and small RPCs; 4 KiB (a page) is where
+# Netty-sized reads start paying off; 64 KiB is Trio's DEFAULT_RECEIVE_SIZE
+# and the largest pooled class.
+DEFAULT_READ_SIZES: Final = ReadSizes()
+
+
+def adapt(
+    index: int, received: int, shrink_pending: bool, minimum_index: int, maximum_index: int
+) -> tuple[int, bool]:
+    """Return ``(next_index, shrink_pending)`` after a read of ``received`` bytes.
+
+    ``index`` is the size class the read used. ``shrink_pending`` is True when
+    the previous read was already small; two small reads in a row shrink.
+    """
+    if received >= SIZE_CLASSES[index]:
+        return min(index + 1, maximum_index), False
+    if index > minimum_index and received < SIZE_CLASSES[index - 1]:
+        if shrink_pending:
+            return index - 1, False
+        return index, True
+    return index, False
