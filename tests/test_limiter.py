@@ -596,13 +596,13 @@ async def test_release_errors_in_a_thread_are_raised_in_that_thread() -> None:
         await trio.to_thread.run_sync(limiter.release_on_behalf_of, "nobody", 1)
 
 
-def test_release_from_a_plain_thread_without_an_owner_is_a_runtime_error() -> None:
+def test_release_outside_any_task_or_worker_thread_is_a_runtime_error() -> None:
     limiter = BufferLimiter(100)
     with pytest.raises(RuntimeError, match="no current task"):
         limiter.release(1)
 
 
-def test_release_after_the_trio_run_finished_raises_run_finished_error() -> None:
+def test_release_from_a_thread_after_the_run_finished_raises_run_finished_error() -> None:
     limiter = BufferLimiter(100)
 
     async def main() -> None:

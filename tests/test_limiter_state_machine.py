@@ -185,16 +185,37 @@ class LimiterMachine(RuleBasedStateMachine):
             self.crash = exc
             started.set()
 
-    def in_trio(self, fn: Callable[[], T]) -> T:
-        return trio.from_thread.run_sync(fn, trio_token=self.token)
+    def in_trio(self, action: Callable[[], T]) -> T:
+        """Run ``action`` on the Trio thread, let every task run until all are blocked, and
+        take a snapshot for the invariant: one round trip per step keeps the machine fast."""
+        result: list[T] = []
+
+        async def step() -> None:
+            result.append(action())
+            await trio.testing.wait_all_tasks_blocked()
+            self.snapshot = self.take_snapshot()
+
+        trio.from_thread.run(step, trio_token=self.token)
+        return result[0]
 
     def settle(self) -> None:
-        trio.from_thread.run(trio.testing.wait_all_tasks_blocked, trio_token=self.token)
+        self.in_trio(lambda: None)
+
+    def take_snapshot(self) -> Snapshot:
+        limiter = self.limiter
+        ledger = limiter._ledger  # queue order is not public; the model checks it
+        return Snapshot(
+            stats=limiter.statistics(),
+            held={owner: limiter.held_by(owner) for owner in OWNERS},
+            privileged=[(w.owner, w.nbytes) for w in ledger.privileged],
+            ordinary=[(w.owner, w.nbytes) for w in ledger.ordinary],
+            outcomes=dict(self.outcomes),
+        )
 
     def teardown(self) -> None:
         if hasattr(self, "nursery"):
             try:
-                self.in_trio(self.nursery.cancel_scope.cancel)
+                trio.from_thread.run_sync(self.nursery.cancel_scope.cancel, trio_token=self.token)
             except trio.RunFinishedError:
                 pass
         self.thread.join()
@@ -208,10 +229,12 @@ class LimiterMachine(RuleBasedStateMachine):
         reserved = min(total - 1, total * reserved_share // 10)
         self.model = Model(total, reserved)
         self.ceiling = total
-        # Created inside Trio, so the limiter knows its home thread from the start.
-        self.limiter = self.in_trio(
-            functools.partial(BufferLimiter, total, reserved_bytes=reserved)
-        )
+
+        def create() -> None:
+            # Created inside Trio, so the limiter knows its home thread from the start.
+            self.limiter = BufferLimiter(total, reserved_bytes=reserved)
+
+        self.in_trio(create)
 
     def draw_nbytes(self, data: st.DataObject) -> int:
         # Mostly requests that fit a few times over, so that queues form; sometimes large
@@ -221,53 +244,53 @@ class LimiterMachine(RuleBasedStateMachine):
 
     @rule(data=st.data(), owner=st.sampled_from(OWNERS), timeout=st.none() | st.integers(1, 20))
     def acquire(self, data: st.DataObject, owner: str, timeout: int | None) -> None:
-        self.start_waiter(owner, self.draw_nbytes(data), timeout)
+        self.start_waiters([(owner, self.draw_nbytes(data), timeout)])
 
-    @precondition(lambda self: set(OWNERS) - set(self.model.held))
+    @precondition(lambda self: bool(set(OWNERS) - set(self.model.held)))
     @rule(data=st.data())
     def acquire_twice_for_an_owner_that_holds_nothing(self, data: st.DataObject) -> None:
         # Like a connection whose reader and writer both ask for a buffer: once one is
         # granted, the other is a request from a holder.
         owner = data.draw(st.sampled_from(sorted(set(OWNERS) - set(self.model.held))))
-        self.start_waiter(owner, self.draw_nbytes(data), None)
-        self.start_waiter(owner, self.draw_nbytes(data), None)
+        self.start_waiters(
+            [(owner, self.draw_nbytes(data), None), (owner, self.draw_nbytes(data), None)]
+        )
 
-    def start_waiter(self, owner: str, nbytes: int, timeout: int | None) -> None:
-        wid = len(self.waiters)
-        now = self.in_trio(trio.current_time)
-        deadline = float("inf")
-        if timeout is not None:
-            # Distinct deadlines (exact binary fractions), so that each jump of the clock
-            # expires exactly one waiter.
-            deadline = now + timeout
-            while deadline in self.deadlines:
-                deadline += 1 / 1024
-            self.deadlines.add(deadline)
-        waiter = ModelWaiter(wid, owner, nbytes, bool(self.model.held.get(owner)), deadline)
-        self.waiters.append(waiter)
-        verdict = self.model.take(owner, nbytes)
-        if verdict == "wait":
-            self.model.enqueue(waiter)
-        else:
-            waiter.outcome = verdict
-        scope = trio.CancelScope(deadline=deadline)
-        self.scopes[wid] = scope
-        self.outcomes[wid] = "waiting"
-        limiter = self.limiter
+    def start_waiters(self, requests: list[tuple[str, int, int | None]]) -> None:
+        for owner, nbytes, timeout in requests:
+            wid = len(self.waiters)
+            deadline = float("inf")
+            if timeout is not None:
+                # Distinct deadlines (exact binary fractions), so that each jump of the
+                # clock expires exactly one waiter. (With rate 0 the clock only moves when
+                # this thread makes it jump.)
+                deadline = self.clock.current_time() + timeout
+                while deadline in self.deadlines:
+                    deadline += 1 / 1024
+                self.deadlines.add(deadline)
+            waiter = ModelWaiter(wid, owner, nbytes, bool(self.model.held.get(owner)), deadline)
+            self.waiters.append(waiter)
+            verdict = self.model.take(owner, nbytes)
+            if verdict == "wait":
+                self.model.enqueue(waiter)
+            else:
+                waiter.outcome = verdict
+            self.scopes[wid] = trio.CancelScope(deadline=deadline)
+            self.outcomes[wid] = "waiting"
+            # One step per waiter: Trio does not promise to run new tasks in spawn order.
+            run = functools.partial(self.wait_for_bytes, wid, owner, nbytes)
+            self.in_trio(lambda: self.nursery.start_soon(run))  # noqa: B023 (runs at once)
 
-        async def wait_for_bytes() -> None:
-            with scope:
-                try:
-                    await limiter.acquire_on_behalf_of(owner, nbytes)
-                except ValueError:
-                    self.outcomes[wid] = "refused"
-                    return
-                self.outcomes[wid] = "granted"
+    async def wait_for_bytes(self, wid: int, owner: str, nbytes: int) -> None:
+        with self.scopes[wid]:
+            try:
+                await self.limiter.acquire_on_behalf_of(owner, nbytes)
+            except ValueError:
+                self.outcomes[wid] = "refused"
                 return
-            self.outcomes[wid] = "cancelled"
-
-        self.in_trio(lambda: self.nursery.start_soon(wait_for_bytes))
-        self.settle()
+            self.outcomes[wid] = "granted"
+            return
+        self.outcomes[wid] = "cancelled"
 
     @rule(data=st.data(), owner=st.sampled_from(OWNERS), from_thread=st.booleans())
     def acquire_nowait(self, data: st.DataObject, owner: str, from_thread: bool) -> None:
@@ -282,7 +305,11 @@ class LimiterMachine(RuleBasedStateMachine):
                 return "refused"
             return "granted"
 
-        actual = attempt() if from_thread else self.in_trio(attempt)
+        if from_thread:
+            actual = attempt()
+            self.settle()
+        else:
+            actual = self.in_trio(attempt)
         assert actual == self.model.take(owner, nbytes)
 
     @precondition(lambda self: self.model.held)
@@ -294,9 +321,9 @@ class LimiterMachine(RuleBasedStateMachine):
         if from_thread:
             # Called right here, in Hypothesis' thread: the limiter carries it over.
             self.limiter.release_on_behalf_of(owner, nbytes)
+            self.settle()
         else:
             self.in_trio(lambda: self.limiter.release_on_behalf_of(owner, nbytes))
-        self.settle()
 
     @rule(owner=st.sampled_from(OWNERS), extra=st.integers(1, 5), from_thread=st.booleans())
     def release_too_much(self, owner: str, extra: int, from_thread: bool) -> None:
@@ -309,7 +336,11 @@ class LimiterMachine(RuleBasedStateMachine):
                 return True
             return False
 
-        assert attempt() if from_thread else self.in_trio(attempt)
+        if from_thread:
+            assert attempt()
+            self.settle()
+        else:
+            assert self.in_trio(attempt)
 
     @precondition(lambda self: self.model.waiting)
     @rule(data=st.data())
@@ -317,7 +348,6 @@ class LimiterMachine(RuleBasedStateMachine):
         waiter = data.draw(st.sampled_from(self.model.waiting))
         self.model.withdraw(waiter)
         self.in_trio(self.scopes[waiter.wid].cancel)
-        self.settle()
 
     @precondition(lambda self: any(w.deadline < float("inf") for w in self.model.waiting))
     @rule()
@@ -325,7 +355,6 @@ class LimiterMachine(RuleBasedStateMachine):
         waiter = min(self.model.waiting, key=lambda w: w.deadline)
         self.model.withdraw(waiter)
         self.in_trio(lambda: self.clock.jump(waiter.deadline - trio.current_time()))
-        self.settle()
 
     @precondition(lambda self: self.model.held and self.model.waiting)
     @rule(data=st.data())
@@ -345,7 +374,6 @@ class LimiterMachine(RuleBasedStateMachine):
             self.scopes[waiter.wid].cancel()
 
         self.in_trio(release_then_cancel)
-        self.settle()
 
     @rule(data=st.data(), from_thread=st.booleans())
     def resize(self, data: st.DataObject, from_thread: bool) -> None:
@@ -358,9 +386,9 @@ class LimiterMachine(RuleBasedStateMachine):
 
         if from_thread:
             assign()
+            self.settle()
         else:
             self.in_trio(assign)
-        self.settle()
 
     # -- invariants -----------------------------------------------------------------------
 
@@ -368,19 +396,7 @@ class LimiterMachine(RuleBasedStateMachine):
     def limiter_matches_model(self) -> None:
         if not hasattr(self, "model"):
             return
-        model, limiter = self.model, self.limiter
-
-        def snapshot() -> Snapshot:
-            ledger = limiter._ledger  # queue order is not public; the model checks it
-            return Snapshot(
-                stats=limiter.statistics(),
-                held={owner: limiter.held_by(owner) for owner in OWNERS},
-                privileged=[(w.owner, w.nbytes) for w in ledger.privileged],
-                ordinary=[(w.owner, w.nbytes) for w in ledger.ordinary],
-                outcomes=dict(self.outcomes),
-            )
-
-        now = self.in_trio(snapshot)
+        model, now = self.model, self.snapshot
         stats, held = now.stats, now.held
         assert held == {owner: model.held.get(owner, 0) for owner in OWNERS}
         assert stats.bytes_in_use == sum(held.values()) == model.in_use

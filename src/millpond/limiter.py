@@ -582,6 +582,22 @@ class BufferLimiter:
         if not self._ledger.take(owner, nbytes):
             raise trio.WouldBlock
 
+    def admits_now(self, owner: object, nbytes: int) -> bool:
+        """Whether ``acquire_on_behalf_of_nowait(owner, nbytes)`` would succeed now.
+
+        Takes nothing. It serves a borrower whose use of the bytes ends before it
+        next yields to Trio, such as a socket read into a scratch buffer that is
+        copied out at once: if this says yes, the borrower may use the bytes
+        without acquiring them, because no other task runs in between, so nobody
+        can see them missing or be refused them. Call it on the Trio thread.
+        """
+        ledger = self._ledger
+        if ledger.privileged:
+            return False
+        if owner in ledger.held:
+            return ledger.in_use + nbytes <= ledger.total
+        return not ledger.ordinary and ledger.in_use + nbytes <= ledger.ordinary_limit
+
     async def acquire(self, nbytes: int) -> None:
         """Take ``nbytes`` from the sack for the current task, waiting if necessary.
 
