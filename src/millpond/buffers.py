@@ -166,6 +166,8 @@ class BufferPoolStatistics:
     * ``leaks_detected``: buffers garbage collected without ``release()``, tracked or not.
     * ``slabs_trimmed`` / ``bytes_trimmed``: slabs given back to the OS (age, cap or force).
     * ``recent_leaks``: the last few tracked leaks, oldest first.
+    * ``scratch_reads``: reads served by the scratch buffer (:meth:`BufferPool.scratch_view`),
+      leases that lasted one syscall; the scratch buffer's 64 KiB are not in the figures above.
 
     Per-owner holdings are the limiter's business: see ``BufferLimiter.statistics()``.
     """
@@ -183,6 +185,7 @@ class BufferPoolStatistics:
     bytes_trimmed: int
     leak_detection: str
     recent_leaks: tuple[LeakReport, ...]
+    scratch_reads: int = 0
 
 
 class _SizeClass:
@@ -456,6 +459,8 @@ class BufferPool:
         self._classes = tuple(_SizeClass(size) for size in SIZE_CLASSES)
         self._bytes_leased = 0
         self._slab_bytes = 0
+        self._scratch: memoryview | None = None
+        self._scratch_reads = 0
         self._idle_bytes = 0  # slabs in the ``idle`` dicts (not idle current slabs)
         self._dedicated = 0
         self._dedicated_bytes = 0
@@ -490,6 +495,22 @@ class BufferPool:
     def limiter(self) -> BufferLimiter | None:
         """The limiter this pool charges, or None."""
         return self._limiter
+
+    def scratch_view(self) -> memoryview:
+        """The pool's scratch buffer: a writable view of :data:`MAX_CLASS_BYTES` bytes.
+
+        For a read whose bytes are copied out before the caller next awaits
+        (``Connection.receive_some``): a lease that lasts one syscall needs no
+        slot, no Buffer object and no bookkeeping, only the limiter's word
+        that it would have been granted (:meth:`BufferLimiter.admits_now`).
+        One per pool, reused by every such read, so use it on the Trio thread
+        and never keep the view (or a slice of it) across an ``await``.
+        """
+        self._scratch_reads += 1
+        view = self._scratch
+        if view is None:
+            view = self._scratch = memoryview(mmap.mmap(-1, MAX_CLASS_BYTES))
+        return view
 
     # -- leasing ------------------------------------------------------------
 
@@ -836,6 +857,7 @@ class BufferPool:
             bytes_trimmed=self._bytes_trimmed,
             leak_detection=_LEAK_LEVELS[self._leak_level],
             recent_leaks=tuple(self._recent_leaks),
+            scratch_reads=self._scratch_reads,
         )
 
     def __repr__(self) -> str:

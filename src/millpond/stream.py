@@ -212,15 +212,28 @@ class Connection(trio.abc.HalfCloseableStream):
                     self._read_drained = True
                     continue
                 size = self._read_size(max_bytes)
-                buffer = self._try_lease(pool, size)
-                if buffer is None:
-                    buffer = await pool.lease(size, owner=self)
-                    parked = True
-                received = self._read_into(buffer, size)
-                if received < 0:
-                    continue
-                data = bytes(buffer.view[:received])
-                buffer.release()
+                limiter = pool.limiter
+                if limiter is None or limiter.admits_now(self, size):
+                    # Fast path: the lease lasts one syscall, so it reads into
+                    # the pool's scratch buffer and copies out before anything
+                    # else can run (see BufferPool.scratch_view).
+                    scratch = pool.scratch_view()
+                    received = self._read_into(scratch, size)
+                    if received < 0:
+                        continue
+                    data = scratch[:received].tobytes()
+                    break
+                # The budget is spent or others wait first: queue for a real
+                # lease (FIFO, cancellable; the bytes wait in the kernel).
+                buffer = await pool.lease(size, owner=self)
+                parked = True
+                try:
+                    received = self._read_into(buffer.view, size)
+                    if received < 0:
+                        continue
+                    data = buffer.view[:received].tobytes()
+                finally:
+                    buffer.release()
                 break
             if not parked:
                 await cancel_shielded_checkpoint()
@@ -267,13 +280,19 @@ class Connection(trio.abc.HalfCloseableStream):
                     await registration.wait_readable()
                     parked = True
                 size = self._read_size(max_bytes or DEFAULT_RECEIVE_SIZE)
-                buffer = self._try_lease(pool, size)
-                if buffer is None:
+                try:
+                    buffer = pool.lease_nowait(size, owner=self)
+                except trio.WouldBlock:
                     buffer = await pool.lease(size, owner=self)
                     parked = True
-                received = self._read_into(buffer, size)
+                try:
+                    received = self._read_into(buffer.view, size)
+                except BaseException:
+                    buffer.release()
+                    raise
                 if received >= 0:
                     break
+                buffer.release()
             if not parked:
                 try:
                     await cancel_shielded_checkpoint()
@@ -297,23 +316,15 @@ class Connection(trio.abc.HalfCloseableStream):
         size = SIZE_CLASSES[index]
         return max_bytes if max_bytes < size else size
 
-    def _try_lease(self, pool: BufferPool, size: int) -> Buffer | None:
-        try:
-            return pool.lease_nowait(size, owner=self)
-        except trio.WouldBlock:
-            return None
-
-    def _read_into(self, buffer: Buffer, size: int) -> int:
-        """One ``recv_into``; -1 (buffer released, now "drained") on EAGAIN."""
+    def _read_into(self, view: memoryview, size: int) -> int:
+        """One ``recv_into``, adapting the read size; -1 (now "drained") on EAGAIN."""
         self._registration.readable = False
         try:
-            received = self._sock.recv_into(buffer.view, size)
+            received = self._sock.recv_into(view, size)
         except BlockingIOError:
-            buffer.release()
             self._read_drained = True
             return -1
         except OSError as exc:
-            buffer.release()
             raise self._stream_error(exc) from exc
         self._read_drained = 0 < received < size
         if size == SIZE_CLASSES[self._read_index]:  # not shrunk by pressure or max_bytes
