@@ -11,12 +11,35 @@ Write a handler, serve it::
     trio.run(millpond.serve, echo, 7000)
 """
 
+from .buffers import (
+    SIZE_CLASSES,
+    Buffer,
+    BufferLeakWarning,
+    BufferPool,
+    BufferPoolStatistics,
+    LeakReport,
+    SizeClassStatistics,
+)
+from .limiter import BufferLimiter, BufferLimiterStatistics, Pressure
 from .poller import EpollPoller, Poller, PollerStatistics, Registration, TrioPoller, get_poller
+from .readsize import DEFAULT_READ_SIZES, ReadSizes
 from .server import Server, ServerStatistics, open_listeners, serve
 from .stream import Connection, open_connection
 
 __all__ = [
+    "DEFAULT_READ_SIZES",
+    "SIZE_CLASSES",
+    "Buffer",
+    "BufferLeakWarning",
+    "BufferLimiter",
+    "BufferLimiterStatistics",
+    "BufferPool",
+    "BufferPoolStatistics",
     "Connection",
+    "LeakReport",
+    "Pressure",
+    "ReadSizes",
+    "SizeClassStatistics",
     "EpollPoller",
     "Poller",
     "PollerStatistics",
