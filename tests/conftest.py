@@ -69,8 +69,13 @@ def open_fds() -> set[int]:
     return open_now
 
 
-async def socket_pair(poller_name: str) -> tuple[millpond.Connection, millpond.Connection]:
-    """Two connected ``Connection``s over a real loopback TCP connection."""
+async def socket_pair(
+    poller_name: str, pool: millpond.BufferPool | None = None
+) -> tuple[millpond.Connection, millpond.Connection]:
+    """Two connected ``Connection``s over a real loopback TCP connection.
+
+    The second (the accepted side) reads through ``pool`` when one is given.
+    """
     listeners = await millpond.open_listeners(0, host="127.0.0.1")
     listener = listeners[0]
     try:
@@ -87,7 +92,7 @@ async def socket_pair(poller_name: str) -> tuple[millpond.Connection, millpond.C
                     await registration.wait_readable()
         finally:
             poller.unregister(registration)
-        return client, millpond.Connection(sock, poller=poller)
+        return client, millpond.Connection(sock, poller=poller, pool=pool)
     finally:
         listener.close()
 

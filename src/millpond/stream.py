@@ -95,8 +95,10 @@ class Connection(trio.abc.HalfCloseableStream):
         "_read_drained",
         "_read_index",
         "_read_limits",
+        "_receive_memory_wait",
         "_receiving",
         "_registration",
+        "_send_memory_wait",
         "_sending",
         "_shrink_pending",
         "_sock",
@@ -145,6 +147,10 @@ class Connection(trio.abc.HalfCloseableStream):
         self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
         self._read_index = read_sizes.initial_index
         self._shrink_pending = False
+        # Cancel scopes around waits for memory, so that close() can end them
+        # (a task waiting in the limiter is not parked on the socket).
+        self._receive_memory_wait: trio.CancelScope | None = None
+        self._send_memory_wait: trio.CancelScope | None = None
 
     @property
     def socket(self) -> socket.socket:
@@ -225,7 +231,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     break
                 # The budget is spent or others wait first: queue for a real
                 # lease (FIFO, cancellable; the bytes wait in the kernel).
-                buffer = await pool.lease(size, owner=self)
+                buffer = await self._wait_for_lease(pool, size)
                 parked = True
                 try:
                     received = self._read_into(buffer.view, size)
@@ -283,7 +289,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 try:
                     buffer = pool.lease_nowait(size, owner=self)
                 except trio.WouldBlock:
-                    buffer = await pool.lease(size, owner=self)
+                    buffer = await self._wait_for_lease(pool, size)
                     parked = True
                 try:
                     received = self._read_into(buffer.view, size)
@@ -304,6 +310,16 @@ class Connection(trio.abc.HalfCloseableStream):
         buffer.set_length(received)
         with buffer:
             yield buffer
+
+    async def _wait_for_lease(self, pool: BufferPool, size: int) -> Buffer:
+        scope = self._receive_memory_wait = trio.CancelScope()
+        try:
+            with scope:
+                return await pool.lease(size, owner=self)
+        finally:
+            self._receive_memory_wait = None
+        # Only close() cancels this scope.
+        raise trio.ClosedResourceError("this connection was closed")
 
     def _read_size(self, max_bytes: int) -> int:
         # Hot path. Under memory pressure every read is the minimum class.
@@ -413,9 +429,17 @@ class Connection(trio.abc.HalfCloseableStream):
         charge = min(unsent, SIZE_CLASSES[self._read_limits[1]])
         try:
             limiter.acquire_on_behalf_of_nowait(self, charge)
+            return charge
         except trio.WouldBlock:
-            await limiter.acquire_on_behalf_of(self, charge)
-        return charge
+            pass
+        scope = self._send_memory_wait = trio.CancelScope()
+        try:
+            with scope:
+                await limiter.acquire_on_behalf_of(self, charge)
+                return charge
+        finally:
+            self._send_memory_wait = None
+        raise trio.ClosedResourceError("this connection was closed")
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return when ``send_all`` would probably not have to wait."""
@@ -467,6 +491,9 @@ class Connection(trio.abc.HalfCloseableStream):
         if self._closed:
             return
         self._closed = True
+        for memory_wait in (self._receive_memory_wait, self._send_memory_wait):
+            if memory_wait is not None:
+                memory_wait.cancel()
         self._poller.unregister(self._registration)
         self._sock.close()
 
@@ -519,8 +546,18 @@ class Connection(trio.abc.HalfCloseableStream):
         return f"<millpond.Connection {state} poller={self._poller.name}>"
 
 
-async def open_connection(host: str, port: int, *, poller: Poller | str = "auto") -> Connection:
+async def open_connection(
+    host: str,
+    port: int,
+    *,
+    poller: Poller | str = "auto",
+    pool: BufferPool | None = None,
+    read_sizes: ReadSizes = DEFAULT_READ_SIZES,
+) -> Connection:
     """Connect to ``host:port`` over TCP and return a ``Connection``.
+
+    With a ``pool``, reads are budgeted as on a server connection (a proxy's
+    upstream connection should share its server's pool).
 
     Tries each address ``getaddrinfo`` returns, in order, and raises the last
     ``OSError`` if none accepts.
@@ -531,6 +568,10 @@ async def open_connection(host: str, port: int, *, poller: Poller | str = "auto"
         raise TypeError(f"port must be an int, not {type(port).__name__}")
     if not 0 < port < 65536:
         raise ValueError(f"port must be in 1..65535, not {port}")
+    if pool is not None and not isinstance(pool, BufferPool):
+        raise TypeError(f"pool must be a BufferPool or None, not {type(pool).__name__}")
+    if not isinstance(read_sizes, ReadSizes):
+        raise TypeError(f"read_sizes must be a ReadSizes, not {type(read_sizes).__name__}")
     if isinstance(poller, str):
         poller = get_poller(poller)
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -549,7 +590,7 @@ async def open_connection(host: str, port: int, *, poller: Poller | str = "auto"
         except BaseException:
             sock.close()
             raise
-        return Connection(sock, poller=poller)
+        return Connection(sock, poller=poller, pool=pool, read_sizes=read_sizes)
     assert last_error is not None
     raise last_error
 

@@ -1,0 +1,349 @@
+"""Bounded connections: reads and send tails charged to a budget, over loopback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import pytest
+import trio
+import trio.testing
+from conftest import echo, socket_pair
+
+import millpond
+from millpond.readsize import ReadSizes, adapt
+
+KIB = 1024
+HOG = "another part of the program"
+
+
+def pooled_server(
+    handler: millpond.server.Handler, poller_name: str, limiter: millpond.BufferLimiter
+) -> millpond.Server:
+    return millpond.Server(handler, 0, host="127.0.0.1", poller=poller_name, limiter=limiter)
+
+
+async def test_idle_connections_hold_no_buffer(poller_name: str, nursery: trio.Nursery) -> None:
+    limiter = millpond.BufferLimiter(1 << 20)
+    server = pooled_server(echo, poller_name, limiter)
+    await nursery.start(server.run)
+    port = server.addresses[0][1]
+    clients = [
+        await millpond.open_connection("127.0.0.1", port, poller=poller_name) for _ in range(50)
+    ]
+    for client in clients:  # one round trip each, then idle
+        await client.send_all(b"x" * 3000)
+        received = b""
+        while len(received) < 3000:
+            received += await client.receive_some()
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.statistics().connections_active == 50
+    assert limiter.bytes_in_use == 0
+    assert server.pool is not None and server.pool.statistics().bytes_leased == 0
+    for client in clients:
+        await client.aclose()
+
+
+async def test_receive_cancelled_while_waiting_for_memory_loses_nothing(
+    poller_name: str,
+) -> None:
+    limiter = millpond.BufferLimiter(64 * KIB)
+    pool = millpond.BufferPool(limiter)
+    left, right = await socket_pair(poller_name, pool)
+    limiter.acquire_on_behalf_of_nowait(HOG, 64 * KIB)  # the whole budget
+    await left.send_all(b"hello")
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def receive_until_cancelled() -> None:
+            with scope:
+                await right.receive_some()
+                raise AssertionError("received without memory")
+
+        nursery.start_soon(receive_until_cancelled)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.statistics().tasks_waiting == 1
+        scope.cancel()
+    statistics = limiter.statistics()
+    assert statistics.tasks_waiting == 0 and statistics.timeouts == 1
+    assert limiter.bytes_in_use == 64 * KIB  # nothing granted to the cancelled read
+    limiter.release_on_behalf_of(HOG, 64 * KIB)
+    await left.send_all(b" world")
+    received = b""
+    with trio.fail_after(10):
+        while len(received) < 11:
+            received += await right.receive_some()
+    assert received == b"hello world"
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_read_waits_in_line_and_proceeds_when_memory_is_released(
+    poller_name: str,
+) -> None:
+    limiter = millpond.BufferLimiter(64 * KIB)
+    pool = millpond.BufferPool(limiter)
+    left, right = await socket_pair(poller_name, pool)
+    limiter.acquire_on_behalf_of_nowait(HOG, 64 * KIB)
+    await left.send_all(b"queued")
+    async with trio.open_nursery() as nursery:
+        received: list[bytes] = []
+
+        async def receive() -> None:
+            received.append(await right.receive_some())
+
+        nursery.start_soon(receive)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not received
+        limiter.release_on_behalf_of(HOG, 64 * KIB)
+    assert received == [b"queued"]
+    assert limiter.bytes_in_use == 0
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_handler_timing_out_while_waiting_for_memory_is_closed_cleanly(
+    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = millpond.BufferLimiter(64 * KIB)
+    limiter.acquire_on_behalf_of_nowait(HOG, 64 * KIB)
+
+    async def impatient(stream: millpond.Connection) -> None:
+        with trio.fail_after(1):
+            await stream.receive_some()
+
+    server = pooled_server(impatient, poller_name, limiter)
+    await nursery.start(server.run)
+    client = await millpond.open_connection(
+        "127.0.0.1", server.addresses[0][1], poller=poller_name
+    )
+    with caplog.at_level(logging.ERROR, logger="millpond.server"):
+        await client.send_all(b"please")
+        with trio.fail_after(30):
+            # The server closed it, with our bytes unread: a reset, or EOF.
+            try:
+                assert await client.receive_some() == b""
+            except trio.BrokenResourceError:
+                pass
+    assert server.statistics().handler_errors == 1
+    assert "TooSlowError" in caplog.text
+    statistics = limiter.statistics()
+    assert statistics.tasks_waiting == 0 and statistics.timeouts == 1
+    assert limiter.held_by(HOG) == limiter.bytes_in_use == 64 * KIB
+    await client.aclose()
+
+
+async def test_closing_needs_no_memory(poller_name: str) -> None:
+    limiter = millpond.BufferLimiter(64 * KIB)
+    pool = millpond.BufferPool(limiter)
+    left, right = await socket_pair(poller_name, pool)
+    limiter.acquire_on_behalf_of_nowait(HOG, 64 * KIB)
+    await left.send_all(b"data nobody can afford to read")
+    async with trio.open_nursery() as nursery:
+
+        async def receive_expecting_closed() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await right.receive_some()
+
+        nursery.start_soon(receive_expecting_closed)
+        await trio.testing.wait_all_tasks_blocked()
+        await right.aclose()  # while the budget is spent and a read waits for it
+    assert limiter.statistics().tasks_waiting == 0
+    assert limiter.bytes_in_use == 64 * KIB
+    await left.aclose()
+
+
+async def test_receive_buffer_lends_the_pooled_buffer_and_takes_it_back(
+    poller_name: str,
+) -> None:
+    limiter = millpond.BufferLimiter(1 << 20)
+    pool = millpond.BufferPool(limiter)
+    left, right = await socket_pair(poller_name, pool)
+    await left.send_all(b"zero copy")
+    async with right.receive_buffer() as buffer:
+        assert bytes(buffer.view) == b"zero copy"
+        assert limiter.held_by(right) == buffer.capacity
+    assert buffer.released
+    assert limiter.bytes_in_use == 0
+    await left.send_eof()
+    async with right.receive_buffer() as buffer:
+        assert buffer.nbytes == 0  # EOF
+    assert limiter.bytes_in_use == 0
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_receive_buffer_echo_server(poller_name: str, nursery: trio.Nursery) -> None:
+    async def zero_copy_echo(stream: millpond.Connection) -> None:
+        while True:
+            async with stream.receive_buffer() as buffer:
+                if not buffer.nbytes:
+                    return
+                await stream.send_all(buffer.view)
+
+    limiter = millpond.BufferLimiter(1 << 20)
+    server = pooled_server(zero_copy_echo, poller_name, limiter)
+    await nursery.start(server.run)
+    client = await millpond.open_connection(
+        "127.0.0.1", server.addresses[0][1], poller=poller_name
+    )
+    payload = bytes(range(256)) * 1000
+    async with trio.open_nursery() as inner:
+
+        async def send() -> None:
+            await client.send_all(payload)
+            await client.send_eof()
+
+        inner.start_soon(send)
+        received = bytearray()
+        while chunk := await client.receive_some():
+            received += chunk
+    assert received == payload
+    await client.aclose()
+
+
+async def test_unsent_tail_is_charged_up_to_one_maximum_read_and_released(
+    poller_name: str,
+) -> None:
+    limiter = millpond.BufferLimiter(8 << 20)
+    pool = millpond.BufferPool(limiter)
+    reader, writer = await socket_pair(poller_name, pool)
+    payload = b"t" * (8 << 20)  # far more than the kernel buffers hold
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.send_all, payload)
+        await trio.testing.wait_all_tasks_blocked()
+        # The peer does not read: the writer is parked with a charged tail.
+        assert limiter.held_by(writer) == 64 * KIB
+        received = 0
+        while received < len(payload):
+            received += len(await reader.receive_some())
+    assert limiter.held_by(writer) == 0
+    assert limiter.bytes_in_use == 0
+    await reader.aclose()
+    await writer.aclose()
+
+
+async def test_reads_grow_while_they_fill_the_buffer(poller_name: str) -> None:
+    limiter = millpond.BufferLimiter(8 << 20)
+    pool = millpond.BufferPool(limiter)
+    left, right = await socket_pair(poller_name, pool)
+    async with trio.open_nursery() as nursery:
+
+        async def send() -> None:
+            await left.send_all(b"g" * (4 << 20))
+            await left.send_eof()
+
+        nursery.start_soon(send)
+        sizes = []
+        while chunk := await right.receive_some():
+            sizes.append(len(chunk))
+    assert sizes[0] <= millpond.DEFAULT_READ_SIZES.initial
+    assert max(sizes) == millpond.DEFAULT_READ_SIZES.maximum
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_reads_use_the_minimum_size_under_pressure(poller_name: str) -> None:
+    limiter = millpond.BufferLimiter(1 << 20)
+    pool = millpond.BufferPool(limiter)
+    left, right = await socket_pair(poller_name, pool)
+    limiter.acquire_on_behalf_of_nowait(HOG, 800 * KIB)  # above the 75 % pressure mark
+    assert limiter.pressure is millpond.Pressure.PRESSURE
+    await left.send_all(b"p" * 10_000)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(await right.receive_some()) == millpond.DEFAULT_READ_SIZES.minimum
+    limiter.release_on_behalf_of(HOG, 800 * KIB)
+    assert len(await right.receive_some()) > millpond.DEFAULT_READ_SIZES.minimum
+    await left.aclose()
+    await right.aclose()
+
+
+def test_adapt_grows_on_a_full_read_and_shrinks_after_two_small_ones() -> None:
+    sizes = ReadSizes()
+    low, high = sizes.minimum_index, sizes.maximum_index
+    index = sizes.initial_index  # 4 KiB
+    assert adapt(index, 4096, False, low, high) == (index + 1, False)
+    assert adapt(high, 65536, False, low, high) == (high, False)  # capped
+    assert adapt(index, 100, False, low, high) == (index, True)  # first small read
+    assert adapt(index, 100, True, low, high) == (index - 1, False)  # second: shrink
+    assert adapt(low, 1, True, low, high) == (low, False)  # floored
+    assert adapt(index, 3000, True, low, high) == (index, False)  # not small: reset
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"minimum": 1000}, ValueError),
+        ({"initial": 512}, ValueError),
+        ({"minimum": 8192, "initial": 4096}, ValueError),
+        ({"maximum": 65536.0}, TypeError),
+    ],
+)
+def test_bad_read_sizes_are_rejected(kwargs: dict[str, object], error: type[Exception]) -> None:
+    with pytest.raises(error):
+        ReadSizes(**kwargs)  # type: ignore[arg-type]
+
+
+async def test_bad_memory_arguments_raise_naming_the_argument(poller_name: str) -> None:
+    limiter = millpond.BufferLimiter(1 << 20)
+    other = millpond.BufferLimiter(1 << 20)
+    with pytest.raises(ValueError, match="pool"):
+        millpond.Server(echo, 0, limiter=other, pool=millpond.BufferPool(limiter))
+    with pytest.raises(TypeError, match="limiter"):
+        millpond.Server(echo, 0, limiter=64)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pool"):
+        millpond.Server(echo, 0, pool="big")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pooled"):
+        millpond.Server(echo, 0, limiter=limiter, pooled=False)
+    with pytest.raises(TypeError, match="read_sizes"):
+        millpond.Server(echo, 0, read_sizes=4096)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pool"):
+        await millpond.open_connection("127.0.0.1", 1, pool=3)  # type: ignore[arg-type]
+    left, right = await socket_pair(poller_name)
+    with pytest.raises(RuntimeError, match="BufferPool"):
+        async with right.receive_buffer():
+            pass
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_flooding_clients_stay_within_budget_and_others_are_served(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    budget = 8 << 20
+    limiter = millpond.BufferLimiter(budget)
+    server = pooled_server(echo, poller_name, limiter)
+    await nursery.start(server.run)
+    port = server.addresses[0][1]
+    connect = functools.partial(millpond.open_connection, "127.0.0.1", port, poller=poller_name)
+    flooders = [await connect() for _ in range(200)]
+
+    async def flood(stream: millpond.Connection) -> None:
+        chunk = b"f" * 65536
+        try:
+            while True:  # writes, never reads: it stalls once the buffers fill
+                await stream.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async with trio.open_nursery() as flood_nursery:
+        for stream in flooders:
+            flood_nursery.start_soon(flood, stream)
+        well_behaved = await connect()
+        with trio.fail_after(120):
+            for i in range(100):
+                message = b"round trip %d" % i
+                await well_behaved.send_all(message)
+                received = b""
+                while len(received) < len(message):
+                    received += await well_behaved.receive_some()
+                assert received == message
+                assert limiter.bytes_in_use <= budget
+        await trio.testing.wait_all_tasks_blocked()
+        statistics = limiter.statistics()
+        assert statistics.peak_bytes_in_use <= budget
+        assert statistics.bytes_in_use > 0  # the flood really holds memory
+        flood_nursery.cancel_scope.cancel()
+    for stream in [*flooders, well_behaved]:
+        await stream.aclose()
