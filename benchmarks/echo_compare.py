@@ -745,7 +745,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         default="millpond,millpond-trio,trio",
-        help="comma-separated subset of: millpond, millpond-trio, trio",
+        help="comma-separated subset of: millpond, millpond-trio, millpond-unpooled, trio",
     )
     p.add_argument(
         "--millpond-echo",
@@ -780,6 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     available = {
         "millpond": [str(echo_script), "--poller", "epoll"],
         "millpond-trio": [str(echo_script), "--poller", "trio"],
+        "millpond-unpooled": [str(echo_script), "--poller", "epoll", "--unpooled"],
         "trio": [str(TRIO_ECHO)],
     }
     servers: dict[str, list[str]] = {}

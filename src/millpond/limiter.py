@@ -191,9 +191,10 @@ class _Ledger:
         self.ordinary_by_owner: dict[object, list[_Waiter]] = {}
         self.total = total
         self.ordinary_limit = total - reserved
+        # Cached because readers ask on every read; recomputed by resize().
+        self.pressure_bytes = self._compute_pressure_bytes()
 
-    @property
-    def pressure_bytes(self) -> int:
+    def _compute_pressure_bytes(self) -> int:
         if self.explicit_pressure is not None:
             return self.explicit_pressure
         num, den = DEFAULT_PRESSURE_FRACTION
@@ -298,6 +299,7 @@ class _Ledger:
         longer ever fit are refused rather than left to block the queue for ever."""
         self.total = total
         self.ordinary_limit = total - self.reserved
+        self.pressure_bytes = self._compute_pressure_bytes()
         refused = [
             waiter
             for waiter in (*self.privileged, *self.ordinary)
@@ -597,6 +599,25 @@ class BufferLimiter:
         if owner in ledger.held:
             return ledger.in_use + nbytes <= ledger.total
         return not ledger.ordinary and ledger.in_use + nbytes <= ledger.ordinary_limit
+
+    def admitted_read_size(self, owner: object, preferred: int, minimum: int) -> int:
+        """How much ``owner`` may read right now for a one-syscall lease (see :meth:`admits_now`).
+
+        ``preferred`` normally, ``minimum`` under pressure (Linux shrinks socket
+        buffers above ``tcp_mem[1]`` the same way), and 0 if even that would
+        have to wait: then queue with :meth:`acquire_on_behalf_of`. One call on
+        a reader's hot path instead of :attr:`pressure` plus :meth:`admits_now`.
+        """
+        ledger = self._ledger
+        in_use = ledger.in_use
+        nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
+        if ledger.privileged:
+            return 0
+        if owner in ledger.held:
+            return nbytes if in_use + nbytes <= ledger.total else 0
+        if ledger.ordinary or in_use + nbytes > ledger.ordinary_limit:
+            return 0
+        return nbytes
 
     async def acquire(self, nbytes: int) -> None:
         """Take ``nbytes`` from the sack for the current task, waiting if necessary.

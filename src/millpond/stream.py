@@ -217,9 +217,19 @@ class Connection(trio.abc.HalfCloseableStream):
                     # bytes per idle connection.
                     self._read_drained = True
                     continue
-                size = self._read_size(max_bytes)
+                # Hot path: read sizes inlined (see _read_size).
+                preferred = SIZE_CLASSES[self._read_index]
+                minimum = SIZE_CLASSES[self._read_limits[0]]
+                if max_bytes < preferred:
+                    preferred = max_bytes
+                    if max_bytes < minimum:
+                        minimum = max_bytes
                 limiter = pool.limiter
-                if limiter is None or limiter.admits_now(self, size):
+                if limiter is None:
+                    size = preferred
+                else:
+                    size = limiter.admitted_read_size(self, preferred, minimum)
+                if size:
                     # Fast path: the lease lasts one syscall, so it reads into
                     # the pool's scratch buffer and copies out before anything
                     # else can run (see BufferPool.scratch_view).
@@ -231,6 +241,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     break
                 # The budget is spent or others wait first: queue for a real
                 # lease (FIFO, cancellable; the bytes wait in the kernel).
+                size = minimum
                 buffer = await self._wait_for_lease(pool, size)
                 parked = True
                 try:
