@@ -16,6 +16,9 @@
  *       (reset/closed by the server) during the run.
  *
  *   loadgen idle HOST PORT CONNS HOLD_S [RATE]
+ *   loadgen flood HOST PORT CONNS HOLD_S [RATE]
+ *       Like idle, but once all CONNS are up every connection writes 64 KiB chunks
+ *       whenever it can and never reads: the client that costs a server the most.
  *       Opens CONNS connections, paced at RATE new connections per second (default 5000)
  *       with a bounded number of connects in progress, retrying with backoff on
  *       ECONNREFUSED/EAGAIN/ETIMEDOUT.  Sends nothing.  Prints "connected N" (flushed) when
@@ -516,12 +519,33 @@ struct iconn {
 
 #define STDIN_TAG ((void *)-1)
 
-static int run_idle(int argc, char **argv)
+static char flood_chunk[65536];
+static uint64_t flood_bytes;
+
+/* Write until the kernel says EAGAIN; returns -1 when the connection is gone. */
+static int flood_write(int fd)
+{
+    for (;;) {
+        ssize_t w = send(fd, flood_chunk, sizeof flood_chunk, MSG_NOSIGNAL);
+        if (w > 0) {
+            flood_bytes += (uint64_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            return 0;
+        return -1;
+    }
+}
+
+static int run_idle(int argc, char **argv, int flood)
 {
     if (argc < 6 || argc > 7) {
-        fprintf(stderr, "usage: loadgen idle HOST PORT CONNS HOLD_S [RATE]\n");
+        fprintf(stderr, "usage: loadgen %s HOST PORT CONNS HOLD_S [RATE]\n", argv[1]);
         return 1;
     }
+    memset(flood_chunk, 'f', sizeof flood_chunk);
     struct sockaddr_in sa = parse_addr(argv[2], argv[3]);
     long conns = parse_long(argv[4], "CONNS", 1, 1000000);
     double hold = parse_double(argv[5], "HOLD_S", 0, 86400);
@@ -568,6 +592,23 @@ static int run_idle(int argc, char **argv)
                 hold_until = now + (uint64_t)(hold * 1e9);
                 printf("connected %ld\n", up);
                 fflush(stdout);
+                if (flood) {
+                    /* From now on: write whenever writable (edge-triggered), never read. */
+                    for (long i = 0; i < conns; i++) {
+                        if (cs[i].state != IC_UP)
+                            continue;
+                        struct epoll_event ev = {.events = EPOLLOUT | EPOLLET | EPOLLRDHUP,
+                                                 .data.ptr = &cs[i]};
+                        epoll_ctl(ep, EPOLL_CTL_MOD, cs[i].fd, &ev);
+                        if (flood_write(cs[i].fd) < 0) {
+                            epoll_ctl(ep, EPOLL_CTL_DEL, cs[i].fd, NULL);
+                            close(cs[i].fd);
+                            cs[i].fd = -1;
+                            cs[i].state = IC_CLOSED;
+                            closed_by_peer++;
+                        }
+                    }
+                }
                 fprintf(stderr, "loadgen: %ld connections up in %.3f s (%ld retries)\n", up,
                         (double)(now - t_start) / 1e9, retries);
                 continue;
@@ -680,6 +721,16 @@ static int run_idle(int argc, char **argv)
                     if (backoff_ns < 200000000ull)
                         backoff_ns *= 2;
                 }
+            } else if (c->state == IC_UP && flood && t_connected != 0) {
+                /* Never read: write if there is room, drop the connection if it is gone. */
+                if ((evs[k].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) == 0 &&
+                    flood_write(c->fd) == 0)
+                    continue;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                c->fd = -1;
+                c->state = IC_CLOSED;
+                closed_by_peer++;
             } else if (c->state == IC_UP) {
                 /* The server sent data or closed: an idle client never expects either. */
                 char buf[4096];
@@ -704,12 +755,12 @@ static int run_idle(int argc, char **argv)
                                         : "hold_elapsed";
     double u, s;
     double cpu = cpu_seconds(&u, &s);
-    printf("{\"mode\": \"idle\", \"conns\": %ld, \"connected\": %ld, \"connect_s\": %.3f, "
+    printf("{\"mode\": \"%s\", \"conns\": %ld, \"connected\": %ld, \"connect_s\": %.3f, "
            "\"held_s\": %.3f, \"retries\": %ld, \"closed_by_peer\": %ld, \"stop\": \"%s\", "
-           "\"cpu_s\": %.3f}\n",
-           conns, up, t_connected ? (double)(t_connected - t_start) / 1e9 : -1.0,
+           "\"cpu_s\": %.3f, \"bytes_written\": %llu}\n",
+           flood ? "flood" : "idle", conns, up, t_connected ? (double)(t_connected - t_start) / 1e9 : -1.0,
            t_connected ? (double)(t_done - t_connected) / 1e9 : 0.0, retries, closed_by_peer,
-           reason, cpu);
+           reason, cpu, (unsigned long long)flood_bytes);
     fflush(stdout);
 
     for (long i = 0; i < conns; i++)
@@ -725,9 +776,12 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "echo") == 0)
         return run_echo(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "idle") == 0)
-        return run_idle(argc, argv);
+        return run_idle(argc, argv, 0);
+    if (argc >= 2 && strcmp(argv[1], "flood") == 0)
+        return run_idle(argc, argv, 1);
     fprintf(stderr,
             "usage: loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S]\n"
-            "       loadgen idle HOST PORT CONNS HOLD_S [RATE]\n");
+            "       loadgen idle HOST PORT CONNS HOLD_S [RATE]\n"
+            "       loadgen flood HOST PORT CONNS HOLD_S [RATE]\n");
     return 1;
 }

@@ -166,8 +166,8 @@ class BufferPoolStatistics:
     * ``leaks_detected``: buffers garbage collected without ``release()``, tracked or not.
     * ``slabs_trimmed`` / ``bytes_trimmed``: slabs given back to the OS (age, cap or force).
     * ``recent_leaks``: the last few tracked leaks, oldest first.
-    * ``scratch_reads``: reads served by the scratch buffer (:meth:`BufferPool.scratch_view`),
-      leases that lasted one syscall; the scratch buffer's 64 KiB are not in the figures above.
+    * ``bytes_scratch``: the scratch buffer (:meth:`BufferPool.scratch_view`) once it
+      exists: 64 KiB shared by all one-syscall reads, not in the figures above.
 
     Per-owner holdings are the limiter's business: see ``BufferLimiter.statistics()``.
     """
@@ -185,7 +185,7 @@ class BufferPoolStatistics:
     bytes_trimmed: int
     leak_detection: str
     recent_leaks: tuple[LeakReport, ...]
-    scratch_reads: int = 0
+    bytes_scratch: int = 0
 
 
 class _SizeClass:
@@ -460,7 +460,6 @@ class BufferPool:
         self._bytes_leased = 0
         self._slab_bytes = 0
         self._scratch: memoryview | None = None
-        self._scratch_reads = 0
         self._idle_bytes = 0  # slabs in the ``idle`` dicts (not idle current slabs)
         self._dedicated = 0
         self._dedicated_bytes = 0
@@ -504,9 +503,9 @@ class BufferPool:
         slot, no Buffer object and no bookkeeping, only the limiter's word
         that it would have been granted (:meth:`BufferLimiter.admits_now`).
         One per pool, reused by every such read, so use it on the Trio thread
-        and never keep the view (or a slice of it) across an ``await``.
+        and never keep the bytes in it (or a slice of it) across an ``await``.
+        Callers may keep the view itself, to save this call on a hot path.
         """
-        self._scratch_reads += 1
         view = self._scratch
         if view is None:
             view = self._scratch = memoryview(mmap.mmap(-1, MAX_CLASS_BYTES))
@@ -857,7 +856,7 @@ class BufferPool:
             bytes_trimmed=self._bytes_trimmed,
             leak_detection=_LEAK_LEVELS[self._leak_level],
             recent_leaks=tuple(self._recent_leaks),
-            scratch_reads=self._scratch_reads,
+            bytes_scratch=0 if self._scratch is None else MAX_CLASS_BYTES,
         )
 
     def __repr__(self) -> str:

@@ -90,6 +90,7 @@ class Connection(trio.abc.HalfCloseableStream):
     __slots__ = (
         "_closed",
         "_eof_sent",
+        "_limiter",
         "_poller",
         "_pool",
         "_read_drained",
@@ -98,6 +99,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_receive_memory_wait",
         "_receiving",
         "_registration",
+        "_scratch",
         "_send_memory_wait",
         "_sending",
         "_shrink_pending",
@@ -144,6 +146,9 @@ class Connection(trio.abc.HalfCloseableStream):
         # the pool's limiter) only once the socket is readable, so an idle
         # connection holds none. The read size adapts (see readsize.py).
         self._pool = pool
+        # Looked up once: the receive hot path uses them on every read.
+        self._limiter = None if pool is None else pool.limiter
+        self._scratch = None if pool is None else pool.scratch_view()
         self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
         self._read_index = read_sizes.initial_index
         self._shrink_pending = False
@@ -217,14 +222,17 @@ class Connection(trio.abc.HalfCloseableStream):
                     # bytes per idle connection.
                     self._read_drained = True
                     continue
-                # Hot path: read sizes inlined (see _read_size).
-                preferred = SIZE_CLASSES[self._read_index]
-                minimum = SIZE_CLASSES[self._read_limits[0]]
+                # Hot path: _read_size and _read_into inlined, attributes
+                # cached on self; adapt() is called only when it would act.
+                index = self._read_index
+                preferred = SIZE_CLASSES[index]
+                minimum_index = self._read_limits[0]
+                minimum = SIZE_CLASSES[minimum_index]
                 if max_bytes < preferred:
                     preferred = max_bytes
                     if max_bytes < minimum:
                         minimum = max_bytes
-                limiter = pool.limiter
+                limiter = self._limiter
                 if limiter is None:
                     size = preferred
                 else:
@@ -233,11 +241,23 @@ class Connection(trio.abc.HalfCloseableStream):
                     # Fast path: the lease lasts one syscall, so it reads into
                     # the pool's scratch buffer and copies out before anything
                     # else can run (see BufferPool.scratch_view).
-                    scratch = pool.scratch_view()
-                    received = self._read_into(scratch, size)
-                    if received < 0:
+                    scratch = self._scratch
+                    assert scratch is not None
+                    registration.readable = False
+                    try:
+                        received = self._sock.recv_into(scratch, size)
+                    except BlockingIOError:
+                        self._read_drained = True
                         continue
+                    except OSError as exc:
+                        raise self._stream_error(exc) from exc
                     data = scratch[:received].tobytes()
+                    self._read_drained = 0 < received < size
+                    if size == SIZE_CLASSES[index]:  # not shrunk by pressure or max_bytes
+                        if received >= size or (received < size >> 1 and index > minimum_index):
+                            self._adapt(received)
+                        elif self._shrink_pending:
+                            self._shrink_pending = False
                     break
                 # The budget is spent or others wait first: queue for a real
                 # lease (FIFO, cancellable; the bytes wait in the kernel).
@@ -333,9 +353,9 @@ class Connection(trio.abc.HalfCloseableStream):
         raise trio.ClosedResourceError("this connection was closed")
 
     def _read_size(self, max_bytes: int) -> int:
-        # Hot path. Under memory pressure every read is the minimum class.
+        # Under memory pressure every read is the minimum class.
         minimum_index, _ = self._read_limits
-        limiter = self._pool.limiter  # type: ignore[union-attr]
+        limiter = self._limiter
         if limiter is not None and limiter.pressure is not Pressure.NONE:
             index = minimum_index
         else:
@@ -355,11 +375,14 @@ class Connection(trio.abc.HalfCloseableStream):
             raise self._stream_error(exc) from exc
         self._read_drained = 0 < received < size
         if size == SIZE_CLASSES[self._read_index]:  # not shrunk by pressure or max_bytes
-            minimum_index, maximum_index = self._read_limits
-            self._read_index, self._shrink_pending = adapt(
-                self._read_index, received, self._shrink_pending, minimum_index, maximum_index
-            )
+            self._adapt(received)
         return received
+
+    def _adapt(self, received: int) -> None:
+        minimum_index, maximum_index = self._read_limits
+        self._read_index, self._shrink_pending = adapt(
+            self._read_index, received, self._shrink_pending, minimum_index, maximum_index
+        )
 
     def _stream_error(self, exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
         if self._closed:
@@ -419,7 +442,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     parked = True
             finally:
                 if charged:
-                    self._pool.limiter.release_on_behalf_of(self, charged)  # type: ignore[union-attr]
+                    self._limiter.release_on_behalf_of(self, charged)  # type: ignore[union-attr]
             if not parked:
                 await cancel_shielded_checkpoint()
         finally:
@@ -434,7 +457,7 @@ class Connection(trio.abc.HalfCloseableStream):
         (FIFO, cancellable) when the budget is spent, which is backpressure
         on a handler whose peer does not read.
         """
-        limiter = self._pool.limiter  # type: ignore[union-attr]
+        limiter = self._limiter
         if limiter is None:
             return 0
         charge = min(unsent, SIZE_CLASSES[self._read_limits[1]])
