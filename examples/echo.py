@@ -22,13 +22,22 @@ async def echo(stream: millpond.Connection) -> None:
         await stream.send_all(chunk)
 
 
-async def main(host: str, port: int, poller: str, pooled: bool = True) -> None:
+async def main(
+    host: str, port: int, poller: str, pooled: bool = True, budget_mib: int | None = None
+) -> None:
     """Serve ``echo``, print where it listens, stop cleanly on SIGINT/SIGTERM."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+            limiter = None if budget_mib is None else millpond.BufferLimiter(budget_mib << 20)
             addresses = await nursery.start(
                 functools.partial(
-                    millpond.serve, echo, port, host=host, poller=poller, pooled=pooled
+                    millpond.serve,
+                    echo,
+                    port,
+                    host=host,
+                    poller=poller,
+                    pooled=pooled,
+                    limiter=limiter,
                 )
             )
             for address in addresses:
@@ -52,9 +61,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="read into fresh bytes objects, outside any memory budget (for comparison)",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--budget-mib",
+        type=int,
+        default=None,
+        help="memory budget for buffers, in MiB (default: millpond's 64 MiB)",
+    )
+    args = parser.parse_args(argv)
+    if args.budget_mib is not None and args.budget_mib < 1:
+        parser.error("--budget-mib must be >= 1")
+    if args.budget_mib is not None and args.unpooled:
+        parser.error("--budget-mib needs the pool: drop --unpooled")
+    return args
 
 
 if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
-    trio.run(main, args.host, args.port, args.poller, not args.unpooled)
+    trio.run(main, args.host, args.port, args.poller, not args.unpooled, args.budget_mib)
