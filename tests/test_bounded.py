@@ -97,6 +97,9 @@ async def test_read_waits_in_line_and_proceeds_when_memory_is_released(
         assert not received
         limiter.release_on_behalf_of(HOG, 64 * KIB)
     assert received == [b"queued"]
+    # The chunk stays charged (one minimum read) until the handler asks for more.
+    assert limiter.held_by(right) == limiter.bytes_in_use == millpond.DEFAULT_READ_SIZES.minimum
+    await right.aclose()
     assert limiter.bytes_in_use == 0
     await left.aclose()
     await right.aclose()
@@ -298,6 +301,8 @@ async def test_bad_memory_arguments_raise_naming_the_argument(poller_name: str) 
         millpond.Server(echo, 0, limiter=limiter, pooled=False)
     with pytest.raises(TypeError, match="read_sizes"):
         millpond.Server(echo, 0, read_sizes=4096)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="maximum read"):
+        millpond.Server(echo, 0, limiter=millpond.BufferLimiter(32 * KIB))
     with pytest.raises(TypeError, match="pool"):
         await millpond.open_connection("127.0.0.1", 1, pool=3)  # type: ignore[arg-type]
     left, right = await socket_pair(poller_name)

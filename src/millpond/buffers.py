@@ -500,8 +500,8 @@ class BufferPool:
 
         For a read whose bytes are copied out before the caller next awaits
         (``Connection.receive_some``): a lease that lasts one syscall needs no
-        slot, no Buffer object and no bookkeeping, only the limiter's word
-        that it would have been granted (:meth:`BufferLimiter.admits_now`).
+        slot and no Buffer object. The reader charges the limiter for what it
+        reads itself (:meth:`BufferLimiter.acquire_read_nowait`).
         One per pool, reused by every such read, so use it on the Trio thread
         and never keep the bytes in it (or a slice of it) across an ``await``.
         Callers may keep the view itself, to save this call on a hot path.

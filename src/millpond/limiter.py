@@ -584,40 +584,20 @@ class BufferLimiter:
         if not self._ledger.take(owner, nbytes):
             raise trio.WouldBlock
 
-    def admits_now(self, owner: object, nbytes: int) -> bool:
-        """Whether ``acquire_on_behalf_of_nowait(owner, nbytes)`` would succeed now.
+    def acquire_read_nowait(self, owner: object, preferred: int, minimum: int) -> int:
+        """Take bytes for a socket read now if that needs no wait; returns how many, or 0.
 
-        Takes nothing. It serves a borrower whose use of the bytes ends before it
-        next yields to Trio, such as a socket read into a scratch buffer that is
-        copied out at once: if this says yes, the borrower may use the bytes
-        without acquiring them, because no other task runs in between, so nobody
-        can see them missing or be refused them. Call it on the Trio thread.
+        ``preferred`` normally, ``minimum`` under pressure (Linux shrinks what a
+        socket may buffer above ``tcp_mem[1]`` the same way); 0 means even that
+        would have to wait (or barge): queue with :meth:`acquire_on_behalf_of`.
+        One call on a reader's hot path instead of :attr:`pressure` plus
+        :meth:`acquire_on_behalf_of_nowait`. Call it on the Trio thread.
         """
+        if threading.get_ident() != self._home and not self._at_home():
+            raise RuntimeError("acquire_read_nowait must be called on the Trio thread")
         ledger = self._ledger
-        if ledger.privileged:
-            return False
-        if owner in ledger.held:
-            return ledger.in_use + nbytes <= ledger.total
-        return not ledger.ordinary and ledger.in_use + nbytes <= ledger.ordinary_limit
-
-    def admitted_read_size(self, owner: object, preferred: int, minimum: int) -> int:
-        """How much ``owner`` may read right now for a one-syscall lease (see :meth:`admits_now`).
-
-        ``preferred`` normally, ``minimum`` under pressure (Linux shrinks socket
-        buffers above ``tcp_mem[1]`` the same way), and 0 if even that would
-        have to wait: then queue with :meth:`acquire_on_behalf_of`. One call on
-        a reader's hot path instead of :attr:`pressure` plus :meth:`admits_now`.
-        """
-        ledger = self._ledger
-        in_use = ledger.in_use
-        nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
-        if ledger.privileged:
-            return 0
-        if owner in ledger.held:
-            return nbytes if in_use + nbytes <= ledger.total else 0
-        if ledger.ordinary or in_use + nbytes > ledger.ordinary_limit:
-            return 0
-        return nbytes
+        nbytes = minimum if ledger.in_use >= ledger.pressure_bytes else preferred
+        return nbytes if ledger.take(owner, nbytes) else 0
 
     async def acquire(self, nbytes: int) -> None:
         """Take ``nbytes`` from the sack for the current task, waiting if necessary.

@@ -229,6 +229,13 @@ class Server:
                 DEFAULT_BUDGET_BYTES,
                 reserved_bytes=DEFAULT_BUDGET_BYTES // DEFAULT_RESERVE_FRACTION,
             )
+        ordinary_bytes = None if limiter is None else limiter.total_bytes - limiter.reserved_bytes
+        if ordinary_bytes is not None and ordinary_bytes < read_sizes.maximum:
+            raise ValueError(
+                "limiter must allow at least one maximum read: total_bytes - reserved_bytes = "
+                f"{ordinary_bytes} < read_sizes.maximum = "
+                f"{read_sizes.maximum}"
+            )
         self._limiter = limiter
         self._pool = pool
         self._read_sizes = read_sizes

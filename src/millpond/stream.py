@@ -17,9 +17,9 @@ from __future__ import annotations
 import errno
 import socket
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeAlias, overload
+from typing import Any, Final, TypeAlias, TypeVar, overload
 
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
@@ -28,6 +28,8 @@ from .buffers import SIZE_CLASSES, Buffer, BufferPool
 from .limiter import Pressure
 from .poller import Poller, Registration, get_poller
 from .readsize import DEFAULT_READ_SIZES, ReadSizes, adapt
+
+T = TypeVar("T")
 
 SockOptValue: TypeAlias = int | bytes | bytearray | memoryview
 
@@ -90,6 +92,7 @@ class Connection(trio.abc.HalfCloseableStream):
     __slots__ = (
         "_closed",
         "_eof_sent",
+        "_held_read",
         "_limiter",
         "_poller",
         "_pool",
@@ -152,6 +155,10 @@ class Connection(trio.abc.HalfCloseableStream):
         self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
         self._read_index = read_sizes.initial_index
         self._shrink_pending = False
+        # Bytes of the last chunk receive_some returned, still charged to the
+        # limiter: the handler holds them until it asks for more (see
+        # _receive), so they count against the budget until then.
+        self._held_read = 0
         # Cancel scopes around waits for memory, so that close() can end them
         # (a task waiting in the limiter is not parked on the socket).
         self._receive_memory_wait: trio.CancelScope | None = None
@@ -197,6 +204,12 @@ class Connection(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("this connection was closed")
         self._receiving = True
         try:
+            limiter = self._limiter
+            if self._held_read:
+                # Asking for more means the handler is done with the last
+                # chunk: stop charging it, before parking (an idle connection
+                # holds nothing).
+                self._release_held_read()
             await checkpoint_if_cancelled()
             registration = self._registration
             pool = self._pool
@@ -222,8 +235,8 @@ class Connection(trio.abc.HalfCloseableStream):
                     # bytes per idle connection.
                     self._read_drained = True
                     continue
-                # Hot path: _read_size and _read_into inlined, attributes
-                # cached on self; adapt() is called only when it would act.
+                # Hot path: _read_size inlined, attributes cached on self,
+                # adapt() called only when it would act.
                 index = self._read_index
                 preferred = SIZE_CLASSES[index]
                 minimum_index = self._read_limits[0]
@@ -232,45 +245,44 @@ class Connection(trio.abc.HalfCloseableStream):
                     preferred = max_bytes
                     if max_bytes < minimum:
                         minimum = max_bytes
-                limiter = self._limiter
                 if limiter is None:
                     size = preferred
                 else:
-                    size = limiter.admitted_read_size(self, preferred, minimum)
-                if size:
-                    # Fast path: the lease lasts one syscall, so it reads into
-                    # the pool's scratch buffer and copies out before anything
-                    # else can run (see BufferPool.scratch_view).
-                    scratch = self._scratch
-                    assert scratch is not None
-                    registration.readable = False
-                    try:
-                        received = self._sock.recv_into(scratch, size)
-                    except BlockingIOError:
-                        self._read_drained = True
-                        continue
-                    except OSError as exc:
-                        raise self._stream_error(exc) from exc
-                    data = scratch[:received].tobytes()
-                    self._read_drained = 0 < received < size
-                    if size == SIZE_CLASSES[index]:  # not shrunk by pressure or max_bytes
-                        if received >= size or (received < size >> 1 and index > minimum_index):
-                            self._adapt(received)
-                        elif self._shrink_pending:
-                            self._shrink_pending = False
-                    break
-                # The budget is spent or others wait first: queue for a real
-                # lease (FIFO, cancellable; the bytes wait in the kernel).
-                size = minimum
-                buffer = await self._wait_for_lease(pool, size)
-                parked = True
+                    size = limiter.acquire_read_nowait(self, preferred, minimum)
+                    if not size:
+                        # The budget is spent or others wait first: queue
+                        # (FIFO, cancellable; the bytes wait in the kernel).
+                        size = minimum
+                        await self._unless_closed(limiter.acquire_on_behalf_of(self, size))
+                        parked = True
+                # The lease of the pool's scratch buffer lasts one syscall:
+                # the bytes are copied out before anything else can run (see
+                # BufferPool.scratch_view). The charge stays (_held_read).
+                scratch = self._scratch
+                assert scratch is not None
+                registration.readable = False
                 try:
-                    received = self._read_into(buffer.view, size)
-                    if received < 0:
-                        continue
-                    data = buffer.view[:received].tobytes()
-                finally:
-                    buffer.release()
+                    received = self._sock.recv_into(scratch, size)
+                except BlockingIOError:
+                    received = -1
+                except OSError as exc:
+                    if limiter is not None:
+                        limiter.release_on_behalf_of(self, size)
+                    raise self._stream_error(exc) from exc
+                if received <= 0 and limiter is not None:
+                    limiter.release_on_behalf_of(self, size)  # EAGAIN or EOF: nothing held
+                if received < 0:
+                    self._read_drained = True
+                    continue
+                data = scratch[:received].tobytes()
+                if received and limiter is not None:
+                    self._held_read = size
+                self._read_drained = 0 < received < size
+                if size == SIZE_CLASSES[index]:  # not shrunk by pressure or max_bytes
+                    if received >= size or (received < size >> 1 and index > minimum_index):
+                        self._adapt(received)
+                    elif self._shrink_pending:
+                        self._shrink_pending = False
                 break
             if not parked:
                 await cancel_shielded_checkpoint()
@@ -309,6 +321,8 @@ class Connection(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("this connection was closed")
         self._receiving = True
         try:
+            if self._held_read:
+                self._release_held_read()
             await checkpoint_if_cancelled()
             registration = self._registration
             parked = False
@@ -320,7 +334,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 try:
                     buffer = pool.lease_nowait(size, owner=self)
                 except trio.WouldBlock:
-                    buffer = await self._wait_for_lease(pool, size)
+                    buffer = await self._unless_closed(pool.lease(size, owner=self))
                     parked = True
                 try:
                     received = self._read_into(buffer.view, size)
@@ -342,15 +356,19 @@ class Connection(trio.abc.HalfCloseableStream):
         with buffer:
             yield buffer
 
-    async def _wait_for_lease(self, pool: BufferPool, size: int) -> Buffer:
+    async def _unless_closed(self, waiting: Awaitable[T]) -> T:
+        """Await a wait for memory that ``close()`` can end (it cancels the scope)."""
         scope = self._receive_memory_wait = trio.CancelScope()
         try:
             with scope:
-                return await pool.lease(size, owner=self)
+                return await waiting
         finally:
             self._receive_memory_wait = None
-        # Only close() cancels this scope.
         raise trio.ClosedResourceError("this connection was closed")
+
+    def _release_held_read(self) -> None:
+        held, self._held_read = self._held_read, 0
+        self._limiter.release_on_behalf_of(self, held)  # type: ignore[union-attr]
 
     def _read_size(self, max_bytes: int) -> int:
         # Under memory pressure every read is the minimum class.
@@ -460,7 +478,10 @@ class Connection(trio.abc.HalfCloseableStream):
         limiter = self._limiter
         if limiter is None:
             return 0
-        charge = min(unsent, SIZE_CLASSES[self._read_limits[1]])
+        # The tail of a chunk this connection read is already charged.
+        charge = min(unsent, SIZE_CLASSES[self._read_limits[1]]) - self._held_read
+        if charge <= 0:
+            return 0
         try:
             limiter.acquire_on_behalf_of_nowait(self, charge)
             return charge
@@ -528,6 +549,8 @@ class Connection(trio.abc.HalfCloseableStream):
         for memory_wait in (self._receive_memory_wait, self._send_memory_wait):
             if memory_wait is not None:
                 memory_wait.cancel()
+        if self._held_read:
+            self._release_held_read()
         self._poller.unregister(self._registration)
         self._sock.close()
 
