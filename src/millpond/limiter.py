@@ -590,14 +590,49 @@ class BufferLimiter:
         ``preferred`` normally, ``minimum`` under pressure (Linux shrinks what a
         socket may buffer above ``tcp_mem[1]`` the same way); 0 means even that
         would have to wait (or barge): queue with :meth:`acquire_on_behalf_of`.
-        One call on a reader's hot path instead of :attr:`pressure` plus
-        :meth:`acquire_on_behalf_of_nowait`. Call it on the Trio thread.
+        The reader's hot path, with :meth:`release_read`: call both on the
+        Trio thread. Arguments are not checked here (the caller owns them).
         """
         if threading.get_ident() != self._home and not self._at_home():
             raise RuntimeError("acquire_read_nowait must be called on the Trio thread")
         ledger = self._ledger
-        nbytes = minimum if ledger.in_use >= ledger.pressure_bytes else preferred
-        return nbytes if ledger.take(owner, nbytes) else 0
+        in_use = ledger.in_use
+        nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
+        if ledger.privileged or ledger.ordinary:
+            return nbytes if ledger.take(owner, nbytes) else 0
+        # Hot path: _Ledger.take inlined for "nobody waits", the common case.
+        held = ledger.held
+        already = held.get(owner, 0)
+        in_use += nbytes
+        if in_use > (ledger.total if already else ledger.ordinary_limit):
+            return nbytes if ledger.take(owner, nbytes) else 0  # refuses, or raises
+        held[owner] = already + nbytes
+        ledger.in_use = in_use
+        if in_use > ledger.peak:
+            ledger.peak = in_use
+        ledger.grants += 1
+        return nbytes
+
+    def release_read(self, owner: object, nbytes: int) -> None:
+        """Give back what :meth:`acquire_read_nowait` (or an acquire) took for a read.
+
+        The same as :meth:`release_on_behalf_of`, cheaper when nobody waits.
+        """
+        ledger = self._ledger
+        if threading.get_ident() != self._home or ledger.privileged or ledger.ordinary:
+            self.release_on_behalf_of(owner, nbytes)
+            return
+        # Hot path: _Ledger.put_back inlined for "nobody waits".
+        held = ledger.held
+        already = held.get(owner, 0)
+        if nbytes == already:
+            del held[owner]
+        elif 0 < nbytes < already:
+            held[owner] = already - nbytes
+        else:
+            self.release_on_behalf_of(owner, nbytes)  # raises the right error
+            return
+        ledger.in_use -= nbytes
 
     async def acquire(self, nbytes: int) -> None:
         """Take ``nbytes`` from the sack for the current task, waiting if necessary.

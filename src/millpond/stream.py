@@ -99,6 +99,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_read_drained",
         "_read_index",
         "_read_limits",
+        "_read_minimum",
         "_receive_memory_wait",
         "_receiving",
         "_registration",
@@ -153,6 +154,7 @@ class Connection(trio.abc.HalfCloseableStream):
         self._limiter = None if pool is None else pool.limiter
         self._scratch = None if pool is None else pool.scratch_view()
         self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
+        self._read_minimum = read_sizes.minimum
         self._read_index = read_sizes.initial_index
         self._shrink_pending = False
         # Bytes of the last chunk receive_some returned, still charged to the
@@ -205,11 +207,13 @@ class Connection(trio.abc.HalfCloseableStream):
         self._receiving = True
         try:
             limiter = self._limiter
-            if self._held_read:
+            held = self._held_read
+            if held:
                 # Asking for more means the handler is done with the last
                 # chunk: stop charging it, before parking (an idle connection
                 # holds nothing).
-                self._release_held_read()
+                self._held_read = 0
+                limiter.release_read(self, held)  # type: ignore[union-attr]
             await checkpoint_if_cancelled()
             registration = self._registration
             pool = self._pool
@@ -239,8 +243,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 # adapt() called only when it would act.
                 index = self._read_index
                 preferred = SIZE_CLASSES[index]
-                minimum_index = self._read_limits[0]
-                minimum = SIZE_CLASSES[minimum_index]
+                minimum = self._read_minimum
                 if max_bytes < preferred:
                     preferred = max_bytes
                     if max_bytes < minimum:
@@ -267,10 +270,10 @@ class Connection(trio.abc.HalfCloseableStream):
                     received = -1
                 except OSError as exc:
                     if limiter is not None:
-                        limiter.release_on_behalf_of(self, size)
+                        limiter.release_read(self, size)
                     raise self._stream_error(exc) from exc
                 if received <= 0 and limiter is not None:
-                    limiter.release_on_behalf_of(self, size)  # EAGAIN or EOF: nothing held
+                    limiter.release_read(self, size)  # EAGAIN or EOF: nothing held
                 if received < 0:
                     self._read_drained = True
                     continue
@@ -279,7 +282,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     self._held_read = size
                 self._read_drained = 0 < received < size
                 if size == SIZE_CLASSES[index]:  # not shrunk by pressure or max_bytes
-                    if received >= size or (received < size >> 1 and index > minimum_index):
+                    if received >= size or (received < size >> 1 and size > minimum):
                         self._adapt(received)
                     elif self._shrink_pending:
                         self._shrink_pending = False
@@ -368,7 +371,7 @@ class Connection(trio.abc.HalfCloseableStream):
 
     def _release_held_read(self) -> None:
         held, self._held_read = self._held_read, 0
-        self._limiter.release_on_behalf_of(self, held)  # type: ignore[union-attr]
+        self._limiter.release_read(self, held)  # type: ignore[union-attr]
 
     def _read_size(self, max_bytes: int) -> int:
         # Under memory pressure every read is the minimum class.
