@@ -34,7 +34,7 @@ from typing import Final, TypeVar, TypeVarTuple
 import outcome
 import trio
 
-from .limiter import BufferLimiter
+from .limiter import BufferLimiter, _run_is_over
 
 __all__ = [
     "SIZE_CLASSES",
@@ -864,14 +864,6 @@ class BufferPool:
             f"<millpond.BufferPool leased={self._bytes_leased} "
             f"slabs={self._slab_bytes} dedicated={self._dedicated_bytes}>"
         )
-
-
-def _run_is_over(token: trio.lowlevel.TrioToken) -> bool:
-    try:
-        token.run_sync_soon(lambda: None)
-    except trio.RunFinishedError:
-        return True
-    return False
 
 
 def _lease_site() -> _Site:

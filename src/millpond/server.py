@@ -22,7 +22,7 @@ from .buffers import BufferPool
 from .limiter import BufferLimiter
 from .poller import Poller, Registration, get_poller, resolve_poller_name
 from .readsize import DEFAULT_READ_SIZES, ReadSizes
-from .stream import Connection
+from .stream import Connection, check_memory_arguments
 
 __all__ = ["Handler", "Server", "ServerStatistics", "open_listeners", "serve"]
 
@@ -211,12 +211,9 @@ class Server:
             raise TypeError(
                 f"limiter must be a BufferLimiter or None, not {type(limiter).__name__}"
             )
-        if pool is not None and not isinstance(pool, BufferPool):
-            raise TypeError(f"pool must be a BufferPool or None, not {type(pool).__name__}")
+        check_memory_arguments(pool, read_sizes)
         if pool is not None and limiter is not None and pool.limiter is not limiter:
             raise ValueError("pool must charge the given limiter (pool.limiter is not limiter)")
-        if not isinstance(read_sizes, ReadSizes):
-            raise TypeError(f"read_sizes must be a ReadSizes, not {type(read_sizes).__name__}")
         if not isinstance(pooled, bool):
             raise TypeError(f"pooled must be a bool, not {type(pooled).__name__}")
         if not pooled and (pool is not None or limiter is not None):

@@ -68,6 +68,14 @@ def configure_socket(sock: socket.socket) -> None:
                 pass
 
 
+def check_memory_arguments(pool: object, read_sizes: object) -> None:
+    """Raise ``TypeError`` naming ``pool`` or ``read_sizes`` if either is the wrong type."""
+    if pool is not None and not isinstance(pool, BufferPool):
+        raise TypeError(f"pool must be a BufferPool or None, not {type(pool).__name__}")
+    if not isinstance(read_sizes, ReadSizes):
+        raise TypeError(f"read_sizes must be a ReadSizes, not {type(read_sizes).__name__}")
+
+
 def _broken(exc: OSError) -> trio.BrokenResourceError:
     return trio.BrokenResourceError(f"connection broken: {exc}")
 
@@ -126,10 +134,7 @@ class Connection(trio.abc.HalfCloseableStream):
             poller = get_poller(poller)
         elif not isinstance(poller, Poller):
             raise TypeError(f"poller must be a Poller or a name, not {type(poller).__name__}")
-        if pool is not None and not isinstance(pool, BufferPool):
-            raise TypeError(f"pool must be a BufferPool or None, not {type(pool).__name__}")
-        if not isinstance(read_sizes, ReadSizes):
-            raise TypeError(f"read_sizes must be a ReadSizes, not {type(read_sizes).__name__}")
+        check_memory_arguments(pool, read_sizes)
         configure_socket(sock)
         self._sock = sock
         self._poller = poller
@@ -193,7 +198,13 @@ class Connection(trio.abc.HalfCloseableStream):
         """Next chunk for ``async for``; stops at EOF."""
         return self._receive(None, True)
 
-    async def _receive(self, max_bytes: int | None, eof_stops_iteration: bool) -> bytes:
+    def _start_receiving(self, max_bytes: int | None) -> int:
+        """Checks shared by every receive; returns ``max_bytes`` resolved.
+
+        Asking for more also means the handler is done with the last chunk:
+        its charge is released here, before any park (an idle connection
+        holds nothing).
+        """
         if max_bytes is None:
             max_bytes = DEFAULT_RECEIVE_SIZE
         elif type(max_bytes) is not int:
@@ -204,16 +215,15 @@ class Connection(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already receiving on this connection")
         if self._closed:
             raise trio.ClosedResourceError("this connection was closed")
+        if self._held_read:
+            self._release_held_read()
         self._receiving = True
+        return max_bytes
+
+    async def _receive(self, max_bytes: int | None, eof_stops_iteration: bool) -> bytes:
+        max_bytes = self._start_receiving(max_bytes)
         try:
             limiter = self._limiter
-            held = self._held_read
-            if held:
-                # Asking for more means the handler is done with the last
-                # chunk: stop charging it, before parking (an idle connection
-                # holds nothing).
-                self._held_read = 0
-                limiter.release_read(self, held)  # type: ignore[union-attr]
             await checkpoint_if_cancelled()
             registration = self._registration
             pool = self._pool
@@ -316,16 +326,8 @@ class Connection(trio.abc.HalfCloseableStream):
         pool = self._pool
         if pool is None:
             raise RuntimeError("receive_buffer() needs a Connection made with a BufferPool")
-        if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
-            raise ValueError(f"max_bytes must be an int >= 1 or None, not {max_bytes!r}")
-        if self._receiving:
-            raise trio.BusyResourceError("another task is already receiving on this connection")
-        if self._closed:
-            raise trio.ClosedResourceError("this connection was closed")
-        self._receiving = True
+        max_bytes = self._start_receiving(max_bytes)
         try:
-            if self._held_read:
-                self._release_held_read()
             await checkpoint_if_cancelled()
             registration = self._registration
             parked = False
@@ -333,7 +335,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 if self._read_drained and not (registration.readable or registration.hangup):
                     await registration.wait_readable()
                     parked = True
-                size = self._read_size(max_bytes or DEFAULT_RECEIVE_SIZE)
+                size = self._read_size(max_bytes)
                 try:
                     buffer = pool.lease_nowait(size, owner=self)
                 except trio.WouldBlock:
@@ -628,10 +630,7 @@ async def open_connection(
         raise TypeError(f"port must be an int, not {type(port).__name__}")
     if not 0 < port < 65536:
         raise ValueError(f"port must be in 1..65535, not {port}")
-    if pool is not None and not isinstance(pool, BufferPool):
-        raise TypeError(f"pool must be a BufferPool or None, not {type(pool).__name__}")
-    if not isinstance(read_sizes, ReadSizes):
-        raise TypeError(f"read_sizes must be a ReadSizes, not {type(read_sizes).__name__}")
+    check_memory_arguments(pool, read_sizes)
     if isinstance(poller, str):
         poller = get_poller(poller)
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
