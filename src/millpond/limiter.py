@@ -595,44 +595,23 @@ class BufferLimiter:
         """
         if threading.get_ident() != self._home and not self._at_home():
             raise RuntimeError("acquire_read_nowait must be called on the Trio thread")
-        ledger = self._ledger
-        in_use = ledger.in_use
-        nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
-        if ledger.privileged or ledger.ordinary:
-            return nbytes if ledger.take(owner, nbytes) else 0
-        # Hot path: _Ledger.take inlined for "nobody waits", the common case.
-        held = ledger.held
-        already = held.get(owner, 0)
-        in_use += nbytes
-        if in_use > (ledger.total if already else ledger.ordinary_limit):
-            return nbytes if ledger.take(owner, nbytes) else 0  # refuses, or raises
-        held[owner] = already + nbytes
-        ledger.in_use = in_use
-        if in_use > ledger.peak:
-            ledger.peak = in_use
-        ledger.grants += 1
-        return nbytes
+        return take_read(self._ledger, owner, preferred, minimum)
 
     def release_read(self, owner: object, nbytes: int) -> None:
         """Give back what :meth:`acquire_read_nowait` (or an acquire) took for a read.
 
         The same as :meth:`release_on_behalf_of`, cheaper when nobody waits.
         """
-        ledger = self._ledger
-        if threading.get_ident() != self._home or ledger.privileged or ledger.ordinary:
+        if threading.get_ident() != self._home or not return_read(self._ledger, owner, nbytes):
             self.release_on_behalf_of(owner, nbytes)
-            return
-        # Hot path: _Ledger.put_back inlined for "nobody waits".
-        held = ledger.held
-        already = held.get(owner, 0)
-        if nbytes == already:
-            del held[owner]
-        elif 0 < nbytes < already:
-            held[owner] = already - nbytes
-        else:
-            self.release_on_behalf_of(owner, nbytes)  # raises the right error
-            return
-        ledger.in_use -= nbytes
+
+    def read_ledger(self) -> _Ledger | None:
+        """The bookkeeping behind :func:`take_read`/:func:`return_read`, for a reader on
+        this limiter's Trio thread that calls them directly (one call per read instead
+        of two); None if the calling thread is not the limiter's home."""
+        if threading.get_ident() != self._home and not self._at_home():
+            return None
+        return self._ledger
 
     async def acquire(self, nbytes: int) -> None:
         """Take ``nbytes`` from the sack for the current task, waiting if necessary.
@@ -818,6 +797,43 @@ def _run_is_over(token: trio.lowlevel.TrioToken) -> bool:
     except trio.RunFinishedError:
         return True
     return False
+
+
+def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> int:
+    """:meth:`BufferLimiter.acquire_read_nowait` without the thread check (Trio thread only)."""
+    in_use = ledger.in_use
+    nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
+    if ledger.privileged or ledger.ordinary:
+        return nbytes if ledger.take(owner, nbytes) else 0
+    # Hot path: _Ledger.take inlined for "nobody waits", the common case.
+    held = ledger.held
+    already = held.get(owner, 0)
+    in_use += nbytes
+    if in_use > (ledger.total if already else ledger.ordinary_limit):
+        return nbytes if ledger.take(owner, nbytes) else 0  # refuses, or raises
+    held[owner] = already + nbytes
+    ledger.in_use = in_use
+    if in_use > ledger.peak:
+        ledger.peak = in_use
+    ledger.grants += 1
+    return nbytes
+
+
+def return_read(ledger: _Ledger, owner: object, nbytes: int) -> bool:
+    """Give back read bytes when nobody waits (Trio thread only); False: use
+    :meth:`BufferLimiter.release_on_behalf_of` instead (waiters to serve, or an error)."""
+    if ledger.privileged or ledger.ordinary:
+        return False
+    held = ledger.held
+    already = held.get(owner, 0)
+    if nbytes == already:
+        del held[owner]
+    elif 0 < nbytes < already:
+        held[owner] = already - nbytes
+    else:
+        return False
+    ledger.in_use -= nbytes
+    return True
 
 
 def _current_owner() -> object:

@@ -25,7 +25,7 @@ import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from .buffers import SIZE_CLASSES, Buffer, BufferPool
-from .limiter import Pressure
+from .limiter import Pressure, return_read, take_read
 from .poller import Poller, Registration, get_poller
 from .readsize import DEFAULT_READ_SIZES, ReadSizes, adapt
 
@@ -101,6 +101,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_closed",
         "_eof_sent",
         "_held_read",
+        "_ledger",
         "_limiter",
         "_poller",
         "_pool",
@@ -157,6 +158,9 @@ class Connection(trio.abc.HalfCloseableStream):
         self._pool = pool
         # Looked up once: the receive hot path uses them on every read.
         self._limiter = None if pool is None else pool.limiter
+        # The limiter's bookkeeping, when this thread may touch it directly:
+        # the receive path then charges reads with one plain call each way.
+        self._ledger = None if self._limiter is None else self._limiter.read_ledger()
         self._scratch = None if pool is None else pool.scratch_view()
         self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
         self._read_minimum = read_sizes.minimum
@@ -215,8 +219,12 @@ class Connection(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already receiving on this connection")
         if self._closed:
             raise trio.ClosedResourceError("this connection was closed")
-        if self._held_read:
-            self._release_held_read()
+        held = self._held_read
+        if held:  # _release_held_read inlined: once per receive
+            self._held_read = 0
+            ledger = self._ledger
+            if ledger is None or not return_read(ledger, self, held):
+                self._limiter.release_read(self, held)  # type: ignore[union-attr]
         self._receiving = True
         return max_bytes
 
@@ -261,7 +269,11 @@ class Connection(trio.abc.HalfCloseableStream):
                 if limiter is None:
                     size = preferred
                 else:
-                    size = limiter.acquire_read_nowait(self, preferred, minimum)
+                    ledger = self._ledger
+                    if ledger is not None:
+                        size = take_read(ledger, self, preferred, minimum)
+                    else:
+                        size = limiter.acquire_read_nowait(self, preferred, minimum)
                     if not size:
                         # The budget is spent or others wait first: queue
                         # (FIFO, cancellable; the bytes wait in the kernel).
@@ -283,7 +295,8 @@ class Connection(trio.abc.HalfCloseableStream):
                         limiter.release_read(self, size)
                     raise self._stream_error(exc) from exc
                 if received <= 0 and limiter is not None:
-                    limiter.release_read(self, size)  # EAGAIN or EOF: nothing held
+                    self._held_read = size  # EAGAIN or EOF: nothing held after all
+                    self._release_held_read()
                 if received < 0:
                     self._read_drained = True
                     continue
@@ -373,7 +386,9 @@ class Connection(trio.abc.HalfCloseableStream):
 
     def _release_held_read(self) -> None:
         held, self._held_read = self._held_read, 0
-        self._limiter.release_read(self, held)  # type: ignore[union-attr]
+        ledger = self._ledger
+        if ledger is None or not return_read(ledger, self, held):
+            self._limiter.release_read(self, held)  # type: ignore[union-attr]
 
     def _read_size(self, max_bytes: int) -> int:
         # Under memory pressure every read is the minimum class.
