@@ -166,7 +166,7 @@ class BufferPoolStatistics:
     * ``leaks_detected``: buffers garbage collected without ``release()``, tracked or not.
     * ``slabs_trimmed`` / ``bytes_trimmed``: slabs given back to the OS (age, cap or force).
     * ``recent_leaks``: the last few tracked leaks, oldest first.
-    * ``bytes_scratch``: the scratch buffer (:meth:`BufferPool.scratch_view`) once it
+    * ``bytes_scratch``: the scratch buffer (:meth:`BufferPool.scratch`) once it
       exists: 64 KiB shared by all one-syscall reads, not in the figures above.
 
     Per-owner holdings are the limiter's business: see ``BufferLimiter.statistics()``.
@@ -459,7 +459,7 @@ class BufferPool:
         self._classes = tuple(_SizeClass(size) for size in SIZE_CLASSES)
         self._bytes_leased = 0
         self._slab_bytes = 0
-        self._scratch: memoryview | None = None
+        self._scratch: mmap.mmap | None = None
         self._idle_bytes = 0  # slabs in the ``idle`` dicts (not idle current slabs)
         self._dedicated = 0
         self._dedicated_bytes = 0
@@ -495,21 +495,23 @@ class BufferPool:
         """The limiter this pool charges, or None."""
         return self._limiter
 
-    def scratch_view(self) -> memoryview:
-        """The pool's scratch buffer: a writable view of :data:`MAX_CLASS_BYTES` bytes.
+    def scratch(self) -> mmap.mmap:
+        """The pool's scratch buffer: :data:`MAX_CLASS_BYTES` bytes of anonymous memory.
 
         For a read whose bytes are copied out before the caller next awaits
         (``Connection.receive_some``): a lease that lasts one syscall needs no
         slot and no Buffer object. The reader charges the limiter for what it
-        reads itself (:meth:`BufferLimiter.acquire_read_nowait`).
-        One per pool, reused by every such read, so use it on the Trio thread
-        and never keep the bytes in it (or a slice of it) across an ``await``.
-        Callers may keep the view itself, to save this call on a hot path.
+        reads itself (:meth:`BufferLimiter.acquire_read_nowait`). An ``mmap``,
+        so ``recv_into(scratch, n)`` fills it and ``scratch[:n]`` copies the
+        bytes out in one step, with no memoryview for the garbage collector
+        to track. One per pool, reused by every such read: use it on the Trio
+        thread, and never keep its bytes across an ``await``. Callers may keep
+        the object itself, to save this call on a hot path.
         """
-        view = self._scratch
-        if view is None:
-            view = self._scratch = memoryview(mmap.mmap(-1, MAX_CLASS_BYTES))
-        return view
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = mmap.mmap(-1, MAX_CLASS_BYTES)
+        return scratch
 
     # -- leasing ------------------------------------------------------------
 

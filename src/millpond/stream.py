@@ -105,6 +105,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_limiter",
         "_poller",
         "_pool",
+        "_preferred_read",
         "_read_drained",
         "_read_index",
         "_read_limits",
@@ -115,6 +116,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_scratch",
         "_send_memory_wait",
         "_sending",
+        "_shrink_below",
         "_shrink_pending",
         "_sock",
     )
@@ -161,11 +163,14 @@ class Connection(trio.abc.HalfCloseableStream):
         # The limiter's bookkeeping, when this thread may touch it directly:
         # the receive path then charges reads with one plain call each way.
         self._ledger = None if self._limiter is None else self._limiter.read_ledger()
-        self._scratch = None if pool is None else pool.scratch_view()
+        self._scratch = None if pool is None else pool.scratch()
         self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
         self._read_minimum = read_sizes.minimum
         self._read_index = read_sizes.initial_index
         self._shrink_pending = False
+        # Derived from _read_index by _adapt(), kept for the hot path.
+        self._preferred_read = read_sizes.initial
+        self._shrink_below = self._shrink_threshold()
         # Bytes of the last chunk receive_some returned, still charged to the
         # limiter: the handler holds them until it asks for more (see
         # _receive), so they count against the budget until then.
@@ -257,58 +262,63 @@ class Connection(trio.abc.HalfCloseableStream):
                     # bytes per idle connection.
                     self._read_drained = True
                     continue
-                # Hot path: _read_size inlined, attributes cached on self,
-                # adapt() called only when it would act.
-                index = self._read_index
-                preferred = SIZE_CLASSES[index]
+                # Hot path: sizes kept in slots by _adapt(), the limiter's
+                # bookkeeping reached with one plain call, adapt() called
+                # only when it would act.
+                preferred = self._preferred_read
                 minimum = self._read_minimum
                 if max_bytes < preferred:
                     preferred = max_bytes
                     if max_bytes < minimum:
                         minimum = max_bytes
-                if limiter is None:
+                ledger = self._ledger
+                if ledger is not None:
+                    size = take_read(ledger, self, preferred, minimum)
+                elif limiter is None:
                     size = preferred
                 else:
-                    ledger = self._ledger
-                    if ledger is not None:
-                        size = take_read(ledger, self, preferred, minimum)
-                    else:
-                        size = limiter.acquire_read_nowait(self, preferred, minimum)
-                    if not size:
-                        # The budget is spent or others wait first: queue
-                        # (FIFO, cancellable; the bytes wait in the kernel).
-                        size = minimum
-                        await self._unless_closed(limiter.acquire_on_behalf_of(self, size))
-                        parked = True
+                    size = limiter.acquire_read_nowait(self, preferred, minimum)
+                if not size:
+                    # The budget is spent or others wait first: queue (FIFO,
+                    # cancellable; the bytes wait in the kernel meanwhile).
+                    size = minimum
+                    await self._unless_closed(
+                        limiter.acquire_on_behalf_of(self, size)  # type: ignore[union-attr]
+                    )
+                    parked = True
                 # The lease of the pool's scratch buffer lasts one syscall:
                 # the bytes are copied out before anything else can run (see
-                # BufferPool.scratch_view). The charge stays (_held_read).
+                # BufferPool.scratch). The charge stays (_held_read).
                 scratch = self._scratch
-                assert scratch is not None
                 registration.readable = False
                 try:
-                    received = self._sock.recv_into(scratch, size)
+                    received = self._sock.recv_into(scratch, size)  # type: ignore[arg-type]
                 except BlockingIOError:
                     received = -1
                 except OSError as exc:
                     if limiter is not None:
                         limiter.release_read(self, size)
                     raise self._stream_error(exc) from exc
-                if received <= 0 and limiter is not None:
-                    self._held_read = size  # EAGAIN or EOF: nothing held after all
+                if received > 0:
+                    data = scratch[:received]  # type: ignore[index]
+                    if limiter is not None:
+                        self._held_read = size
+                    self._read_drained = received < size
+                    if size == self._preferred_read and (
+                        received >= size or received < self._shrink_below
+                    ):
+                        self._adapt(received)
+                    elif self._shrink_pending:
+                        self._shrink_pending = False
+                    break
+                if limiter is not None:  # EAGAIN or EOF: nothing is held after all
+                    self._held_read = size
                     self._release_held_read()
                 if received < 0:
                     self._read_drained = True
                     continue
-                data = scratch[:received].tobytes()
-                if received and limiter is not None:
-                    self._held_read = size
-                self._read_drained = 0 < received < size
-                if size == SIZE_CLASSES[index]:  # not shrunk by pressure or max_bytes
-                    if received >= size or (received < size >> 1 and size > minimum):
-                        self._adapt(received)
-                    elif self._shrink_pending:
-                        self._shrink_pending = False
+                data = b""
+                self._read_drained = False  # EOF: reading again returns b"" at once
                 break
             if not parked:
                 await cancel_shielded_checkpoint()
@@ -421,6 +431,14 @@ class Connection(trio.abc.HalfCloseableStream):
         self._read_index, self._shrink_pending = adapt(
             self._read_index, received, self._shrink_pending, minimum_index, maximum_index
         )
+        self._preferred_read = SIZE_CLASSES[self._read_index]
+        self._shrink_below = self._shrink_threshold()
+
+    def _shrink_threshold(self) -> int:
+        # A read below this would have fitted the class below: a "small" read.
+        if self._read_index > self._read_limits[0]:
+            return SIZE_CLASSES[self._read_index - 1]
+        return 0
 
     def _stream_error(self, exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
         if self._closed:
