@@ -352,3 +352,23 @@ async def test_flooding_clients_stay_within_budget_and_others_are_served(
         flood_nursery.cancel_scope.cancel()
     for stream in [*flooders, well_behaved]:
         await stream.aclose()
+
+
+async def test_closing_ends_a_send_waiting_to_charge_its_tail(poller_name: str) -> None:
+    limiter = millpond.BufferLimiter(64 * KIB)
+    pool = millpond.BufferPool(limiter)
+    reader, writer = await socket_pair(poller_name, pool)
+    limiter.acquire_on_behalf_of_nowait(HOG, 64 * KIB)  # no budget left for the tail
+    async with trio.open_nursery() as nursery:
+
+        async def send_expecting_closed() -> None:
+            with pytest.raises(trio.ClosedResourceError):
+                await writer.send_all(b"s" * (8 << 20))
+
+        nursery.start_soon(send_expecting_closed)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.statistics().tasks_waiting == 1  # the tail's charge
+        await writer.aclose()
+    assert limiter.statistics().tasks_waiting == 0
+    assert limiter.held_by(writer) == 0
+    await reader.aclose()
