@@ -1,8 +1,13 @@
-"""Side-by-side echo benchmark: millpond's examples/echo.py vs a plain ``trio.serve_tcp`` echo.
+"""Side-by-side echo benchmark: millpond's examples/echo.py vs the echo servers a Python user
+would write instead (``trio.serve_tcp``, asyncio streams and protocols, uvloop, AnyIO) and a
+C reference server.
 
 Usage:
     python benchmarks/echo_compare.py [--runs 5] [--duration 5] [--conns 100] [--idle 5000]
                                       [--servers millpond,millpond-trio,trio]
+
+Servers (``--servers``): millpond, millpond-trio, millpond-unpooled, trio, asyncio-streams,
+asyncio-protocol, uvloop-streams, uvloop-protocol, anyio, c-ref (see benchmarks/README.md).
 
 For every run, each server is started fresh (pinned with ``taskset -c 0``) and measured with
 the C load generator (pinned with ``taskset -c 1``), servers interleaved A B C A B C ...:
@@ -21,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -49,7 +56,26 @@ LOADGEN_SRC = BENCH_DIR / "loadgen.c"
 LOADGEN_BIN = BUILD_DIR / "loadgen"
 DEFAULT_RESULTS = BENCH_DIR / "results" / "echo_compare.jsonl"
 DEFAULT_MILLPOND_ECHO = ROOT / "examples" / "echo.py"
-TRIO_ECHO = BENCH_DIR / "servers" / "trio_echo.py"
+SERVERS_DIR = BENCH_DIR / "servers"
+TRIO_ECHO = SERVERS_DIR / "trio_echo.py"
+ASYNCIO_STREAMS_ECHO = SERVERS_DIR / "asyncio_streams_echo.py"
+ASYNCIO_PROTOCOL_ECHO = SERVERS_DIR / "asyncio_protocol_echo.py"
+ANYIO_ECHO = SERVERS_DIR / "anyio_echo.py"
+ECHO_REF_SRC = SERVERS_DIR / "echo_ref.c"
+ECHO_REF_BIN = BUILD_DIR / "echo_ref"
+SERVER_NAMES = (
+    "millpond",
+    "millpond-trio",
+    "millpond-unpooled",
+    "trio",
+    "asyncio-streams",
+    "asyncio-protocol",
+    "uvloop-streams",
+    "uvloop-protocol",
+    "anyio",
+    "c-ref",
+)
+DEFAULT_SERVERS = "millpond,millpond-trio,trio"
 BASELINE = "trio"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STOP_TIMEOUT_S = 5.0
@@ -68,17 +94,26 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- environment
 
 
-def compile_loadgen() -> Path | None:
+def compile_c(src: Path, out: Path) -> Path | None:
+    """Build `src` into `out` with the system compiler unless `out` is up to date; None if
+    there is no compiler. A failed build raises CalledProcessError."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN_BIN
-    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN_BIN), str(LOADGEN_SRC)]
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
+    cmd = [cc, "-O2", "-Wall", "-Wextra", "-o", str(out), str(src)]
     log("compiling: " + " ".join(cmd))
     subprocess.run(cmd, check=True, timeout=120)
-    return LOADGEN_BIN
+    return out
+
+
+def package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
 
 
 def raise_nofile() -> int:
@@ -149,6 +184,8 @@ def environment_info() -> Row:
         "ncpu": os.cpu_count(),
         "python": platform.python_version(),
         "trio": trio_version,
+        "anyio": package_version("anyio"),
+        "uvloop": package_version("uvloop"),
         "loadavg": read_text("/proc/loadavg"),
         "somaxconn": read_text("/proc/sys/net/core/somaxconn"),
         "ip_local_port_range": read_text("/proc/sys/net/ipv4/ip_local_port_range"),
@@ -314,7 +351,7 @@ class RunningServer:
 
 @dataclass
 class Config:
-    servers: dict[str, list[str]]
+    servers: dict[str, list[str]]  # name -> command (without --host/--port)
     loadgen: Path
     runs: int
     duration: float
@@ -355,7 +392,7 @@ def running_server(cfg: Config, name: str, scenario: str) -> Iterator[RunningSer
     server: RunningServer | None = None
     for _attempt in range(3):  # the free port may be grabbed by someone else meanwhile
         port = free_port()
-        argv = ["taskset", "-c", str(cfg.server_cpu), sys.executable, *cfg.servers[name]]
+        argv = ["taskset", "-c", str(cfg.server_cpu), *cfg.servers[name]]
         argv += ["--host", HOST, "--port", str(port)]
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(
@@ -733,7 +770,7 @@ def append_jsonl(path: Path, records: list[Row]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="millpond echo vs trio.serve_tcp echo: msgs/s and RSS per idle connection",
+        description="millpond echo vs peer echo servers: msgs/s and RSS per idle connection",
     )
     p.add_argument("--runs", type=int, default=5, help="rounds; servers interleaved per round")
     p.add_argument("--duration", type=float, default=5.0, help="echo measurement window, s")
@@ -744,8 +781,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-rate", type=int, default=5000, help="idle connects per second")
     p.add_argument(
         "--servers",
-        default="millpond,millpond-trio,trio",
-        help="comma-separated subset of: millpond, millpond-trio, millpond-unpooled, trio",
+        default=DEFAULT_SERVERS,
+        help="comma-separated, in this order, from: " + ", ".join(SERVER_NAMES),
     )
     p.add_argument(
         "--millpond-echo",
@@ -777,12 +814,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     echo_script = args.millpond_echo.resolve()
+    py = sys.executable
     available = {
-        "millpond": [str(echo_script), "--poller", "epoll"],
-        "millpond-trio": [str(echo_script), "--poller", "trio"],
-        "millpond-unpooled": [str(echo_script), "--poller", "epoll", "--unpooled"],
-        "trio": [str(TRIO_ECHO)],
+        "millpond": [py, str(echo_script), "--poller", "epoll"],
+        "millpond-trio": [py, str(echo_script), "--poller", "trio"],
+        "millpond-unpooled": [py, str(echo_script), "--poller", "epoll", "--unpooled"],
+        "trio": [py, str(TRIO_ECHO)],
+        "asyncio-streams": [py, str(ASYNCIO_STREAMS_ECHO)],
+        "asyncio-protocol": [py, str(ASYNCIO_PROTOCOL_ECHO)],
+        "uvloop-streams": [py, str(ASYNCIO_STREAMS_ECHO), "--uvloop"],
+        "uvloop-protocol": [py, str(ASYNCIO_PROTOCOL_ECHO), "--uvloop"],
+        "anyio": [py, str(ANYIO_ECHO)],
+        "c-ref": [str(ECHO_REF_BIN)],  # built below, once we know there is a compiler
     }
+    assert tuple(available) == SERVER_NAMES
+    has_uvloop = importlib.util.find_spec("uvloop") is not None
     servers: dict[str, list[str]] = {}
     for name in filter(None, (s.strip() for s in args.servers.split(","))):
         if name not in available:
@@ -790,6 +836,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if name.startswith("millpond") and not echo_script.exists():
             log(f"SKIPPING {name}: {echo_script} does not exist (yet)")
+            continue
+        if name.startswith("uvloop") and not has_uvloop:
+            log(
+                f"SKIPPING {name}: uvloop is not importable by {py} "
+                '(python -m pip install -e ".[bench]")'
+            )
             continue
         servers[name] = available[name]
     if not servers:
@@ -807,10 +859,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    loadgen = compile_loadgen()
+    loadgen = compile_c(LOADGEN_SRC, LOADGEN_BIN)
     if loadgen is None:
         print("SKIPPED: no C compiler (cc/gcc) to build benchmarks/loadgen.c", file=sys.stderr)
         return 0
+    if "c-ref" in servers:
+        try:
+            built = compile_c(ECHO_REF_SRC, ECHO_REF_BIN)
+        except subprocess.SubprocessError as exc:
+            built = None
+            log(f"SKIPPING c-ref: building {ECHO_REF_SRC.relative_to(ROOT)} failed: {exc}")
+        else:
+            if built is None:
+                log("SKIPPING c-ref: no C compiler (cc/gcc) to build echo_ref.c")
+        if built is None:
+            del servers["c-ref"]
+            if not servers:
+                print("no servers to benchmark", file=sys.stderr)
+                return 2
     nofile = raise_nofile()
     if args.idle + 64 > nofile:
         log(f"warning: RLIMIT_NOFILE hard limit {nofile} is below --idle {args.idle} + slack")
