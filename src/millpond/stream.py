@@ -10,6 +10,11 @@ try the syscall, and if it succeeded without parking, finish with
 ``cancel_shielded_checkpoint()`` so every call is a full checkpoint. That
 schedule point is also what keeps a connection that always finds data from
 starving the others: it can do at most one operation before yielding.
+
+With a ``BufferPool`` (every server connection has one) reads are budgeted:
+readiness first, memory second, every chunk charged to the pool's limiter
+until the handler asks for more, unsent send tails charged too. The rules and
+defaults are in ``docs/memory.md``.
 """
 
 from __future__ import annotations
