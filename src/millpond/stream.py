@@ -30,7 +30,7 @@ import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
 from .buffers import SIZE_CLASSES, Buffer, BufferPool
-from .limiter import Pressure, return_read, take_read
+from .ledger import Pressure, return_read, take_read
 from .poller import Poller, Registration, get_poller
 from .readsize import DEFAULT_READ_SIZES, ReadSizes, adapt
 

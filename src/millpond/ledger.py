@@ -1,0 +1,327 @@
+"""The pure bookkeeping behind :class:`~millpond.limiter.BufferLimiter`, with no I/O at all.
+
+This module owns the rules of the byte budget: who holds how many bytes, who
+waits for how many, in which order waiters are served, and the pressure
+level. Its methods report which waiters they granted instead of waking
+anybody, so every rule can be tested without Trio (``limiter.py`` wraps it).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Final
+
+import trio
+
+__all__ = ["DEFAULT_PRESSURE_FRACTION", "Pressure", "return_read", "take_read"]
+
+# The default pressure threshold, as a fraction of total_bytes. Linux leaves it to the admin to
+# pick tcp_mem's "pressure" value; three quarters leaves a quarter of the budget as warning
+# time, which is enough for a server to start shrinking read sizes before anyone has to wait.
+DEFAULT_PRESSURE_FRACTION: Final = (3, 4)
+
+class Pressure(enum.IntEnum):
+    """How full a :class:`BufferLimiter` is, after the three levels of Linux's ``tcp_mem``.
+
+    The levels are ordered, so ``limiter.pressure >= Pressure.PRESSURE`` reads naturally.
+
+    * ``NONE``: fewer than ``pressure_bytes`` are in use. Take what you like.
+    * ``PRESSURE``: at least ``pressure_bytes`` are in use, but ordinary requests can still be
+      granted. A good moment to read in smaller chunks and to trim caches.
+    * ``HARD``: at least ``total_bytes - reserved_bytes`` are in use, so an ordinary request
+      (from an owner that holds nothing) has to wait; only the reserve is left.
+    """
+
+    NONE = 0
+    PRESSURE = 1
+    HARD = 2
+
+
+def _unhashable_owner(owner: object) -> TypeError:
+    return TypeError(f"owner must be hashable, not {type(owner).__name__}")
+
+
+
+class _State(enum.Enum):
+    WAITING = "waiting"  # in one of the two queues
+    GRANTED = "granted"  # the ledger counts the bytes as held by the waiter's owner
+    WITHDRAWN = "withdrawn"  # cancelled while waiting; nothing was ever granted
+    REFUSED = "refused"  # total_bytes shrank below what it asked for
+    RETURNED = "returned"  # granted, then cancelled before resuming: the bytes went back
+
+
+# The only moves a waiter can make. Everything else is a bug in the ledger.
+_TRANSITIONS: Final = frozenset(
+    {
+        (_State.WAITING, _State.GRANTED),
+        (_State.WAITING, _State.WITHDRAWN),
+        (_State.WAITING, _State.REFUSED),
+        (_State.GRANTED, _State.RETURNED),
+    }
+)
+
+
+class _Waiter:
+    """One blocked request. The ledger treats ``task`` as an opaque tag for the I/O layer."""
+
+    __slots__ = ("nbytes", "owner", "privileged", "state", "task")
+
+    def __init__(self, owner: object, nbytes: int, privileged: bool) -> None:
+        self.owner = owner
+        self.nbytes = nbytes
+        self.privileged = privileged
+        self.state = _State.WAITING
+        self.task: trio.lowlevel.Task | None = None
+
+    def move(self, state: _State) -> None:
+        assert (self.state, state) in _TRANSITIONS, (self.state, state)
+        self.state = state
+
+
+_NOBODY: Final[tuple[_Waiter, ...]] = ()
+
+
+class _Ledger:
+    """Who holds how many bytes, and who waits for how many, with no I/O at all.
+
+    Queueing policy (the long version is in ``docs/limiter.md``):
+
+    * A request is *privileged* if its owner already holds bytes, *ordinary* otherwise. Only
+      privileged requests may use the last ``reserved`` bytes, so an owner that holds memory
+      can always get the little more it needs to finish and give everything back.
+    * Each class has its own FIFO. Privileged waiters are served first; within a class,
+      strictly in arrival order.
+    * Head-of-line: if the head of the queue being served does not fit, nobody behind it is
+      served, not even a smaller request that would fit, or the large request could starve.
+    * No barging: a new request is granted at once only if nobody of its class or a higher
+      class is waiting. Capacity freed by a release is handed to waiters inside that call.
+    * An ordinary waiter whose owner becomes a holder while it waits (because another request
+      for the same owner was granted) is promoted to the tail of the privileged FIFO.
+      Privilege is never taken away from a waiter.
+    """
+
+    def __init__(self, total: int, reserved: int, pressure: int | None) -> None:
+        self.reserved = reserved
+        self.explicit_pressure = pressure
+        self.in_use = 0
+        self.peak = 0
+        self.grants = 0
+        self.timeouts = 0
+        self.bytes_waited_for = 0
+        self.held: dict[object, int] = {}  # owner -> bytes, never 0
+        self.privileged: OrderedDict[_Waiter, None] = OrderedDict()
+        self.ordinary: OrderedDict[_Waiter, None] = OrderedDict()
+        self.ordinary_by_owner: dict[object, list[_Waiter]] = {}
+        self.total = total
+        self.ordinary_limit = total - reserved
+        # Cached because readers ask on every read; recomputed by resize().
+        self.pressure_bytes = self._compute_pressure_bytes()
+
+    def _compute_pressure_bytes(self) -> int:
+        if self.explicit_pressure is not None:
+            return self.explicit_pressure
+        num, den = DEFAULT_PRESSURE_FRACTION
+        return min(self.total * num // den, self.ordinary_limit)
+
+    @property
+    def pressure(self) -> Pressure:
+        if self.in_use >= self.ordinary_limit:
+            return Pressure.HARD
+        if self.in_use >= self.pressure_bytes:
+            return Pressure.PRESSURE
+        return Pressure.NONE
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_use and not self.privileged and not self.ordinary
+
+    def take(self, owner: object, nbytes: int) -> bool:
+        """Grant ``nbytes`` to ``owner`` now if the policy allows it; False means wait."""
+        # Hot path: a few dict and int operations when nobody waits.
+        held = self.held
+        try:
+            already = held.get(owner, 0)
+        except TypeError:
+            raise _unhashable_owner(owner) from None
+        in_use = self.in_use + nbytes
+        if already:
+            if nbytes > self.total:
+                raise ValueError(
+                    f"nbytes={nbytes} is larger than total_bytes={self.total}; it could never "
+                    "be granted"
+                )
+            if self.privileged or in_use > self.total:
+                return False
+        else:
+            if nbytes > self.ordinary_limit:
+                raise ValueError(
+                    f"nbytes={nbytes} is larger than total_bytes - reserved_bytes = "
+                    f"{self.ordinary_limit}, the most an owner that holds nothing can get"
+                )
+            if self.privileged or self.ordinary or in_use > self.ordinary_limit:
+                return False
+        held[owner] = already + nbytes
+        self.in_use = in_use
+        if in_use > self.peak:
+            self.peak = in_use
+        self.grants += 1
+        return True
+
+    def enqueue(self, owner: object, nbytes: int) -> _Waiter:
+        """Queue a request that :meth:`take` refused."""
+        waiter = _Waiter(owner, nbytes, privileged=owner in self.held)
+        if waiter.privileged:
+            self.privileged[waiter] = None
+        else:
+            self.ordinary[waiter] = None
+            self.ordinary_by_owner.setdefault(owner, []).append(waiter)
+        self.bytes_waited_for += nbytes
+        return waiter
+
+    def withdraw(self, waiter: _Waiter) -> Sequence[_Waiter]:
+        """A waiter gave up (cancelled). Returns the waiters this unblocked."""
+        self._dequeue(waiter)
+        waiter.move(_State.WITHDRAWN)
+        self.timeouts += 1
+        return self._serve()
+
+    def give_back(self, waiter: _Waiter) -> Sequence[_Waiter]:
+        """A granted waiter was cancelled before it resumed: undo the grant."""
+        waiter.move(_State.RETURNED)
+        self.grants -= 1
+        self.timeouts += 1
+        # Somebody may have released on behalf of the same owner in the meantime; what is
+        # already back must not be put back twice.
+        nbytes = min(waiter.nbytes, self.held.get(waiter.owner, 0))
+        if nbytes:
+            return self.put_back(waiter.owner, nbytes)
+        return self._serve()
+
+    def put_back(self, owner: object, nbytes: int) -> Sequence[_Waiter]:
+        """``owner`` releases ``nbytes``. Returns the waiters granted with them."""
+        held = self.held
+        try:
+            already = held.get(owner, 0)
+        except TypeError:
+            raise _unhashable_owner(owner) from None
+        if nbytes > already:
+            raise RuntimeError(
+                f"can't release {nbytes} bytes on behalf of {owner!r}: it holds {already}"
+            )
+        if nbytes == already:
+            del held[owner]
+        else:
+            held[owner] = already - nbytes
+        self.in_use -= nbytes
+        if self.privileged or self.ordinary:
+            return self._serve()
+        return _NOBODY
+
+    def resize(self, total: int) -> tuple[Sequence[_Waiter], Sequence[_Waiter]]:
+        """Change the total. Returns ``(granted, refused)``: waiters whose request can no
+        longer ever fit are refused rather than left to block the queue for ever."""
+        self.total = total
+        self.ordinary_limit = total - self.reserved
+        self.pressure_bytes = self._compute_pressure_bytes()
+        refused = [
+            waiter
+            for waiter in (*self.privileged, *self.ordinary)
+            if waiter.nbytes > (total if waiter.privileged else self.ordinary_limit)
+        ]
+        for waiter in refused:
+            self._dequeue(waiter)
+            waiter.move(_State.REFUSED)
+        return self._serve(), refused
+
+    def _dequeue(self, waiter: _Waiter) -> None:
+        if waiter.privileged:
+            del self.privileged[waiter]
+        else:
+            del self.ordinary[waiter]
+            self._forget_ordinary(waiter)
+        self.bytes_waited_for -= waiter.nbytes
+
+    def _forget_ordinary(self, waiter: _Waiter) -> None:
+        same_owner = self.ordinary_by_owner[waiter.owner]
+        same_owner.remove(waiter)
+        if not same_owner:
+            del self.ordinary_by_owner[waiter.owner]
+
+    def _serve(self) -> list[_Waiter]:
+        granted: list[_Waiter] = []
+        privileged, ordinary, held = self.privileged, self.ordinary, self.held
+        while True:
+            if privileged:
+                waiter = next(iter(privileged))
+                if self.in_use + waiter.nbytes > self.total:
+                    break  # head-of-line: nobody overtakes a privileged head
+                del privileged[waiter]
+            elif ordinary:
+                waiter = next(iter(ordinary))
+                if self.in_use + waiter.nbytes > self.ordinary_limit:
+                    break
+                del ordinary[waiter]
+                self._forget_ordinary(waiter)
+            else:
+                break
+            waiter.move(_State.GRANTED)
+            nbytes, owner = waiter.nbytes, waiter.owner
+            self.bytes_waited_for -= nbytes
+            already = held.get(owner, 0)
+            held[owner] = already + nbytes
+            self.in_use += nbytes
+            self.peak = max(self.peak, self.in_use)
+            self.grants += 1
+            granted.append(waiter)
+            if not already:
+                # The owner just became a holder: its other waiting requests are now
+                # requests "from an owner that holds bytes".
+                for promoted in self.ordinary_by_owner.pop(owner, ()):
+                    del ordinary[promoted]
+                    promoted.privileged = True
+                    privileged[promoted] = None
+        return granted
+
+
+# ---------------------------------------------------------------------------------------------
+# Trio layer
+# ---------------------------------------------------------------------------------------------
+
+# Stands for "the current task", resolved when a reservation is entered.
+def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> int:
+    """:meth:`BufferLimiter.acquire_read_nowait` without the thread check (Trio thread only)."""
+    in_use = ledger.in_use
+    nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
+    if ledger.privileged or ledger.ordinary:
+        return nbytes if ledger.take(owner, nbytes) else 0
+    # Hot path: _Ledger.take inlined for "nobody waits", the common case.
+    held = ledger.held
+    already = held.get(owner, 0)
+    in_use += nbytes
+    if in_use > (ledger.total if already else ledger.ordinary_limit):
+        return nbytes if ledger.take(owner, nbytes) else 0  # refuses, or raises
+    held[owner] = already + nbytes
+    ledger.in_use = in_use
+    if in_use > ledger.peak:
+        ledger.peak = in_use
+    ledger.grants += 1
+    return nbytes
+
+
+def return_read(ledger: _Ledger, owner: object, nbytes: int) -> bool:
+    """Give back read bytes when nobody waits (Trio thread only); False: use
+    :meth:`BufferLimiter.release_on_behalf_of` instead (waiters to serve, or an error)."""
+    if ledger.privileged or ledger.ordinary:
+        return False
+    held = ledger.held
+    already = held.get(owner, 0)
+    if nbytes == already:
+        del held[owner]
+    elif 0 < nbytes < already:
+        held[owner] = already - nbytes
+    else:
+        return False
+    ledger.in_use -= nbytes
+    return True
