@@ -25,6 +25,7 @@ See benchmarks/README.md for what each number means.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import importlib.util
@@ -43,7 +44,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,12 +205,17 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
-def vmrss_kib(pid: int) -> int:
+def status_kib(pid: int, field: str) -> int:
+    """A kB field of /proc/PID/status (VmRSS, VmHWM)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise BenchError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no {field} for pid {pid}")
+
+
+def vmrss_kib(pid: int) -> int:
+    return status_kib(pid, "VmRSS")
 
 
 def core_times(cpus: Sequence[int]) -> dict[int, tuple[int, int]]:
@@ -349,6 +355,33 @@ class RunningServer:
             )
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """One measurement type with its parameters (see SCENARIO_NAMES)."""
+
+    name: str
+    kind: str  # "echo", "idle", "churn" or "flood"
+    conns: int = 0  # echo connections, idle connections, churn slots or flooders
+    size: int = 0  # echo message size
+    inflight: int = 1  # echo messages in flight per connection
+
+    def describe(self) -> str:
+        if self.kind == "echo":
+            size = f"{self.size // 1024} KiB" if self.size % 1024 == 0 else f"{self.size} B"
+            return f"{self.conns} connections x {self.inflight} message(s) of {size} in flight"
+        if self.kind == "idle":
+            return f"{self.conns} connected-but-silent clients; server RSS growth per connection"
+        if self.kind == "churn":
+            return (
+                f"{self.conns} parallel slots, each: connect, one 64 B echo, close, repeat; "
+                "msgs/s = connections/s"
+            )
+        return (
+            f"{self.conns} clients that write 64 KiB chunks and never read; "
+            "server peak RSS (VmHWM) minus RSS at start"
+        )
+
+
 @dataclass
 class Config:
     servers: dict[str, list[str]]  # name -> command (without --host/--port)
@@ -367,6 +400,11 @@ class Config:
     results: Path | None
     quiet_wait: float = 30.0
     retries: int = 2
+    scenarios: list[Scenario] = field(default_factory=list)
+    churn_parallel: int = 100
+    flood_clients: int = 1000
+    flood_hold: float = 5.0
+    flood_budget_mib: int = 8
 
 
 def reset_signals() -> None:
@@ -385,14 +423,17 @@ def server_env() -> dict[str, str]:
 
 
 @contextmanager
-def running_server(cfg: Config, name: str, scenario: str) -> Iterator[RunningServer]:
-    """Start `name` pinned to the server core on a free port; stop it (by pid) on exit."""
+def running_server(
+    cfg: Config, name: str, scenario: str, extra: Sequence[str] = ()
+) -> Iterator[RunningServer]:
+    """Start `name` (plus `extra` arguments) pinned to the server core on a free port; stop
+    it (by pid) on exit."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log_path = LOG_DIR / f"{name}-{scenario}.log"
     server: RunningServer | None = None
     for _attempt in range(3):  # the free port may be grabbed by someone else meanwhile
         port = free_port()
-        argv = ["taskset", "-c", str(cfg.server_cpu), *cfg.servers[name]]
+        argv = ["taskset", "-c", str(cfg.server_cpu), *cfg.servers[name], *extra]
         argv += ["--host", HOST, "--port", str(port)]
         with open(log_path, "wb") as logf:
             proc = subprocess.Popen(
@@ -457,55 +498,65 @@ def loadgen_stderr(mode: str) -> str:
 
 # --------------------------------------------------------------------------- scenarios
 
+SCENARIO_NAMES = ("echo-64", "echo-16k", "echo-1m", "idle", "churn", "flood")
+DEFAULT_SCENARIOS = "echo-64,idle"
+# Servers that take examples/echo.py's --budget-mib (the pooled millpond ones).
+BUDGET_SERVERS = ("millpond", "millpond-trio")
 
-def run_echo(cfg: Config, name: str) -> Row:
-    with running_server(cfg, name, "echo") as server:
-        args = ["echo", HOST, str(server.port), str(cfg.conns), str(cfg.size)]
-        args += [str(cfg.duration), str(cfg.warmup)]
-        proc = start_loadgen(cfg, args, subprocess.DEVNULL)
-        reader = LineReader(proc)
-        deadline = time.monotonic() + cfg.warmup + cfg.duration + 60
-        t0 = t1 = 0.0
-        ticks0 = ticks1 = 0
-        cores = (cfg.server_cpu, cfg.client_cpu)
-        cores0 = cores1 = {c: (0, 0) for c in cores}
-        result: Row | None = None
-        try:
-            while (line := reader.readline(deadline)) is not None:
-                if line == "# measure start":
-                    t0, ticks0 = time.monotonic(), cpu_ticks(server.pid)
-                    cores0 = core_times(cores)
-                elif line == "# measure end":
-                    t1, ticks1 = time.monotonic(), cpu_ticks(server.pid)
-                    cores1 = core_times(cores)
-                elif line.startswith("{"):
-                    result = json.loads(line)
-            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        finally:
-            reader.close()
-            if proc.poll() is None:
-                stop_process(proc, signal.SIGTERM)
-        server.check_alive()
-        if rc == 2:
-            raise BenchError(f"ECHO MISMATCH against {name}\n{loadgen_stderr('echo')}")
-        if rc != 0 or result is None or not t0 or not t1:
-            raise BenchError(f"loadgen echo failed (status {rc})\n{loadgen_stderr('echo')}")
+
+def build_scenarios(names: Sequence[str], args: argparse.Namespace) -> list[Scenario]:
+    table = {
+        "echo-64": Scenario("echo-64", "echo", args.conns, args.size),
+        "echo-16k": Scenario("echo-16k", "echo", 100, 16 * 1024),
+        "echo-1m": Scenario("echo-1m", "echo", 10, 1024 * 1024, inflight=2),
+        "idle": Scenario("idle", "idle", args.idle),
+        "churn": Scenario("churn", "churn", args.churn_parallel),
+        "flood": Scenario("flood", "flood", args.flood_clients),
+    }
+    return [table[n] for n in names]
+
+
+def measure_window(cfg: Config, server: RunningServer, args: Sequence[str], timeout: float) -> Row:
+    """Run the load generator in a mode that prints '# measure start' / '# measure end' and a
+    JSON line (echo, churn); sample the server's CPU time, both cores and the server's RSS at
+    the markers. Returns the figures common to echo and churn rows."""
+    mode = args[0]
+    proc = start_loadgen(cfg, args, subprocess.DEVNULL)
+    reader = LineReader(proc)
+    deadline = time.monotonic() + timeout
+    t0 = t1 = 0.0
+    ticks0 = ticks1 = 0
+    rss = hwm = 0
+    cores = (cfg.server_cpu, cfg.client_cpu)
+    cores0 = cores1 = {c: (0, 0) for c in cores}
+    result: Row | None = None
+    try:
+        while (line := reader.readline(deadline)) is not None:
+            if line == "# measure start":
+                t0, ticks0 = time.monotonic(), cpu_ticks(server.pid)
+                cores0 = core_times(cores)
+            elif line == "# measure end":
+                t1, ticks1 = time.monotonic(), cpu_ticks(server.pid)
+                cores1 = core_times(cores)
+                rss, hwm = vmrss_kib(server.pid), status_kib(server.pid, "VmHWM")
+            elif line.startswith("{"):
+                result = json.loads(line)
+        rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        reader.close()
+        if proc.poll() is None:
+            stop_process(proc, signal.SIGTERM)
+    server.check_alive()
+    if rc == 2:
+        raise BenchError(f"ECHO MISMATCH against {server.name}\n{loadgen_stderr(mode)}")
+    if rc != 0 or result is None or not t0 or not t1:
+        raise BenchError(f"loadgen {mode} failed (status {rc})\n{loadgen_stderr(mode)}")
     window = t1 - t0
     server_cpu_s = (ticks1 - ticks0) / CLK_TCK
     server_cpu_pct = round(100.0 * server_cpu_s / window, 1) if window > 0 else 0.0
     client_core = core_busy_pct(cores0[cfg.client_cpu], cores1[cfg.client_cpu])
     server_core = core_busy_pct(cores0[cfg.server_cpu], cores1[cfg.server_cpu])
     return {
-        "kind": "echo",
-        "server": name,
-        "msgs_per_s": result["msgs_per_s"],
-        "mb_per_s": result["mb_per_s"],
-        "p50_us": result["p50_us"],
-        "p99_us": result["p99_us"],
-        "p999_us": result["p999_us"],
-        "max_us": result["max_us"],
-        "msgs": result["msgs"],
-        "errors": result["errors"],
         "client_cpu_pct": result["cpu_pct"],
         "server_cpu_pct": server_cpu_pct,
         "server_cpu_s": server_cpu_s,
@@ -514,20 +565,72 @@ def run_echo(cfg: Config, name: str) -> Row:
         # busy time on each core not explained by the process pinned there: other load
         "client_core_other_pct": round(max(0.0, client_core - result["cpu_pct"]), 1),
         "server_core_other_pct": round(max(0.0, server_core - server_cpu_pct), 1),
+        "rss_kib": rss,
+        "hwm_kib": hwm,
         "window_s": round(window, 3),
         "loadgen": result,
     }
 
 
-def run_idle(cfg: Config, name: str) -> Row:
-    with running_server(cfg, name, "idle") as server:
+def run_echo(cfg: Config, name: str, sc: Scenario) -> Row:
+    with running_server(cfg, name, sc.name) as server:
+        args = ["echo", HOST, str(server.port), str(sc.conns), str(sc.size)]
+        args += [str(cfg.duration), str(cfg.warmup)]
+        if sc.inflight != 1:
+            args.append(str(sc.inflight))
+        w = measure_window(cfg, server, args, cfg.warmup + cfg.duration + 90)
+    r = w["loadgen"]
+    return {
+        "kind": "echo",
+        "server": name,
+        "conns": sc.conns,
+        "size": sc.size,
+        "inflight": sc.inflight,
+        "msgs_per_s": r["msgs_per_s"],
+        "mb_per_s": r["mb_per_s"],
+        "p50_us": r["p50_us"],
+        "p99_us": r["p99_us"],
+        "p999_us": r["p999_us"],
+        "max_us": r["max_us"],
+        "msgs": r["msgs"],
+        "errors": r["errors"],
+        **w,
+    }
+
+
+def run_churn(cfg: Config, name: str, sc: Scenario) -> Row:
+    with running_server(cfg, name, sc.name) as server:
+        args = ["churn", HOST, str(server.port), str(sc.conns)]
+        args += [str(cfg.duration), str(cfg.warmup)]
+        w = measure_window(cfg, server, args, cfg.warmup + cfg.duration + 90)
+    r = w["loadgen"]
+    return {
+        "kind": "churn",
+        "server": name,
+        "parallel": sc.conns,
+        "conns_per_s": r["conns_per_s"],
+        "msgs_per_s": r["msgs_per_s"],
+        "mb_per_s": r["mb_per_s"],
+        "p50_us": r["p50_us"],
+        "p99_us": r["p99_us"],
+        "p999_us": r["p999_us"],
+        "max_us": r["max_us"],
+        "connections": r["conns"],
+        "conn_failures": r["failures"],
+        "errors": r["failures"],
+        **w,
+    }
+
+
+def run_idle(cfg: Config, name: str, sc: Scenario) -> Row:
+    with running_server(cfg, name, sc.name) as server:
         time.sleep(cfg.settle)
         server.check_alive()
         rss0, fds0 = vmrss_kib(server.pid), fd_count(server.pid)
-        args = ["idle", HOST, str(server.port), str(cfg.idle), "600", str(cfg.idle_rate)]
+        args = ["idle", HOST, str(server.port), str(sc.conns), "600", str(cfg.idle_rate)]
         proc = start_loadgen(cfg, args, subprocess.PIPE)
         reader = LineReader(proc)
-        connect_budget = cfg.idle / cfg.idle_rate + 70  # loadgen itself gives up after 60 s
+        connect_budget = sc.conns / cfg.idle_rate + 70  # loadgen itself gives up after 60 s
         result: Row | None = None
         try:
             line = reader.readline(time.monotonic() + connect_budget)
@@ -566,6 +669,7 @@ def run_idle(cfg: Config, name: str) -> Row:
         "idle_conns": connected,
         "rss_before_kib": rss0,
         "rss_after_kib": rss1,
+        "rss_kib": rss1,
         "kib_per_conn": round((rss1 - rss0) / connected, 3),
         "server_fds_added": fds1 - fds0,
         "closed_by_peer": closed,
@@ -573,31 +677,135 @@ def run_idle(cfg: Config, name: str) -> Row:
     }
 
 
+def run_flood(cfg: Config, name: str, sc: Scenario) -> Row:
+    budget = name in BUDGET_SERVERS
+    extra = ["--budget-mib", str(cfg.flood_budget_mib)] if budget else []
+    with running_server(cfg, name, sc.name, extra) as server:
+        time.sleep(cfg.settle)
+        server.check_alive()
+        rss0 = vmrss_kib(server.pid)
+        args = ["flood", HOST, str(server.port), str(sc.conns), str(cfg.flood_hold)]
+        args.append(str(cfg.idle_rate))
+        proc = start_loadgen(cfg, args, subprocess.DEVNULL)
+        reader = LineReader(proc)
+        deadline = time.monotonic() + sc.conns / cfg.idle_rate + cfg.flood_hold + 90
+        result: Row | None = None
+        t0 = t1 = 0.0
+        ticks0 = ticks1 = 0
+        try:
+            while (line := reader.readline(deadline)) is not None:
+                if line.startswith("connected "):
+                    t0, ticks0 = time.monotonic(), cpu_ticks(server.pid)
+                elif line.startswith("{"):
+                    t1, ticks1 = time.monotonic(), cpu_ticks(server.pid)
+                    result = json.loads(line)
+            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            reader.close()
+            if proc.poll() is None:
+                stop_process(proc, signal.SIGTERM)
+        server.check_alive()
+        hwm, rss1 = status_kib(server.pid, "VmHWM"), vmrss_kib(server.pid)
+    if rc != 0 or result is None or not t0 or not t1:
+        raise BenchError(f"loadgen flood failed (status {rc})\n{loadgen_stderr('flood')}")
+    held = t1 - t0
+    client_wall = result["connect_s"] + result["held_s"]
+    return {
+        "kind": "flood",
+        "server": name,
+        "flooders": sc.conns,
+        "budget_mib": cfg.flood_budget_mib if budget else None,
+        "rss_start_kib": rss0,
+        "rss_peak_kib": hwm,
+        "rss_end_kib": rss1,
+        "rss_kib": hwm,
+        "growth_kib": hwm - rss0,
+        "mib_written": round(result["bytes_written"] / 2**20, 1),
+        "connected": result["connected"],
+        "closed_by_peer": result["closed_by_peer"],
+        "server_cpu_pct": round(100.0 * (ticks1 - ticks0) / CLK_TCK / held, 1) if held else 0.0,
+        "client_cpu_pct": round(100.0 * result["cpu_s"] / client_wall, 1) if client_wall else 0.0,
+        "held_s": round(held, 3),
+        "loadgen": result,
+    }
+
+
+RUNNERS = {"echo": run_echo, "idle": run_idle, "churn": run_churn, "flood": run_flood}
+
+
 # --------------------------------------------------------------------------- reporting
+
+# Per kind: (header, row key, scale, digits); the first column is the headline figure,
+# shown as median [min-max] with a ratio against the baseline; the others as medians.
+MIB = 1 / 1024
+COLUMNS: dict[str, list[tuple[str, str, float, int]]] = {
+    "echo": [
+        ("msgs/s", "msgs_per_s", 1, 0),
+        ("MB/s", "mb_per_s", 1, 1),
+        ("p50 µs", "p50_us", 1, 0),
+        ("p99 µs", "p99_us", 1, 0),
+        ("p99.9 µs", "p999_us", 1, 0),
+        ("server CPU%", "server_cpu_pct", 1, 1),
+        ("client CPU%", "client_cpu_pct", 1, 1),
+        ("RSS MiB", "rss_kib", MIB, 1),
+    ],
+    "churn": [
+        ("conns/s", "conns_per_s", 1, 0),
+        ("failed conns", "conn_failures", 1, 0),
+        ("p50 µs", "p50_us", 1, 0),
+        ("p99 µs", "p99_us", 1, 0),
+        ("p99.9 µs", "p999_us", 1, 0),
+        ("server CPU%", "server_cpu_pct", 1, 1),
+        ("client CPU%", "client_cpu_pct", 1, 1),
+        ("RSS MiB", "rss_kib", MIB, 1),
+    ],
+    "idle": [
+        ("KiB/conn", "kib_per_conn", 1, 2),
+        ("RSS before MiB", "rss_before_kib", MIB, 1),
+        ("RSS after MiB", "rss_after_kib", MIB, 1),
+        ("closed by server", "closed_by_peer", 1, 0),
+    ],
+    "flood": [
+        ("growth MiB", "growth_kib", MIB, 1),
+        ("RSS start MiB", "rss_start_kib", MIB, 1),
+        ("RSS peak MiB", "rss_peak_kib", MIB, 1),
+        ("server CPU%", "server_cpu_pct", 1, 1),
+        ("client CPU%", "client_cpu_pct", 1, 1),
+        ("MiB written", "mib_written", 1, 0),
+        ("closed by server", "closed_by_peer", 1, 0),
+    ],
+}
+# What the headline figure means, for "vs trio": True if more is better.
+MORE_IS_BETTER = {"echo": True, "churn": True, "idle": False, "flood": False}
 
 
 def fmt(v: float, digits: int = 0) -> str:
     return f"{v:,.{digits}f}"
 
 
-def print_echo_row(run: int, row: Row) -> None:
-    print(
-        f"run {run}  echo  {row['server']:<14} {fmt(row['msgs_per_s']):>9} msg/s  "
-        f"p50 {fmt(row['p50_us']):>6} us  p99 {fmt(row['p99_us']):>6} us  "
-        f"client {row['client_cpu_pct']:5.1f}% (core {row['client_core_busy_pct']:5.1f}%)  "
-        f"server {row['server_cpu_pct']:5.1f}% (core {row['server_core_busy_pct']:5.1f}%)  "
-        f"errors {row['errors']}" + ("  DISTURBED" if row.get("disturbed") else ""),
-        flush=True,
-    )
-
-
-def print_idle_row(run: int, row: Row) -> None:
-    print(
-        f"run {run}  idle  {row['server']:<14} {row['kib_per_conn']:7.2f} KiB/conn  "
-        f"(RSS {row['rss_before_kib']} -> {row['rss_after_kib']} KiB, "
-        f"{row['idle_conns']} conns, {row['closed_by_peer']} closed by server)",
-        flush=True,
-    )
+def print_row(run: int, sc: Scenario, row: Row) -> None:
+    header, key, scale, digits = COLUMNS[sc.kind][0]
+    figure = fmt(row[key] * scale, digits)
+    text = f"run {run}  {sc.name:<9} {row['server']:<17} {figure:>10} {header}"
+    if sc.kind in ("echo", "churn"):
+        text += (
+            f"  p50 {fmt(row['p50_us']):>7} us  p99 {fmt(row['p99_us']):>7} us  "
+            f"client {row['client_cpu_pct']:5.1f}% (core {row['client_core_busy_pct']:5.1f}%)  "
+            f"server {row['server_cpu_pct']:5.1f}% (core {row['server_core_busy_pct']:5.1f}%)  "
+            f"errors {row['errors']}" + ("  DISTURBED" if row.get("disturbed") else "")
+        )
+    elif sc.kind == "idle":
+        text += (
+            f"  (RSS {row['rss_before_kib']} -> {row['rss_after_kib']} KiB, "
+            f"{row['idle_conns']} conns, {row['closed_by_peer']} closed by server)"
+        )
+    else:
+        text += (
+            f"  (RSS {row['rss_start_kib']} -> peak {row['rss_peak_kib']} KiB, "
+            f"{row['connected']} connected, {row['mib_written']:.0f} MiB written, "
+            f"{row['closed_by_peer']} closed by server, server CPU {row['server_cpu_pct']}%)"
+        )
+    print(text, flush=True)
 
 
 def med_range(values: list[float], digits: int = 0) -> str:
@@ -605,157 +813,200 @@ def med_range(values: list[float], digits: int = 0) -> str:
         return "-"
     return (
         f"{fmt(statistics.median(values), digits)} "
-        f"[{fmt(min(values), digits)}-{fmt(max(values), digits)}]"
+        f"[{fmt(min(values), digits)}–{fmt(max(values), digits)}]"
     )
+
+
+def scenario_values(rows: list[Row], sc: Scenario, server: str, key: str) -> list[float]:
+    return [
+        r[key]
+        for r in rows
+        if r.get("scenario") == sc.name
+        and r["kind"] == sc.kind
+        and r["server"] == server
+        and r.get(key) is not None
+    ]
 
 
 def summarize(
-    cfg: Config, rows: list[Row], failures: dict[str, int], interrupted: bool
+    cfg: Config, rows: list[Row], failures: dict[tuple[str, str], int], interrupted: bool
 ) -> list[Row]:
-    def values(kind: str, server: str, key: str) -> list[float]:
-        return [r[key] for r in rows if r["kind"] == kind and r["server"] == server]
-
-    base_mps = values("echo", BASELINE, "msgs_per_s")
-    base_kib = values("idle", BASELINE, "kib_per_conn")
     summary: list[Row] = []
-    for name in cfg.servers:
-        mps = values("echo", name, "msgs_per_s")
-        kib = values("idle", name, "kib_per_conn")
-        s: Row = {
-            "kind": "summary",
-            "server": name,
-            "echo_runs": len(mps),
-            "idle_runs": len(kib),
-            "failures": failures.get(name, 0),
-            "disturbed_runs": sum(
-                1 for r in rows if r["server"] == name and r.get("disturbed", False)
-            ),
-            "interrupted": interrupted,
-        }
-        for key in ("msgs_per_s", "p50_us", "p99_us", "client_cpu_pct", "server_cpu_pct"):
-            vs = values("echo", name, key)
-            if vs:
-                s[key] = {"median": statistics.median(vs), "min": min(vs), "max": max(vs)}
-        if kib:
-            s["kib_per_conn"] = {
-                "median": statistics.median(kib),
-                "min": min(kib),
-                "max": max(kib),
+    for sc in cfg.scenarios:
+        head_key = COLUMNS[sc.kind][0][1]
+        base = scenario_values(rows, sc, BASELINE, head_key)
+        for name in cfg.servers:
+            s: Row = {
+                "kind": "summary",
+                "scenario": sc.name,
+                "server": name,
+                "runs": len(scenario_values(rows, sc, name, head_key)),
+                "failures": failures.get((sc.name, name), 0),
+                "disturbed_runs": sum(
+                    1
+                    for r in rows
+                    if r.get("scenario") == sc.name and r["server"] == name and r.get("disturbed")
+                ),
+                "interrupted": interrupted,
             }
-        if mps and base_mps:
-            s["msgs_per_s_vs_trio"] = statistics.median(mps) / statistics.median(base_mps)
-        if kib and base_kib and statistics.median(base_kib) > 0:
-            s["kib_per_conn_vs_trio"] = statistics.median(kib) / statistics.median(base_kib)
-        summary.append(s)
+            for _header, key, _scale, _digits in COLUMNS[sc.kind]:
+                vs = scenario_values(rows, sc, name, key)
+                if vs:
+                    s[key] = {"median": statistics.median(vs), "min": min(vs), "max": max(vs)}
+            head = scenario_values(rows, sc, name, head_key)
+            if head and base and statistics.median(base) > 0:
+                s[f"{head_key}_vs_{BASELINE}"] = statistics.median(head) / statistics.median(base)
+            summary.append(s)
     return summary
 
 
-def print_table(headers: Sequence[str], table: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-    line = "  ".join(
-        h.ljust(w) if i == 0 else h.rjust(w)
-        for i, (h, w) in enumerate(zip(headers, widths, strict=True))
-    )
-    print(line)
-    print("-" * len(line))
-    for r in table:
-        print(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-    print()
+def markdown_table(headers: Sequence[str], table: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    return "\n".join(lines)
 
 
-def print_summary(cfg: Config, rows: list[Row], summary: list[Row]) -> None:
-    def values(kind: str, server: str, key: str) -> list[float]:
-        return [r[key] for r in rows if r["kind"] == kind and r["server"] == server]
-
-    def ratio(s: Row, key: str) -> str:
-        return f"{s[key]:.2f}x" if key in s else "-"
-
-    def failed(s: Row) -> str:
+def scenario_markdown(cfg: Config, sc: Scenario, rows: list[Row], summary: list[Row]) -> str:
+    cols = COLUMNS[sc.kind]
+    head_header, head_key, head_scale, head_digits = cols[0]
+    with_ratio = BASELINE in cfg.servers
+    headers = ["server", head_header + " (median [min–max])"]
+    headers += [f"vs {BASELINE}"] if with_ratio else []
+    headers += [c[0] for c in cols[1:]] + ["runs"]
+    table: list[list[str]] = []
+    for s in (s for s in summary if s["scenario"] == sc.name):
+        name = s["server"]
+        head = [v * head_scale for v in scenario_values(rows, sc, name, head_key)]
+        line = [name, med_range(head, head_digits)]
+        if with_ratio:
+            ratio = s.get(f"{head_key}_vs_{BASELINE}")
+            line.append(f"{ratio:.2f}×" if ratio is not None else "-")
+        for _header, key, scale, digits in cols[1:]:
+            vs = scenario_values(rows, sc, name, key)
+            line.append(fmt(statistics.median(vs) * scale, digits) if vs else "-")
         notes = [f"{s['failures']} FAILED"] if s["failures"] else []
         notes += [f"{s['disturbed_runs']} DISTURBED"] if s["disturbed_runs"] else []
-        return f" ({', '.join(notes)})" if notes else ""
+        line.append(str(s["runs"]) + (f" ({', '.join(notes)})" if notes else ""))
+        table.append(line)
+    title = f"### {sc.name}: {sc.describe()}"
+    if sc.kind == "flood":
+        title += (
+            f"; {cfg.flood_hold:g} s hold; {', '.join(BUDGET_SERVERS)} run with "
+            f"--budget-mib {cfg.flood_budget_mib}"
+        )
+    elif sc.kind in ("echo", "churn"):
+        title += f"; {cfg.duration:g} s window after {cfg.warmup:g} s warmup"
+    return title + "\n\n" + markdown_table(headers, table) + "\n"
 
-    print()
-    print(
-        f"Summary of {cfg.runs} run(s): median [min-max] over runs; 'vs trio' = ratio of medians."
-    )
-    print(
-        f"Echo: {cfg.conns} connections x 1 message of {cfg.size} B in flight, "
-        f"{cfg.duration:g} s window after {cfg.warmup:g} s warmup; "
-        f"server on CPU {cfg.server_cpu}, load generator on CPU {cfg.client_cpu}."
-    )
-    print()
-    print_table(
-        ["server", "msgs/s", "vs trio", "p50 us", "p99 us", "runs"],
-        [
-            [
-                s["server"],
-                med_range(values("echo", s["server"], "msgs_per_s")),
-                ratio(s, "msgs_per_s_vs_trio"),
-                med_range(values("echo", s["server"], "p50_us")),
-                med_range(values("echo", s["server"], "p99_us")),
-                str(s["echo_runs"]) + failed(s),
-            ]
-            for s in summary
-        ],
-    )
-    print("CPU during the echo window (process = utime+stime / wall; core = /proc/stat busy):")
-    print_table(
-        ["server", "client CPU%", "client core%", "server CPU%", "server core%"],
-        [
-            [
-                s["server"],
-                med_range(values("echo", s["server"], "client_cpu_pct"), 1),
-                med_range(values("echo", s["server"], "client_core_busy_pct"), 1),
-                med_range(values("echo", s["server"], "server_cpu_pct"), 1),
-                med_range(values("echo", s["server"], "server_core_busy_pct"), 1),
-            ]
-            for s in summary
-        ],
-    )
-    if cfg.idle > 0:
-        print(f"Idle: server VmRSS growth per connection with {cfg.idle} idle connections:")
-        print_table(
-            ["server", "KiB/idle conn", "vs trio", "RSS before KiB", "RSS after KiB", "runs"],
-            [
-                [
-                    s["server"],
-                    med_range(values("idle", s["server"], "kib_per_conn"), 2),
-                    ratio(s, "kib_per_conn_vs_trio"),
-                    med_range(values("idle", s["server"], "rss_before_kib")),
-                    med_range(values("idle", s["server"], "rss_after_kib")),
-                    str(s["idle_runs"]),
-                ]
-                for s in summary
-            ],
+
+def warnings_text(rows: list[Row]) -> list[str]:
+    out: list[str] = []
+    windowed = [r for r in rows if r["kind"] in ("echo", "churn")]
+    busy = [r for r in windowed if max(r["client_cpu_pct"], r["client_core_busy_pct"]) > 80]
+    if busy:
+        where = sorted({f"{r['scenario']} {r['server']}" for r in busy})
+        out.append(
+            f"WARNING: load generator (or its core) above 80% busy in {len(busy)} run(s) "
+            f"({', '.join(where)}): the client may be the bottleneck there."
         )
-    echo_rows = [r for r in rows if r["kind"] == "echo"]
-    busy_clients = [
-        r for r in echo_rows if max(r["client_cpu_pct"], r["client_core_busy_pct"]) > 80
-    ]
-    idle_servers = [r for r in echo_rows if r["server_cpu_pct"] < 90]
-    if busy_clients:
-        print(
-            f"WARNING: load generator (or its core) above 80% busy in {len(busy_clients)} echo "
-            "run(s): the client may be the bottleneck there."
-        )
-    disturbed = [r for r in echo_rows if is_disturbed(r)]
+    disturbed = [r for r in windowed if is_disturbed(r)]
     if disturbed:
-        print(
-            f"WARNING: other processes used the benchmark cores in {len(disturbed)} echo run(s) "
+        out.append(
+            f"WARNING: other processes used the benchmark cores in {len(disturbed)} run(s) "
             "(core busy% well above the pinned process's CPU%); see *_core_other_pct in the "
             "JSON rows and rerun on a quiet machine."
         )
-    if idle_servers:
-        print(
-            f"note: server below 90% CPU in {len(idle_servers)} echo run(s): it was not "
-            "saturated (client-bound, latency-bound, or sharing its core)."
+    unsat = [r for r in windowed if r["server_cpu_pct"] < 90]
+    if unsat:
+        where = sorted({f"{r['scenario']} {r['server']}" for r in unsat})
+        out.append(
+            f"note: server below 90% CPU in {len(unsat)} run(s) ({', '.join(where)}): it was "
+            "not saturated (client-bound, latency-bound, or sharing its core)."
         )
+    return out
+
+
+def report_markdown(
+    cfg: Config, meta: Row, rows: list[Row], summary: list[Row], command: str
+) -> str:
+    env = meta["env"]
+    parts = [
+        f"## echo_compare run {meta['run_id']}",
+        "",
+        f"- commit `{meta['commit']}`; command: `{command}`",
+        f"- machine: {env['cpu_model']} ({env['ncpu']} CPUs), Linux {env['kernel']}, "
+        f"Python {env['python']}, Trio {env['trio']}, AnyIO {env['anyio']}, "
+        f"uvloop {env['uvloop']}",
+        f"- server pinned to CPU {cfg.server_cpu}, load generator to CPU {cfg.client_cpu}; "
+        f"median [min–max] over {cfg.runs} interleaved run(s); `vs {BASELINE}` = ratio of "
+        "medians; other columns are medians",
+        "",
+    ]
+    for sc in cfg.scenarios:
+        parts.append(scenario_markdown(cfg, sc, rows, summary))
+    parts += warnings_text(rows)
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_charts(cfg: Config, rows: list[Row], out_dir: Path) -> list[Path]:
+    """One PNG bar chart per scenario: headline median per server, min-max error bars."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log('matplotlib is not importable: no charts (python -m pip install -e ".[bench]")')
+        return []
+    written: list[Path] = []
+    for sc in cfg.scenarios:
+        header, key, scale, _digits = COLUMNS[sc.kind][0]
+        names, med, lo, hi = [], [], [], []
+        for name in cfg.servers:
+            vs = [v * scale for v in scenario_values(rows, sc, name, key)]
+            if vs:
+                m = statistics.median(vs)
+                names.append(name)
+                med.append(m)
+                lo.append(m - min(vs))
+                hi.append(max(vs) - m)
+        if not names:
+            continue
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2), 4.2))
+        colors = ["#1f77b4" if n.startswith("millpond") else "#999999" for n in names]
+        bars = ax.bar(range(len(names)), med, yerr=[lo, hi], capsize=4, color=colors)
+        # Hatched: the load generator (or its core) was above 80 % in some run: "at least".
+        busy = {
+            r["server"]
+            for r in rows
+            if r.get("scenario") == sc.name
+            and r["kind"] in ("echo", "churn")
+            and max(r["client_cpu_pct"], r["client_core_busy_pct"]) > 80
+        }
+        for bar, name in zip(bars, names, strict=True):
+            if name in busy:
+                bar.set_hatch("//")
+        if busy:
+            ax.text(
+                0.99,
+                0.97,
+                "hatched: load generator > 80 % busy (client-bound)",
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=7,
+            )
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        better = "higher is better" if MORE_IS_BETTER[sc.kind] else "lower is better"
+        ax.set_ylabel(f"{header} ({better})")
+        ax.set_title(f"{sc.name}: {sc.describe()}", fontsize=8, wrap=True)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = out_dir / f"{sc.name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def append_jsonl(path: Path, records: list[Row]) -> None:
@@ -770,15 +1021,30 @@ def append_jsonl(path: Path, records: list[Row]) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="millpond echo vs peer echo servers: msgs/s and RSS per idle connection",
+        description="millpond echo vs peer echo servers: throughput, latency, connection "
+        "churn and memory scenarios",
     )
     p.add_argument("--runs", type=int, default=5, help="rounds; servers interleaved per round")
-    p.add_argument("--duration", type=float, default=5.0, help="echo measurement window, s")
-    p.add_argument("--warmup", type=float, default=1.0, help="echo warmup before the window, s")
-    p.add_argument("--conns", type=int, default=100, help="echo connections")
-    p.add_argument("--size", type=int, default=64, help="echo message size, bytes")
-    p.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip)")
-    p.add_argument("--idle-rate", type=int, default=5000, help="idle connects per second")
+    p.add_argument(
+        "--scenarios",
+        default=DEFAULT_SCENARIOS,
+        help="comma-separated, in this order, from: " + ", ".join(SCENARIO_NAMES),
+    )
+    p.add_argument("--duration", type=float, default=5.0, help="echo/churn window, s")
+    p.add_argument("--warmup", type=float, default=1.0, help="echo/churn warmup, s")
+    p.add_argument("--conns", type=int, default=100, help="echo-64 connections")
+    p.add_argument("--size", type=int, default=64, help="echo-64 message size, bytes")
+    p.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip idle)")
+    p.add_argument("--idle-rate", type=int, default=5000, help="idle/flood connects per second")
+    p.add_argument("--churn-parallel", type=int, default=100, help="churn: parallel slots")
+    p.add_argument("--flood-clients", type=int, default=1000, help="flood: clients")
+    p.add_argument("--flood-hold", type=float, default=5.0, help="flood: seconds of flooding")
+    p.add_argument(
+        "--flood-budget-mib",
+        type=int,
+        default=8,
+        help="flood: --budget-mib for " + ", ".join(BUDGET_SERVERS),
+    )
     p.add_argument(
         "--servers",
         default=DEFAULT_SERVERS,
@@ -793,9 +1059,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--startup-timeout", type=float, default=20.0)
-    p.add_argument("--settle", type=float, default=0.5, help="idle: wait before RSS baseline")
-    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSON lines output")
-    p.add_argument("--no-save", action="store_true", help="don't append to the results file")
+    p.add_argument("--settle", type=float, default=0.5, help="idle/flood: wait before RSS baseline")
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=DEFAULT_RESULTS,
+        help="JSON lines output; latest.md and the charts go to the same directory",
+    )
+    p.add_argument("--no-save", action="store_true", help="write no results, table or charts")
     p.add_argument(
         "--quiet-wait",
         type=float,
@@ -806,13 +1077,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--retries",
         type=int,
         default=2,
-        help="re-measure an echo run disturbed by other load on the cores up to N times",
+        help="re-measure an echo/churn run disturbed by other load on the cores up to N times",
     )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    command = "python benchmarks/echo_compare.py " + " ".join(
+        sys.argv[1:] if argv is None else argv
+    )
     echo_script = args.millpond_echo.resolve()
     py = sys.executable
     available = {
@@ -828,6 +1102,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "c-ref": [str(ECHO_REF_BIN)],  # built below, once we know there is a compiler
     }
     assert tuple(available) == SERVER_NAMES
+    scenario_names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for sname in scenario_names:
+        if sname not in SCENARIO_NAMES:
+            print(
+                f"unknown scenario {sname!r}; choose from {', '.join(SCENARIO_NAMES)}",
+                file=sys.stderr,
+            )
+            return 2
+    if "idle" in scenario_names and args.idle <= 0:
+        log("skipping idle: --idle 0")
+        scenario_names.remove("idle")
+    if not scenario_names:
+        print("no scenarios to run", file=sys.stderr)
+        return 2
     has_uvloop = importlib.util.find_spec("uvloop") is not None
     servers: dict[str, list[str]] = {}
     for name in filter(None, (s.strip() for s in args.servers.split(","))):
@@ -878,8 +1166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("no servers to benchmark", file=sys.stderr)
                 return 2
     nofile = raise_nofile()
-    if args.idle + 64 > nofile:
-        log(f"warning: RLIMIT_NOFILE hard limit {nofile} is below --idle {args.idle} + slack")
+    scenarios = build_scenarios(scenario_names, args)
+    most_fds = max(sc.conns for sc in scenarios)
+    if most_fds + 64 > nofile:
+        log(f"warning: RLIMIT_NOFILE hard limit {nofile} is below {most_fds} connections + slack")
 
     cfg = Config(
         servers=servers,
@@ -898,20 +1188,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         results=None if args.no_save else args.results,
         quiet_wait=args.quiet_wait,
         retries=args.retries,
+        scenarios=scenarios,
+        churn_parallel=args.churn_parallel,
+        flood_clients=args.flood_clients,
+        flood_hold=args.flood_hold,
+        flood_budget_mib=args.flood_budget_mib,
     )
     run_id = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {"run_id": run_id, "commit": git_commit()}
     meta: Row = {
         **common,
         "kind": "meta",
+        "command": command,
         "config": {
             "runs": cfg.runs,
+            "scenarios": [dataclasses.asdict(sc) for sc in scenarios],
             "duration_s": cfg.duration,
             "warmup_s": cfg.warmup,
             "conns": cfg.conns,
             "size": cfg.size,
             "idle": cfg.idle,
             "idle_rate": cfg.idle_rate,
+            "churn_parallel": cfg.churn_parallel,
+            "flood_clients": cfg.flood_clients,
+            "flood_hold_s": cfg.flood_hold,
+            "flood_budget_mib": cfg.flood_budget_mib,
             "server_cpu": cfg.server_cpu,
             "client_cpu": cfg.client_cpu,
             "quiet_wait_s": cfg.quiet_wait,
@@ -921,45 +1222,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         "env": environment_info(),
         "dirty_files": git_dirty_files(),
     }
-    log(f"run {run_id}: servers {', '.join(servers)}; loadavg {meta['env']['loadavg']}")
+    log(
+        f"run {run_id}: scenarios {', '.join(scenario_names)}; servers {', '.join(servers)}; "
+        f"loadavg {meta['env']['loadavg']}"
+    )
     if cfg.results:
         append_jsonl(cfg.results, [meta])
 
     rows: list[Row] = []
-    failures: dict[str, int] = {}
+    failures: dict[tuple[str, str], int] = {}
     interrupted = False
     cores = (cfg.server_cpu, cfg.client_cpu)
-    scenarios = [("echo", run_echo)] + ([("idle", run_idle)] if cfg.idle > 0 else [])
+    total = cfg.runs * len(scenarios) * len(servers)
+    done = 0
+    started = time.monotonic()
     try:
         for run in range(1, cfg.runs + 1):
-            for scenario, func in scenarios:
+            for sc in scenarios:
                 for name in servers:
+                    eta = ""
+                    if done:
+                        left = (time.monotonic() - started) / done * (total - done)
+                        eta = f", ~{left / 60:.1f} min left"
                     for attempt in range(cfg.retries + 1):
-                        log(f"run {run}/{cfg.runs}: {scenario} {name} ...")
+                        log(f"[{done + 1}/{total}{eta}] run {run}/{cfg.runs}: {sc.name} {name} ...")
                         quiet = wait_for_quiet_cores(cores, cfg.quiet_wait)
                         try:
-                            row = func(cfg, name)
+                            row = RUNNERS[sc.kind](cfg, name, sc)
                         except (BenchError, OSError, subprocess.SubprocessError) as exc:
-                            failures[name] = failures.get(name, 0) + 1
-                            log(f"FAILED run {run} {scenario} {name}: {exc}")
-                            row = {"kind": f"{scenario}_error", "server": name, "error": str(exc)}
+                            key = (sc.name, name)
+                            failures[key] = failures.get(key, 0) + 1
+                            log(f"FAILED run {run} {sc.name} {name}: {exc}")
+                            row = {"kind": f"{sc.kind}_error", "server": name, "error": str(exc)}
                             break
                         row["quiet_wait_s"] = round(quiet, 2)
                         row["attempt"] = attempt + 1
-                        if scenario != "echo" or not is_disturbed(row):
+                        if sc.kind not in ("echo", "churn") or not is_disturbed(row):
                             break
                         row["disturbed"] = True
                         log(
-                            f"run {run} echo {name} disturbed by other load on the cores "
+                            f"run {run} {sc.name} {name} disturbed by other load on the cores "
                             f"(server core +{row['server_core_other_pct']}%, client core "
                             f"+{row['client_core_other_pct']}%)"
                             + ("; retrying" if attempt < cfg.retries else "; keeping it")
                         )
-                    row = {**common, "run": run, **row}
-                    if row["kind"] == "echo":
-                        print_echo_row(run, row)
-                    elif row["kind"] == "idle":
-                        print_idle_row(run, row)
+                    done += 1
+                    row = {**common, "run": run, "scenario": sc.name, **row}
+                    if row["kind"] == sc.kind:
+                        print_row(run, sc, row)
                     rows.append(row)
                     if cfg.results:
                         append_jsonl(cfg.results, [row])
@@ -968,10 +1278,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         log("interrupted; summarizing what was measured so far")
 
     summary = summarize(cfg, rows, failures, interrupted)
-    print_summary(cfg, rows, summary)
+    report = report_markdown(cfg, meta, rows, summary, command)
+    print()
+    print(report)
     if cfg.results:
         append_jsonl(cfg.results, [{**common, **s} for s in summary])
         log(f"appended results to {cfg.results}")
+        out_dir = cfg.results.parent
+        (out_dir / "latest.md").write_text(report)
+        log(f"wrote {out_dir / 'latest.md'}")
+        for path in write_charts(cfg, rows, out_dir):
+            log(f"wrote {path}")
     return 1 if failures else 0
 
 

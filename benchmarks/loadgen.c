@@ -4,11 +4,21 @@
  * Build:  cc -O2 -Wall -Wextra -o benchmarks/build/loadgen benchmarks/loadgen.c
  *
  * Modes:
- *   loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S]
+ *   loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S [INFLIGHT]]
  *       CONNS TCP connections (TCP_NODELAY), each keeping exactly one SIZE-byte message
  *       in flight: send it, read back exactly SIZE bytes, verify every byte, repeat.
  *       Every message has a pattern derived from (connection id, message sequence number),
  *       so stale, duplicated, truncated, misordered or cross-connection echoes are detected.
+ *       INFLIGHT (default 1, at most 64) > 1 keeps that many messages in flight per
+ *       connection: sending and receiving are decoupled (the next message goes out while
+ *       earlier echoes are still being read).  Then, and for any SIZE > 4096 (where filling
+ *       each message would cost the client more than the syscalls), each message is a
+ *       SIZE-byte window of a
+ *       pseudo-random pool (SIZE + 64 KiB, made once), at an offset derived from
+ *       (connection id, sequence number): sent from the pool and compared against it byte
+ *       for byte, with no per-message fill, so large messages cost the client only the
+ *       syscalls and a memcmp.  Latency is from the first send() of a message to the last
+ *       byte of its echo.
  *       Round trips completing during the DURATION_S window that follows WARMUP_S
  *       (default 1) are counted.  Prints "# measure start" and "# measure end" marker lines
  *       on stdout (flushed) at the window boundaries, then one JSON line with the results.
@@ -24,6 +34,15 @@
  *       ECONNREFUSED/EAGAIN/ETIMEDOUT.  Sends nothing.  Prints "connected N" (flushed) when
  *       all are up, then holds them for HOLD_S seconds, or until stdin (if it is a pipe)
  *       is closed, or until SIGTERM/SIGINT.  Finally prints one JSON line and exits.
+ *
+ *   loadgen churn HOST PORT PARALLEL DURATION_S [WARMUP_S]
+ *       PARALLEL slots, each repeatedly: non-blocking connect, send one 64-byte message,
+ *       read back and verify the 64 bytes, close, start again.  Counts completed
+ *       connections (and the connect-to-echo time of each) in the DURATION_S window after
+ *       WARMUP_S (default 1), with the same "# measure start"/"# measure end" markers as
+ *       echo.  Failures (refused/reset/closed connections, connect errors such as
+ *       EADDRNOTAVAIL, mismatches) are counted, the slot backs off 1 ms and reconnects;
+ *       the run goes on.  Exit status 0, or 1 on usage/setup failure.
  *
  * Only IPv4 literal addresses are accepted (the benchmarks use 127.0.0.1).
  */
@@ -229,7 +248,16 @@ struct econn {
     uint8_t *expect; /* the message being sent / expected back */
     uint8_t *rbuf;
     int want_out; /* EPOLLOUT currently registered */
+    /* INFLIGHT > 1 only: messages [rseq, sseq) are in flight; slots indexed seq % inflight */
+    uint64_t sseq, rseq;
+    size_t soff, roff;
+    uint64_t t0s[64];
+    size_t offs[64]; /* pattern-pool offset of each message in flight */
 };
+
+#define MAX_INFLIGHT 64
+#define POOL_SLACK 65536
+#define POOL_MIN_SIZE 4097 /* messages this large use the pool even with INFLIGHT 1 */
 
 static int connect_blocking(const struct sockaddr_in *sa, uint64_t deadline)
 {
@@ -258,6 +286,8 @@ static int connect_blocking(const struct sockaddr_in *sa, uint64_t deadline)
 struct echo_ctx {
     int ep;
     size_t size;
+    unsigned inflight;
+    uint8_t *pool; /* INFLIGHT > 1: SIZE + POOL_SLACK pseudo-random bytes */
     int counting;
     uint64_t msgs;
     uint64_t lat_sum;
@@ -354,17 +384,113 @@ static int econn_progress(struct echo_ctx *x, struct econn *c, uint64_t *now)
     }
 }
 
+static size_t pool_offset(uint32_t conn, uint64_t seq)
+{
+    return (size_t)(splitmix64(((uint64_t)conn << 40) ^ seq) % POOL_SLACK);
+}
+
+/*
+ * INFLIGHT > 1 or SIZE > 4096: read whatever echo bytes are there and send while fewer than INFLIGHT
+ * messages are outstanding, until both directions would block (or the window is full).
+ * Same return values as econn_progress.
+ */
+static int econn_progress_multi(struct echo_ctx *x, struct econn *c, uint64_t *now)
+{
+    const size_t size = x->size;
+    const unsigned inflight = x->inflight;
+    for (;;) {
+        int progressed = 0;
+        while (c->rseq < c->sseq) {
+            unsigned slot = (unsigned)(c->rseq % inflight);
+            const uint8_t *expect = x->pool + c->offs[slot];
+            ssize_t n = recv(c->fd, c->rbuf, size - c->roff, 0);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    break;
+                fprintf(stderr, "loadgen: conn %u recv: %s\n", c->id, strerror(errno));
+                return -1;
+            }
+            if (n == 0) {
+                fprintf(stderr, "loadgen: conn %u closed by server (%zu/%zu bytes of msg %llu)\n",
+                        c->id, c->roff, size, (unsigned long long)c->rseq);
+                return -1;
+            }
+            if (memcmp(c->rbuf, expect + c->roff, (size_t)n) != 0) {
+                size_t i = 0;
+                while (c->rbuf[i] == expect[c->roff + i])
+                    i++;
+                fprintf(stderr,
+                        "loadgen: MISMATCH on conn %u msg %llu at byte %zu: got 0x%02x, "
+                        "expected 0x%02x\n",
+                        c->id, (unsigned long long)c->rseq, c->roff + i, c->rbuf[i],
+                        expect[c->roff + i]);
+                return -2;
+            }
+            progressed = 1;
+            c->roff += (size_t)n;
+            if (c->roff == size) {
+                *now = now_ns();
+                if (x->counting) {
+                    uint64_t lat = *now - c->t0s[slot];
+                    hist[hist_index(lat)]++;
+                    x->lat_sum += lat;
+                    x->msgs++;
+                }
+                c->rseq++;
+                c->roff = 0;
+            }
+        }
+        int blocked = 0;
+        while (!g_stop && c->sseq - c->rseq < inflight) {
+            unsigned slot = (unsigned)(c->sseq % inflight);
+            if (c->soff == 0) {
+                c->offs[slot] = pool_offset(c->id, c->sseq);
+                *now = now_ns();
+                c->t0s[slot] = *now;
+            }
+            ssize_t n = send(c->fd, x->pool + c->offs[slot] + c->soff, size - c->soff,
+                             MSG_NOSIGNAL);
+            if (n < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                    blocked = 1;
+                    break;
+                }
+                fprintf(stderr, "loadgen: conn %u send: %s\n", c->id, strerror(errno));
+                return -1;
+            }
+            progressed = 1;
+            c->soff += (size_t)n;
+            if (c->soff == size) {
+                c->sseq++;
+                c->soff = 0;
+            }
+        }
+        if (econn_want_out(x, c, blocked) < 0)
+            return -1;
+        if (!progressed)
+            return 0;
+    }
+}
+
 static int run_echo(int argc, char **argv)
 {
-    if (argc < 7 || argc > 8) {
-        fprintf(stderr, "usage: loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S]\n");
+    if (argc < 7 || argc > 9) {
+        fprintf(stderr,
+                "usage: loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S [INFLIGHT]]\n");
         return 1;
     }
     struct sockaddr_in sa = parse_addr(argv[2], argv[3]);
     long conns = parse_long(argv[4], "CONNS", 1, 1000000);
     size_t size = (size_t)parse_long(argv[5], "SIZE", 1, 64L * 1024 * 1024);
     double duration = parse_double(argv[6], "DURATION_S", 0.001, 86400);
-    double warmup = argc == 8 ? parse_double(argv[7], "WARMUP_S", 0, 86400) : 1.0;
+    double warmup = argc >= 8 ? parse_double(argv[7], "WARMUP_S", 0, 86400) : 1.0;
+    unsigned inflight =
+        argc == 9 ? (unsigned)parse_long(argv[8], "INFLIGHT", 1, MAX_INFLIGHT) : 1u;
+    int use_pool = inflight > 1 || size >= POOL_MIN_SIZE;
 
     raise_nofile();
     install_signals();
@@ -387,16 +513,24 @@ static int run_echo(int argc, char **argv)
             die("fcntl O_NONBLOCK");
         c->id = (uint32_t)i;
         c->state = ST_SEND;
-        c->expect = malloc(size);
+        c->expect = use_pool ? NULL : malloc(size);
         c->rbuf = malloc(size);
-        if (!c->expect || !c->rbuf)
+        if ((!use_pool && !c->expect) || !c->rbuf)
             die("malloc");
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0)
             die("epoll_ctl");
     }
 
-    struct echo_ctx x = {.ep = ep, .size = size};
+    struct echo_ctx x = {.ep = ep, .size = size, .inflight = inflight};
+    if (use_pool) {
+        x.pool = malloc(size + POOL_SLACK);
+        if (!x.pool)
+            die("malloc");
+        fill_pattern(x.pool, size + POOL_SLACK, 0xFFFFFFFFu, 0);
+    }
+    int (*progress)(struct echo_ctx *, struct econn *, uint64_t *) =
+        use_pool ? econn_progress_multi : econn_progress;
     uint64_t errors = 0;
     long alive = conns;
     int mismatch = 0;
@@ -417,7 +551,7 @@ static int run_echo(int argc, char **argv)
 
     /* Kick off the first message on every connection. */
     for (long i = 0; i < conns; i++) {
-        int r = econn_progress(&x, &cs[i], &now);
+        int r = progress(&x, &cs[i], &now);
         if (r == -2) {
             mismatch = 1;
             break;
@@ -456,7 +590,7 @@ static int run_echo(int argc, char **argv)
             struct econn *c = evs[k].data.ptr;
             if (c->state == ST_DEAD)
                 continue;
-            int r = econn_progress(&x, c, &now);
+            int r = progress(&x, c, &now);
             if (r == -2) {
                 mismatch = 1;
                 break;
@@ -482,12 +616,13 @@ static int run_echo(int argc, char **argv)
     double wall = (double)(t_end_real - t_measure_real) / 1e9;
     double cpu = (u1 - u0) + (s1 - s0);
     double mps = wall > 0 ? (double)x.msgs / wall : 0.0;
-    printf("{\"mode\": \"echo\", \"conns\": %ld, \"size\": %zu, \"warmup_s\": %.3f, "
+    printf("{\"mode\": \"echo\", \"conns\": %ld, \"size\": %zu, \"inflight\": %u, "
+           "\"warmup_s\": %.3f, "
            "\"duration_s\": %.6f, \"msgs\": %llu, \"msgs_per_s\": %.1f, \"mb_per_s\": %.3f, "
            "\"lat_mean_us\": %.2f, \"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f, "
            "\"max_us\": %.2f, \"errors\": %llu, \"mismatch\": %s, \"cpu_user_s\": %.3f, "
            "\"cpu_sys_s\": %.3f, \"cpu_s\": %.3f, \"cpu_pct\": %.1f}\n",
-           conns, size, warmup, wall, (unsigned long long)x.msgs, mps,
+           conns, size, inflight, warmup, wall, (unsigned long long)x.msgs, mps,
            mps * (double)size / 1e6, x.msgs ? (double)x.lat_sum / (double)x.msgs / 1e3 : 0.0,
            hist_percentile(x.msgs, 0.50) / 1e3, hist_percentile(x.msgs, 0.99) / 1e3,
            hist_percentile(x.msgs, 0.999) / 1e3, hist_percentile(x.msgs, 1.0) / 1e3,
@@ -502,6 +637,7 @@ static int run_echo(int argc, char **argv)
         free(cs[i].rbuf);
     }
     free(cs);
+    free(x.pool);
     close(ep);
     if (mismatch)
         return 2;
@@ -771,6 +907,223 @@ static int run_idle(int argc, char **argv, int flood)
     return (failed || t_connected == 0) ? 1 : 0; /* 1: never had all CONNS up */
 }
 
+/* ------------------------------------------------------------------ churn mode */
+
+#define CHURN_SIZE 64
+
+enum { CH_BACKOFF, CH_CONNECTING, CH_SENDING, CH_RECEIVING };
+
+struct cconn {
+    int fd;
+    int state;
+    uint32_t id;
+    uint64_t seq;
+    size_t off;
+    uint64_t t0;
+    uint64_t retry_at;
+    uint8_t expect[CHURN_SIZE];
+    uint8_t rbuf[CHURN_SIZE];
+};
+
+struct churn_ctx {
+    int ep;
+    const struct sockaddr_in *sa;
+    int counting;
+    uint64_t done, failures, lat_sum;
+    uint64_t fail_connect, fail_io, fail_mismatch;
+};
+
+/* Open a new connection for slot c (non-blocking); on immediate failure back off. */
+static void churn_start(struct churn_ctx *x, struct cconn *c, uint64_t now)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        die("socket");
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->t0 = now;
+    c->off = 0;
+    int r = connect(fd, (const struct sockaddr *)x->sa, sizeof *x->sa);
+    if (r < 0 && errno != EINPROGRESS) {
+        close(fd);
+        if (x->counting) {
+            x->failures++;
+            x->fail_connect++;
+        }
+        c->fd = -1;
+        c->state = CH_BACKOFF;
+        c->retry_at = now + 1000000ull;
+        return;
+    }
+    c->fd = fd;
+    c->state = CH_CONNECTING;
+    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
+    if (epoll_ctl(x->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+        die("epoll_ctl");
+}
+
+static void churn_fail(struct churn_ctx *x, struct cconn *c, uint64_t now, uint64_t *kind)
+{
+    if (x->counting) {
+        x->failures++;
+        (*kind)++;
+    }
+    close(c->fd); /* also removes it from the epoll set */
+    c->fd = -1;
+    c->state = CH_BACKOFF;
+    c->retry_at = now + 1000000ull;
+}
+
+static void churn_event(struct churn_ctx *x, struct cconn *c)
+{
+    uint64_t now = now_ns();
+    if (c->state == CH_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) {
+            churn_fail(x, c, now, &x->fail_connect);
+            return;
+        }
+        fill_pattern(c->expect, CHURN_SIZE, c->id, c->seq);
+        c->state = CH_SENDING;
+    }
+    if (c->state == CH_SENDING) {
+        ssize_t n = send(c->fd, c->expect + c->off, CHURN_SIZE - c->off, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            churn_fail(x, c, now, &x->fail_io);
+            return;
+        }
+        c->off += (size_t)n;
+        if (c->off < CHURN_SIZE)
+            return;
+        c->off = 0;
+        c->state = CH_RECEIVING;
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+        epoll_ctl(x->ep, EPOLL_CTL_MOD, c->fd, &ev);
+        return; /* wait for the echo */
+    }
+    if (c->state == CH_RECEIVING) {
+        ssize_t n = recv(c->fd, c->rbuf + c->off, CHURN_SIZE - c->off, 0);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) {
+            churn_fail(x, c, now, &x->fail_io);
+            return;
+        }
+        if (memcmp(c->rbuf + c->off, c->expect + c->off, (size_t)n) != 0) {
+            fprintf(stderr, "loadgen: churn MISMATCH on slot %u connection %llu\n", c->id,
+                    (unsigned long long)c->seq);
+            churn_fail(x, c, now, &x->fail_mismatch);
+            return;
+        }
+        c->off += (size_t)n;
+        if (c->off < CHURN_SIZE)
+            return;
+        if (x->counting) {
+            uint64_t lat = now - c->t0;
+            hist[hist_index(lat)]++;
+            x->lat_sum += lat;
+            x->done++;
+        }
+        close(c->fd);
+        c->seq++;
+        churn_start(x, c, now);
+    }
+}
+
+static int run_churn(int argc, char **argv)
+{
+    if (argc < 6 || argc > 7) {
+        fprintf(stderr, "usage: loadgen churn HOST PORT PARALLEL DURATION_S [WARMUP_S]\n");
+        return 1;
+    }
+    struct sockaddr_in sa = parse_addr(argv[2], argv[3]);
+    long parallel = parse_long(argv[4], "PARALLEL", 1, 100000);
+    double duration = parse_double(argv[5], "DURATION_S", 0.001, 86400);
+    double warmup = argc == 7 ? parse_double(argv[6], "WARMUP_S", 0, 86400) : 1.0;
+
+    raise_nofile();
+    install_signals();
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    if (ep < 0)
+        die("epoll_create1");
+    struct cconn *cs = calloc((size_t)parallel, sizeof *cs);
+    if (!cs)
+        die("calloc");
+    struct churn_ctx x = {.ep = ep, .sa = &sa};
+
+    uint64_t t_start = now_ns();
+    uint64_t t_measure = t_start + (uint64_t)(warmup * 1e9);
+    uint64_t t_end = t_measure + (uint64_t)(duration * 1e9);
+    uint64_t t_measure_real = 0;
+    double u0 = 0, s0 = 0, u1 = 0, s1 = 0;
+    for (long i = 0; i < parallel; i++) {
+        cs[i].id = (uint32_t)i;
+        churn_start(&x, &cs[i], t_start);
+    }
+    struct epoll_event evs[MAX_EVENTS];
+    while (!g_stop) {
+        uint64_t now = now_ns();
+        if (!x.counting && now >= t_measure) {
+            x.counting = 1;
+            t_measure_real = now;
+            cpu_seconds(&u0, &s0);
+            printf("# measure start\n");
+            fflush(stdout);
+        }
+        if (now >= t_end)
+            break;
+        int timeout_ms = 1; /* slots in back-off are polled every millisecond */
+        int n = epoll_wait(ep, evs, MAX_EVENTS, timeout_ms);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            die("epoll_wait");
+        }
+        for (int k = 0; k < n; k++)
+            churn_event(&x, evs[k].data.ptr);
+        now = now_ns();
+        for (long i = 0; i < parallel; i++)
+            if (cs[i].state == CH_BACKOFF && now >= cs[i].retry_at)
+                churn_start(&x, &cs[i], now);
+    }
+    uint64_t t_end_real = now_ns();
+    if (!x.counting) {
+        t_measure_real = t_end_real;
+        cpu_seconds(&u0, &s0);
+    }
+    cpu_seconds(&u1, &s1);
+    printf("# measure end\n");
+    fflush(stdout);
+    double wall = (double)(t_end_real - t_measure_real) / 1e9;
+    double cpu = (u1 - u0) + (s1 - s0);
+    double cps = wall > 0 ? (double)x.done / wall : 0.0;
+    printf("{\"mode\": \"churn\", \"parallel\": %ld, \"size\": %d, \"warmup_s\": %.3f, "
+           "\"duration_s\": %.6f, \"conns\": %llu, \"conns_per_s\": %.1f, "
+           "\"msgs_per_s\": %.1f, \"mb_per_s\": %.3f, \"failures\": %llu, "
+           "\"fail_connect\": %llu, \"fail_io\": %llu, \"fail_mismatch\": %llu, "
+           "\"lat_mean_us\": %.2f, \"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f, "
+           "\"max_us\": %.2f, \"cpu_user_s\": %.3f, \"cpu_sys_s\": %.3f, \"cpu_s\": %.3f, "
+           "\"cpu_pct\": %.1f}\n",
+           parallel, CHURN_SIZE, warmup, wall, (unsigned long long)x.done, cps, cps,
+           cps * CHURN_SIZE / 1e6, (unsigned long long)x.failures,
+           (unsigned long long)x.fail_connect, (unsigned long long)x.fail_io,
+           (unsigned long long)x.fail_mismatch,
+           x.done ? (double)x.lat_sum / (double)x.done / 1e3 : 0.0,
+           hist_percentile(x.done, 0.50) / 1e3, hist_percentile(x.done, 0.99) / 1e3,
+           hist_percentile(x.done, 0.999) / 1e3, hist_percentile(x.done, 1.0) / 1e3, u1 - u0,
+           s1 - s0, cpu, wall > 0 ? 100.0 * cpu / wall : 0.0);
+    fflush(stdout);
+    for (long i = 0; i < parallel; i++)
+        if (cs[i].fd > 0)
+            close(cs[i].fd);
+    free(cs);
+    close(ep);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "echo") == 0)
@@ -779,8 +1132,11 @@ int main(int argc, char **argv)
         return run_idle(argc, argv, 0);
     if (argc >= 2 && strcmp(argv[1], "flood") == 0)
         return run_idle(argc, argv, 1);
+    if (argc >= 2 && strcmp(argv[1], "churn") == 0)
+        return run_churn(argc, argv);
     fprintf(stderr,
-            "usage: loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S]\n"
+            "usage: loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S [INFLIGHT]]\n"
+            "       loadgen churn HOST PORT PARALLEL DURATION_S [WARMUP_S]\n"
             "       loadgen idle HOST PORT CONNS HOLD_S [RATE]\n"
             "       loadgen flood HOST PORT CONNS HOLD_S [RATE]\n");
     return 1;
