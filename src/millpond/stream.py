@@ -230,7 +230,7 @@ class Connection(trio.abc.HalfCloseableStream):
         if self._closed:
             raise trio.ClosedResourceError("this connection was closed")
         held = self._held_read
-        if held:  # _release_held_read inlined: once per receive
+        if held:  # _give_back_read inlined: once per receive, on the hot path
             self._held_read = 0
             ledger = self._ledger
             if ledger is None or not return_read(ledger, self, held):
@@ -302,7 +302,7 @@ class Connection(trio.abc.HalfCloseableStream):
                     received = -1
                 except OSError as exc:
                     if limiter is not None:
-                        limiter.release_read(self, size)
+                        self._give_back_read(size)
                     raise self._stream_error(exc) from exc
                 if received > 0:
                     data = scratch[:received]  # type: ignore[index]
@@ -317,8 +317,7 @@ class Connection(trio.abc.HalfCloseableStream):
                         self._shrink_pending = False
                     break
                 if limiter is not None:  # EAGAIN or EOF: nothing is held after all
-                    self._held_read = size
-                    self._release_held_read()
+                    self._give_back_read(size)
                 if received < 0:
                     self._read_drained = True
                     continue
@@ -401,9 +400,13 @@ class Connection(trio.abc.HalfCloseableStream):
 
     def _release_held_read(self) -> None:
         held, self._held_read = self._held_read, 0
+        self._give_back_read(held)
+
+    def _give_back_read(self, nbytes: int) -> None:
+        """Return a read's charge: the ledger's fast path when nobody waits."""
         ledger = self._ledger
-        if ledger is None or not return_read(ledger, self, held):
-            self._limiter.release_read(self, held)  # type: ignore[union-attr]
+        if ledger is None or not return_read(ledger, self, nbytes):
+            self._limiter.release_read(self, nbytes)  # type: ignore[union-attr]
 
     def _read_size(self, max_bytes: int) -> int:
         # Under memory pressure every read is the minimum class.
