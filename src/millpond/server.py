@@ -102,6 +102,11 @@ def _check_port(port: object) -> int:
     return port
 
 
+def _check_host(host: object) -> None:
+    if host is not None and not isinstance(host, str):
+        raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+
+
 def _check_backlog(backlog: object) -> int:
     if backlog is None:
         return DEFAULT_BACKLOG
@@ -122,8 +127,7 @@ async def open_listeners(
     where they can, so one number reaches the server on every family.
     """
     _check_port(port)
-    if host is not None and not isinstance(host, str):
-        raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+    _check_host(host)
     computed_backlog = _check_backlog(backlog)
     infos = await trio.socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -203,8 +207,7 @@ class Server:
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         _check_port(port)
-        if host is not None and not isinstance(host, str):
-            raise TypeError(f"host must be a str or None, not {type(host).__name__}")
+        _check_host(host)
         _check_backlog(backlog)
         self._poller_name = resolve_poller_name(poller)
         if limiter is not None and not isinstance(limiter, BufferLimiter):
@@ -221,7 +224,7 @@ class Server:
         self._pooled = pooled
         if pool is not None:
             limiter = pool.limiter
-        elif limiter is None:
+        elif limiter is None and pooled:
             limiter = BufferLimiter(
                 DEFAULT_BUDGET_BYTES,
                 reserved_bytes=DEFAULT_BUDGET_BYTES // DEFAULT_RESERVE_FRACTION,
@@ -249,7 +252,7 @@ class Server:
 
     @property
     def limiter(self) -> BufferLimiter | None:
-        """The byte budget every connection's buffers are charged to."""
+        """The byte budget every connection's buffers are charged to (None if unpooled)."""
         return self._limiter
 
     @property
