@@ -526,13 +526,7 @@ class BufferPool:
         index, capacity, owner, site = self._request(nbytes, owner)
         if _get_ident() != self._home and not self._enter():
             return self._call_at_home(self._lease_here, index, nbytes, capacity, owner, site)
-        # Hot path: _lease_here inlined.
-        if self._pending:
-            self._drain()
-        limiter = self._limiter
-        if limiter is not None:
-            limiter.acquire_on_behalf_of_nowait(owner, capacity)
-        return self._take(index, nbytes, capacity, owner, site)
+        return self._lease_here(index, nbytes, capacity, owner, site)
 
     def _lease_here(
         self, index: int, nbytes: int, capacity: int, owner: Hashable, site: _Site | None
