@@ -12,9 +12,10 @@ asyncio-protocol, uvloop-streams, uvloop-protocol, anyio, c-ref (see benchmarks/
 For every run, each server is started fresh (pinned with ``taskset -c 0``) and measured with
 the C load generator (pinned with ``taskset -c 1``), servers interleaved A B C A B C ...:
 
-* echo: CONNS connections each keeping one SIZE-byte message in flight -> msgs/s, latency
-  percentiles, client CPU% (getrusage of the load generator) and server CPU% (utime+stime
-  from /proc/PID/stat over the same measurement window);
+* echo: N connections each keeping one (or, for echo-1m, two) message(s) in flight ->
+  msgs/s, latency percentiles, client CPU% (getrusage of the load generator) and server CPU%
+  (utime+stime from /proc/PID/stat over the same measurement window); echo-64 uses --conns
+  and --size, echo-64-c1 / echo-64-c1000 are 1 / 1000 connections with 64 B messages;
 * idle: IDLE connected-but-silent clients -> (VmRSS after - VmRSS before) / IDLE in KiB.
 
 Progress goes to stderr; per-run rows and a summary table go to stdout; every row is also
@@ -368,7 +369,8 @@ class Scenario:
     def describe(self) -> str:
         if self.kind == "echo":
             size = f"{self.size // 1024} KiB" if self.size % 1024 == 0 else f"{self.size} B"
-            return f"{self.conns} connections x {self.inflight} message(s) of {size} in flight"
+            conns = "1 connection" if self.conns == 1 else f"{self.conns} connections"
+            return f"{conns} x {self.inflight} message(s) of {size} in flight"
         if self.kind == "idle":
             return f"{self.conns} connected-but-silent clients; server RSS growth per connection"
         if self.kind == "churn":
@@ -498,7 +500,16 @@ def loadgen_stderr(mode: str) -> str:
 
 # --------------------------------------------------------------------------- scenarios
 
-SCENARIO_NAMES = ("echo-64", "echo-16k", "echo-1m", "idle", "churn", "flood")
+SCENARIO_NAMES = (
+    "echo-64",
+    "echo-64-c1",
+    "echo-64-c1000",
+    "echo-16k",
+    "echo-1m",
+    "idle",
+    "churn",
+    "flood",
+)
 DEFAULT_SCENARIOS = "echo-64,idle"
 # Servers that take examples/echo.py's --budget-mib (the pooled millpond ones).
 BUDGET_SERVERS = ("millpond", "millpond-trio")
@@ -507,6 +518,10 @@ BUDGET_SERVERS = ("millpond", "millpond-trio")
 def build_scenarios(names: Sequence[str], args: argparse.Namespace) -> list[Scenario]:
     table = {
         "echo-64": Scenario("echo-64", "echo", args.conns, args.size),
+        # The connection counts either side of echo-64: one connection measures per-message
+        # latency with no queueing; 1000 measures the cost of scheduling many connections.
+        "echo-64-c1": Scenario("echo-64-c1", "echo", 1, 64),
+        "echo-64-c1000": Scenario("echo-64-c1000", "echo", 1000, 64),
         "echo-16k": Scenario("echo-16k", "echo", 100, 16 * 1024),
         "echo-1m": Scenario("echo-1m", "echo", 10, 1024 * 1024, inflight=2),
         "idle": Scenario("idle", "idle", args.idle),
@@ -786,7 +801,8 @@ def fmt(v: float, digits: int = 0) -> str:
 def print_row(run: int, sc: Scenario, row: Row) -> None:
     header, key, scale, digits = COLUMNS[sc.kind][0]
     figure = fmt(row[key] * scale, digits)
-    text = f"run {run}  {sc.name:<9} {row['server']:<17} {figure:>10} {header}"
+    width = max(map(len, SCENARIO_NAMES))
+    text = f"run {run}  {sc.name:<{width}} {row['server']:<17} {figure:>10} {header}"
     if sc.kind in ("echo", "churn"):
         text += (
             f"  p50 {fmt(row['p50_us']):>7} us  p99 {fmt(row['p99_us']):>7} us  "
@@ -1032,8 +1048,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--duration", type=float, default=5.0, help="echo/churn window, s")
     p.add_argument("--warmup", type=float, default=1.0, help="echo/churn warmup, s")
-    p.add_argument("--conns", type=int, default=100, help="echo-64 connections")
-    p.add_argument("--size", type=int, default=64, help="echo-64 message size, bytes")
+    p.add_argument(
+        "--conns", type=int, default=100, help="echo-64 connections (the other echo-* are fixed)"
+    )
+    p.add_argument(
+        "--size", type=int, default=64, help="echo-64 message size, bytes (others are fixed)"
+    )
     p.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip idle)")
     p.add_argument("--idle-rate", type=int, default=5000, help="idle/flood connects per second")
     p.add_argument("--churn-parallel", type=int, default=100, help="churn: parallel slots")
