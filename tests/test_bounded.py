@@ -217,7 +217,7 @@ async def test_unsent_tail_is_charged_up_to_one_maximum_read_and_released(
         nursery.start_soon(writer.send_all, payload)
         await trio.testing.wait_all_tasks_blocked()
         # The peer does not read: the writer is parked with a charged tail.
-        assert limiter.held_by(writer) == 64 * KIB
+        assert limiter.held_by(writer) == millpond.DEFAULT_READ_SIZES.maximum
         received = 0
         while received < len(payload):
             received += len(await reader.receive_some())
@@ -267,7 +267,7 @@ def test_adapt_grows_on_a_full_read_and_shrinks_after_two_small_ones() -> None:
     low, high = sizes.minimum_index, sizes.maximum_index
     index = sizes.initial_index  # 4 KiB
     assert adapt(index, 4096, False, low, high) == (index + 1, False)
-    assert adapt(high, 65536, False, low, high) == (high, False)  # capped
+    assert adapt(high, sizes.maximum, False, low, high) == (high, False)  # capped
     assert adapt(index, 100, False, low, high) == (index, True)  # first small read
     assert adapt(index, 100, True, low, high) == (index - 1, False)  # second: shrink
     assert adapt(low, 1, True, low, high) == (low, False)  # floored
@@ -288,6 +288,14 @@ def test_bad_read_sizes_are_rejected(kwargs: dict[str, object], error: type[Exce
         ReadSizes(**kwargs)  # type: ignore[arg-type]
 
 
+def test_default_read_sizes_shrink_to_fit_a_small_budget() -> None:
+    assert ReadSizes().capped(48 * KIB) == ReadSizes(1 * KIB, 4 * KIB, 32 * KIB)
+    assert ReadSizes().capped(2 * KIB) == ReadSizes(1 * KIB, 2 * KIB, 2 * KIB)
+    assert ReadSizes().capped(512) == ReadSizes()  # nothing fits: left for the caller to reject
+    server = millpond.Server(echo, 0, limiter=millpond.BufferLimiter(48 * KIB))
+    assert server._read_sizes == ReadSizes(1 * KIB, 4 * KIB, 32 * KIB)
+
+
 async def test_bad_memory_arguments_raise_naming_the_argument(poller_name: str) -> None:
     limiter = millpond.BufferLimiter(1 << 20)
     other = millpond.BufferLimiter(1 << 20)
@@ -302,7 +310,10 @@ async def test_bad_memory_arguments_raise_naming_the_argument(poller_name: str) 
     with pytest.raises(TypeError, match="read_sizes"):
         millpond.Server(echo, 0, read_sizes=4096)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="maximum read"):
-        millpond.Server(echo, 0, limiter=millpond.BufferLimiter(32 * KIB))
+        small = millpond.BufferLimiter(32 * KIB)
+        millpond.Server(echo, 0, limiter=small, read_sizes=ReadSizes(maximum=64 * KIB))
+    with pytest.raises(ValueError, match="maximum read"):
+        millpond.Server(echo, 0, limiter=millpond.BufferLimiter(512))  # not even one 1 KiB read
     with pytest.raises(TypeError, match="pool"):
         await millpond.open_connection("127.0.0.1", 1, pool=3)  # type: ignore[arg-type]
     left, right = await socket_pair(poller_name)

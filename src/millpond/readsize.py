@@ -13,8 +13,13 @@ two small integers, so the policy costs an idle connection nothing.
   minimum, so that a full budget is shared by many small reads instead of a
   few large ones, as Linux does below ``tcp_mem[1]``.
 
-The classes are the pool's size classes (powers of two), so a read size is
-always exactly a buffer's capacity.
+The classes (:data:`READ_SIZE_CLASSES`) are powers of two from 1 KiB to
+1 MiB. Up to 64 KiB they are the pool's size classes, so a read size is
+exactly a pooled buffer's capacity; the larger ones, which only a connection
+streaming bulk data grows into, are the pool's dedicated allocations (Netty's
+"huge" buffers). One 1 MiB read costs one recv and one Trio task step where
+64 KiB reads cost sixteen: on 1 MiB echoes that doubled throughput
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -22,52 +27,70 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from .buffers import SIZE_CLASSES
+__all__ = ["DEFAULT_READ_SIZES", "MAX_READ_BYTES", "READ_SIZE_CLASSES", "ReadSizes", "adapt"]
 
-__all__ = ["DEFAULT_READ_SIZES", "ReadSizes", "adapt"]
+MAX_READ_BYTES: Final = 1024 * 1024
+#: Every size a read can have: 1, 2, 4, ... KiB up to :data:`MAX_READ_BYTES`.
+READ_SIZE_CLASSES: Final[tuple[int, ...]] = tuple(
+    1 << shift for shift in range(10, MAX_READ_BYTES.bit_length())
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ReadSizes:
     """The read-size range of a connection: ``minimum <= initial <= maximum``.
 
-    Each is one of the pool's size classes (a power of two from 1 KiB to
-    64 KiB). ``maximum`` is also the most one read can hold of the budget.
+    Each is one of :data:`READ_SIZE_CLASSES` (a power of two from 1 KiB to
+    1 MiB). ``maximum`` is also the most one read can hold of the budget.
     """
 
     minimum: int = 1024
     initial: int = 4096
-    maximum: int = 65536
+    maximum: int = MAX_READ_BYTES
 
     def __post_init__(self) -> None:
         for name in ("minimum", "initial", "maximum"):
             value = getattr(self, name)
             if type(value) is not int:
                 raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-            if value not in SIZE_CLASSES:
-                raise ValueError(f"{name} must be one of the size classes {SIZE_CLASSES}")
+            if value not in READ_SIZE_CLASSES:
+                raise ValueError(f"{name} must be one of the size classes {READ_SIZE_CLASSES}")
         if not self.minimum <= self.initial <= self.maximum:
             raise ValueError("read sizes must satisfy minimum <= initial <= maximum")
+
+    def capped(self, nbytes: int) -> ReadSizes:
+        """These sizes, each lowered to the largest class that is at most ``nbytes``.
+
+        ``nbytes`` below the smallest class leaves the sizes as they are.
+        """
+        fitting = [size for size in READ_SIZE_CLASSES if size <= nbytes]
+        if not fitting:
+            return self
+        largest = fitting[-1]
+        return ReadSizes(
+            min(self.minimum, largest), min(self.initial, largest), min(self.maximum, largest)
+        )
 
     @property
     def minimum_index(self) -> int:
         """Index of ``minimum`` in the pool's size classes."""
-        return SIZE_CLASSES.index(self.minimum)
+        return READ_SIZE_CLASSES.index(self.minimum)
 
     @property
     def initial_index(self) -> int:
         """Index of ``initial`` in the pool's size classes."""
-        return SIZE_CLASSES.index(self.initial)
+        return READ_SIZE_CLASSES.index(self.initial)
 
     @property
     def maximum_index(self) -> int:
         """Index of ``maximum`` in the pool's size classes."""
-        return SIZE_CLASSES.index(self.maximum)
+        return READ_SIZE_CLASSES.index(self.maximum)
 
 
 # 1 KiB holds most request lines and small RPCs; 4 KiB (a page) is where
-# Netty-sized reads start paying off; 64 KiB is Trio's DEFAULT_RECEIVE_SIZE
-# and the largest pooled class.
+# Netty-sized reads start paying off; 1 MiB lets a bulk stream move a
+# megabyte per task step. A connection only grows that far while its reads
+# keep filling the buffer, and under memory pressure every read is 1 KiB.
 DEFAULT_READ_SIZES: Final = ReadSizes()
 
 
@@ -79,9 +102,9 @@ def adapt(
     ``index`` is the size class the read used. ``shrink_pending`` is True when
     the previous read was already small; two small reads in a row shrink.
     """
-    if received >= SIZE_CLASSES[index]:
+    if received >= READ_SIZE_CLASSES[index]:
         return min(index + 1, maximum_index), False
-    if index > minimum_index and received < SIZE_CLASSES[index - 1]:
+    if index > minimum_index and received < READ_SIZE_CLASSES[index - 1]:
         if shrink_pending:
             return index - 1, False
         return index, True

@@ -21,8 +21,8 @@ import trio
 from .buffers import BufferPool
 from .limiter import BufferLimiter
 from .poller import Poller, Registration, get_poller, resolve_poller_name
-from .readsize import DEFAULT_READ_SIZES, ReadSizes
-from .stream import Connection, check_memory_arguments
+from .readsize import ReadSizes
+from .stream import Connection, check_memory_arguments, fit_read_sizes
 
 __all__ = ["Handler", "Server", "ServerStatistics", "open_listeners", "serve"]
 
@@ -201,7 +201,7 @@ class Server:
         poller: str = "auto",
         limiter: BufferLimiter | None = None,
         pool: BufferPool | None = None,
-        read_sizes: ReadSizes = DEFAULT_READ_SIZES,
+        read_sizes: ReadSizes | None = None,
         pooled: bool = True,
     ) -> None:
         if not callable(handler):
@@ -229,13 +229,7 @@ class Server:
                 DEFAULT_BUDGET_BYTES,
                 reserved_bytes=DEFAULT_BUDGET_BYTES // DEFAULT_RESERVE_FRACTION,
             )
-        ordinary_bytes = None if limiter is None else limiter.total_bytes - limiter.reserved_bytes
-        if ordinary_bytes is not None and ordinary_bytes < read_sizes.maximum:
-            raise ValueError(
-                "limiter must allow at least one maximum read: total_bytes - reserved_bytes = "
-                f"{ordinary_bytes} < read_sizes.maximum = "
-                f"{read_sizes.maximum}"
-            )
+        read_sizes = fit_read_sizes(read_sizes, limiter)
         self._limiter = limiter
         self._pool = pool
         self._read_sizes = read_sizes
@@ -404,7 +398,7 @@ async def serve(
     poller: str = "auto",
     limiter: BufferLimiter | None = None,
     pool: BufferPool | None = None,
-    read_sizes: ReadSizes = DEFAULT_READ_SIZES,
+    read_sizes: ReadSizes | None = None,
     pooled: bool = True,
     task_status: trio.TaskStatus[list[SockAddr]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
@@ -418,8 +412,9 @@ async def serve(
     Memory: every read leases a buffer from ``pool`` (a ``BufferPool``),
     charged to ``limiter`` (a ``BufferLimiter``); by default a 64 MiB budget
     with a 4 MiB reserve. ``read_sizes`` bounds the adaptive read size (1 KiB
-    to 64 KiB by default). ``pooled=False`` reads with plain ``recv`` into new
-    ``bytes`` objects, outside any budget (Trio's own behaviour). With
+    to 1 MiB by default, lowered to fit a smaller budget). ``pooled=False``
+    reads with plain ``recv`` into new ``bytes`` objects, outside any budget
+    (Trio's own behaviour). With
     ``await nursery.start(millpond.serve, handler, 0)`` the bound addresses
     are returned once the server is listening::
 

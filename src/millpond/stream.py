@@ -29,10 +29,11 @@ from typing import Any, Final, TypeAlias, TypeVar, overload
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
 
-from .buffers import SIZE_CLASSES, Buffer, BufferPool
+from .buffers import MAX_CLASS_BYTES, Buffer, BufferPool
 from .ledger import Pressure, return_read, take_read
+from .limiter import BufferLimiter
 from .poller import Poller, Registration, get_poller
-from .readsize import DEFAULT_READ_SIZES, ReadSizes, adapt
+from .readsize import DEFAULT_READ_SIZES, MAX_READ_BYTES, READ_SIZE_CLASSES, ReadSizes, adapt
 
 T = TypeVar("T")
 
@@ -77,8 +78,28 @@ def check_memory_arguments(pool: object, read_sizes: object) -> None:
     """Raise ``TypeError`` naming ``pool`` or ``read_sizes`` if either is the wrong type."""
     if pool is not None and not isinstance(pool, BufferPool):
         raise TypeError(f"pool must be a BufferPool or None, not {type(pool).__name__}")
-    if not isinstance(read_sizes, ReadSizes):
-        raise TypeError(f"read_sizes must be a ReadSizes, not {type(read_sizes).__name__}")
+    if read_sizes is not None and not isinstance(read_sizes, ReadSizes):
+        raise TypeError(f"read_sizes must be a ReadSizes or None, not {type(read_sizes).__name__}")
+
+
+def fit_read_sizes(read_sizes: ReadSizes | None, limiter: BufferLimiter | None) -> ReadSizes:
+    """The read sizes of a connection whose reads are charged to ``limiter``.
+
+    ``None`` means the defaults, lowered to fit a budget too small for them;
+    explicit sizes must fit: ``ValueError`` if one maximum read could never
+    be granted (it would wait forever).
+    """
+    if limiter is None:
+        return DEFAULT_READ_SIZES if read_sizes is None else read_sizes
+    ordinary_bytes = limiter.total_bytes - limiter.reserved_bytes
+    if read_sizes is None:
+        read_sizes = DEFAULT_READ_SIZES.capped(ordinary_bytes)
+    if ordinary_bytes < read_sizes.maximum:
+        raise ValueError(
+            "limiter must allow at least one maximum read: total_bytes - reserved_bytes = "
+            f"{ordinary_bytes} < read_sizes.maximum = {read_sizes.maximum}"
+        )
+    return read_sizes
 
 
 def _broken(exc: OSError) -> trio.BrokenResourceError:
@@ -132,7 +153,7 @@ class Connection(trio.abc.HalfCloseableStream):
         *,
         poller: Poller | str = "auto",
         pool: BufferPool | None = None,
-        read_sizes: ReadSizes = DEFAULT_READ_SIZES,
+        read_sizes: ReadSizes | None = None,
     ) -> None:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
@@ -169,6 +190,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # the receive path then charges reads with one plain call each way.
         self._ledger = None if self._limiter is None else self._limiter.read_ledger()
         self._scratch = None if pool is None else pool.scratch()
+        read_sizes = fit_read_sizes(read_sizes, self._limiter)
         self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
         self._read_minimum = read_sizes.minimum
         self._read_index = read_sizes.initial_index
@@ -220,7 +242,8 @@ class Connection(trio.abc.HalfCloseableStream):
         holds nothing).
         """
         if max_bytes is None:
-            max_bytes = DEFAULT_RECEIVE_SIZE
+            # With a pool the adaptive read size decides (up to 1 MiB).
+            max_bytes = DEFAULT_RECEIVE_SIZE if self._pool is None else MAX_READ_BYTES
         elif type(max_bytes) is not int:
             raise TypeError(f"max_bytes must be an int, not {type(max_bytes).__name__}")
         elif max_bytes < 1:
@@ -297,7 +320,13 @@ class Connection(trio.abc.HalfCloseableStream):
                 scratch = self._scratch
                 registration.readable = False
                 try:
-                    received = self._sock.recv_into(scratch, size)  # type: ignore[arg-type]
+                    if size <= MAX_CLASS_BYTES:
+                        received = self._sock.recv_into(scratch, size)  # type: ignore[arg-type]
+                    else:
+                        # Beyond the scratch buffer (a bulk stream's large
+                        # reads): straight into the bytes returned, no copy.
+                        data = self._sock.recv(size)
+                        received = len(data)
                 except BlockingIOError:
                     received = -1
                 except OSError as exc:
@@ -305,7 +334,8 @@ class Connection(trio.abc.HalfCloseableStream):
                         self._give_back_read(size)
                     raise self._stream_error(exc) from exc
                 if received > 0:
-                    data = scratch[:received]  # type: ignore[index]
+                    if size <= MAX_CLASS_BYTES:
+                        data = scratch[:received]  # type: ignore[index]
                     if limiter is not None:
                         self._held_read = size
                     self._read_drained = received < size
@@ -416,7 +446,7 @@ class Connection(trio.abc.HalfCloseableStream):
             index = minimum_index
         else:
             index = self._read_index
-        size = SIZE_CLASSES[index]
+        size = READ_SIZE_CLASSES[index]
         return max_bytes if max_bytes < size else size
 
     def _read_into(self, view: memoryview, size: int) -> int:
@@ -430,7 +460,7 @@ class Connection(trio.abc.HalfCloseableStream):
         except OSError as exc:
             raise self._stream_error(exc) from exc
         self._read_drained = 0 < received < size
-        if size == SIZE_CLASSES[self._read_index]:  # not shrunk by pressure or max_bytes
+        if size == READ_SIZE_CLASSES[self._read_index]:  # not shrunk by pressure or max_bytes
             self._adapt(received)
         return received
 
@@ -439,13 +469,13 @@ class Connection(trio.abc.HalfCloseableStream):
         self._read_index, self._shrink_pending = adapt(
             self._read_index, received, self._shrink_pending, minimum_index, maximum_index
         )
-        self._preferred_read = SIZE_CLASSES[self._read_index]
+        self._preferred_read = READ_SIZE_CLASSES[self._read_index]
         self._shrink_below = self._shrink_threshold()
 
     def _shrink_threshold(self) -> int:
         # A read below this would have fitted the class below: a "small" read.
         if self._read_index > self._read_limits[0]:
-            return SIZE_CLASSES[self._read_index - 1]
+            return READ_SIZE_CLASSES[self._read_index - 1]
         return 0
 
     def _stream_error(self, exc: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
@@ -525,7 +555,7 @@ class Connection(trio.abc.HalfCloseableStream):
         if limiter is None:
             return 0
         # The tail of a chunk this connection read is already charged.
-        charge = min(unsent, SIZE_CLASSES[self._read_limits[1]]) - self._held_read
+        charge = min(unsent, READ_SIZE_CLASSES[self._read_limits[1]]) - self._held_read
         if charge <= 0:
             return 0
         try:
@@ -655,7 +685,7 @@ async def open_connection(
     *,
     poller: Poller | str = "auto",
     pool: BufferPool | None = None,
-    read_sizes: ReadSizes = DEFAULT_READ_SIZES,
+    read_sizes: ReadSizes | None = None,
 ) -> Connection:
     """Connect to ``host:port`` over TCP and return a ``Connection``.
 
