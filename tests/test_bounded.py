@@ -383,3 +383,63 @@ async def test_closing_ends_a_send_waiting_to_charge_its_tail(poller_name: str) 
     assert limiter.statistics().tasks_waiting == 0
     assert limiter.held_by(writer) == 0
     await reader.aclose()
+
+
+async def test_a_connection_reading_on_keeps_its_charge_while_nobody_waits(
+    poller_name: str,
+) -> None:
+    limiter = millpond.BufferLimiter(1 << 20)
+    pool = millpond.BufferPool(limiter)
+    left, right = await socket_pair(poller_name, pool)
+    initial = millpond.DEFAULT_READ_SIZES.initial
+    await left.send_all(b"k" * (3 * initial))  # three full reads queued
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(await right.receive_some(initial)) == initial
+    grants = limiter.statistics().grants
+    assert len(await right.receive_some(initial)) == initial
+    assert len(await right.receive_some(initial)) == initial
+    # The charge went from chunk to chunk: no new grant, still one read held.
+    assert limiter.statistics().grants == grants
+    assert limiter.held_by(right) == limiter.bytes_in_use == initial
+    # Asking for more with the kernel queue empty parks the reader, holding nothing.
+    with trio.move_on_after(0.05):
+        await right.receive_some(initial)
+    assert limiter.bytes_in_use == 0
+    await left.aclose()
+    await right.aclose()
+
+
+async def test_a_kept_charge_does_not_jump_the_queue(poller_name: str) -> None:
+    limiter = millpond.BufferLimiter(1 << 20)
+    pool = millpond.BufferPool(limiter)
+    left, right = await socket_pair(poller_name, pool)
+    initial = millpond.DEFAULT_READ_SIZES.initial
+    await left.send_all(b"w" * (2 * initial))
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(await right.receive_some(initial)) == initial
+    limiter.acquire_on_behalf_of_nowait(HOG, 600 * KIB)  # below the pressure mark
+    order: list[str] = []
+    async with trio.open_nursery() as nursery:
+
+        async def waiter() -> None:
+            await limiter.acquire_on_behalf_of("waiter", 512 * KIB)  # more than is free
+            order.append("waiter")
+
+        async def reader() -> None:
+            await right.receive_some(initial)
+            order.append("reader")
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert limiter.pressure is millpond.Pressure.NONE
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        # A task waits first: the reader gives its charge back and queues behind it.
+        assert order == []
+        assert limiter.held_by(right) == 0
+        assert limiter.statistics().tasks_waiting == 2
+        limiter.release_on_behalf_of(HOG, 600 * KIB)  # serves both, in arrival order
+    assert sorted(order) == ["reader", "waiter"]
+    limiter.release_on_behalf_of("waiter", 512 * KIB)
+    await left.aclose()
+    await right.aclose()

@@ -238,8 +238,8 @@ class Connection(trio.abc.HalfCloseableStream):
         """Checks shared by every receive; returns ``max_bytes`` resolved.
 
         Asking for more also means the handler is done with the last chunk:
-        its charge is released here, before any park (an idle connection
-        holds nothing).
+        the caller releases its charge before any park (an idle connection
+        holds nothing), or hands it on to the next read (see _receive).
         """
         if max_bytes is None:
             # With a pool the adaptive read size decides (up to 1 MiB).
@@ -252,12 +252,6 @@ class Connection(trio.abc.HalfCloseableStream):
             raise trio.BusyResourceError("another task is already receiving on this connection")
         if self._closed:
             raise trio.ClosedResourceError("this connection was closed")
-        held = self._held_read
-        if held:  # _give_back_read inlined: once per receive, on the hot path
-            self._held_read = 0
-            ledger = self._ledger
-            if ledger is None or not return_read(ledger, self, held):
-                self._limiter.release_read(self, held)  # type: ignore[union-attr]
         self._receiving = True
         return max_bytes
 
@@ -274,6 +268,8 @@ class Connection(trio.abc.HalfCloseableStream):
                 # holds no buffer, and bytes stay in the kernel until we can
                 # afford them (a cancelled wait loses nothing).
                 if self._read_drained and not (registration.readable or registration.hangup):
+                    if self._held_read:
+                        self._release_held_read()  # a parked connection holds nothing
                     await registration.wait_readable()
                     parked = True
                 if pool is None:
@@ -299,8 +295,24 @@ class Connection(trio.abc.HalfCloseableStream):
                     preferred = max_bytes
                     if max_bytes < minimum:
                         minimum = max_bytes
-                ledger = self._ledger
-                if ledger is not None:
+                # The last chunk's charge becomes this read's when it is the
+                # same size, nobody waits and there is no pressure: giving
+                # it back and taking it again would change nothing.
+                held = self._held_read
+                if held:
+                    self._held_read = 0
+                    ledger = self._ledger
+                    if not (
+                        held == preferred
+                        and ledger is not None
+                        and not (ledger.privileged or ledger.ordinary)
+                        and ledger.in_use < ledger.pressure_bytes
+                    ):
+                        self._give_back_read(held)
+                        held = 0
+                if held:
+                    size = held
+                elif (ledger := self._ledger) is not None:
                     size = take_read(ledger, self, preferred, minimum)
                 elif limiter is None:
                     size = preferred
@@ -356,6 +368,10 @@ class Connection(trio.abc.HalfCloseableStream):
                 break
             if not parked:
                 await cancel_shielded_checkpoint()
+        except BaseException:
+            if self._held_read:  # cancelled before the read: hold nothing meanwhile
+                self._release_held_read()
+            raise
         finally:
             self._receiving = False
         if not data and eof_stops_iteration:
@@ -384,6 +400,8 @@ class Connection(trio.abc.HalfCloseableStream):
         if pool is None:
             raise RuntimeError("receive_buffer() needs a Connection made with a BufferPool")
         max_bytes = self._start_receiving(max_bytes)
+        if self._held_read:
+            self._release_held_read()
         try:
             await checkpoint_if_cancelled()
             registration = self._registration
