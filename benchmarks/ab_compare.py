@@ -77,7 +77,7 @@ def one_run(args: argparse.Namespace, b_first: bool) -> tuple[dict[str, float], 
                 [
                     "taskset", "-c", str(args.client_cpu), str(LOADGEN_BIN), "echo", HOST,
                     str(ports[i]), str(args.conns), str(args.size), str(args.duration),
-                    str(args.warmup),
+                    str(args.warmup), str(args.inflight),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -114,10 +114,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring")
     parser.add_argument("--conns", type=int, default=100, help="connections per server")
     parser.add_argument("--size", type=int, default=64, help="message size in bytes")
+    parser.add_argument("--inflight", type=int, default=1, help="messages in flight per conn")
     parser.add_argument("--server-cpu", type=int, default=0, help="core both servers share")
     parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generators")
     args = parser.parse_args(argv)
-    for name in ("runs", "conns", "size"):
+    for name in ("runs", "conns", "size", "inflight"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.duration <= 0 or args.warmup < 0:
@@ -132,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("SKIPPED: no C compiler for the load generator")
         return 0
     raise_nofile()
-    print(f"A: {args.a}\nB: {args.b}\n{args.conns} connections x {args.size} B, one in flight")
+    print(f"A: {args.a}\nB: {args.b}")
+    print(f"{args.conns} connections x {args.size} B, {args.inflight} in flight each")
     ratios = []
     for run in range(args.runs):
         a, b = one_run(args, b_first=run % 2 == 1)

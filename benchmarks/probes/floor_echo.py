@@ -1,0 +1,84 @@
+"""Lower bounds for a Trio echo server on millpond's poller, for the performance notes.
+
+Not a server to use: the handler reaches into a ``Connection``'s socket and
+registration and skips everything a stream must do (busy checks, errors, budgets).
+
+* ``--mode bare``: one schedule point per message (after the send); a receive that finds
+  data does not yield. Not a conforming Trio stream.
+* ``--mode checkpoints``: what Trio's stream contract requires and
+  ``trio.testing.check_half_closeable_stream`` asserts: every receive and every send is a
+  checkpoint (a cancel point first; a schedule point after the syscall unless it parked).
+
+    python benchmarks/probes/floor_echo.py --mode checkpoints --port 7000
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
+
+import millpond
+
+
+async def bare(conn: millpond.Connection) -> None:
+    """Echo with one schedule point per message."""
+    registration = conn._registration
+    recv = conn.socket.recv
+    send = conn.socket.send
+    while True:
+        if not registration.readable and not registration.hangup:
+            await registration.wait_readable()
+        registration.readable = False
+        try:
+            data = recv(65536)
+        except BlockingIOError:
+            await registration.wait_readable()
+            continue
+        if not data:
+            return
+        send(data)  # 64-byte echoes: the kernel takes them whole
+        await cancel_shielded_checkpoint()
+
+
+async def checkpoints(conn: millpond.Connection) -> None:
+    """Echo with a full checkpoint in every receive and every send."""
+    registration = conn._registration
+    recv = conn.socket.recv
+    send = conn.socket.send
+    while True:
+        await checkpoint_if_cancelled()
+        parked = False
+        while True:
+            if not registration.readable and not registration.hangup:
+                await registration.wait_readable()
+                parked = True
+            registration.readable = False
+            try:
+                data = recv(65536)
+                break
+            except BlockingIOError:
+                continue
+        if not parked:
+            await cancel_shielded_checkpoint()
+        if not data:
+            return
+        await checkpoint_if_cancelled()
+        send(data)
+        await cancel_shielded_checkpoint()
+
+
+def main() -> None:
+    """Serve the chosen floor handler until killed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("bare", "checkpoints"), default="checkpoints")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7000)
+    args = parser.parse_args()
+    handler = bare if args.mode == "bare" else checkpoints
+    trio.run(lambda: millpond.serve(handler, args.port, host=args.host, pooled=False))
+
+
+if __name__ == "__main__":
+    main()
