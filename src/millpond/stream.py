@@ -24,7 +24,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Final, TypeAlias, TypeVar, overload
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar, overload
 
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
@@ -512,57 +512,74 @@ class Connection(trio.abc.HalfCloseableStream):
         memoryview slice. If cancelled part-way, some data may have been sent
         and the stream is then no longer usable for sending (Trio's contract).
         """
+        if self._sending or self._closed or self._eof_sent:
+            self._raise_cannot_send()
+        self._sending = True
+        try:
+            await checkpoint_if_cancelled()
+            # Hot path: bytes or a bytearray the kernel takes whole, as a
+            # small message does: one send(), then the schedule point.
+            if type(data) is bytes or type(data) is bytearray:
+                self._registration.writable = False
+                try:
+                    sent = self._sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise self._stream_error(exc) from exc
+                if sent == len(data):
+                    await cancel_shielded_checkpoint()
+                else:
+                    await self._send_rest(data, sent)
+            else:
+                try:
+                    view = memoryview(data).cast("B")
+                except TypeError:
+                    raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
+                await self._send_rest(view, 0)
+        finally:
+            self._sending = False
+
+    def _raise_cannot_send(self) -> NoReturn:
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this connection")
         if self._closed:
             raise trio.ClosedResourceError("this connection was closed")
-        if self._eof_sent:
-            raise trio.ClosedResourceError("cannot send data after send_eof")
-        self._sending = True
+        raise trio.ClosedResourceError("cannot send data after send_eof")
+
+    async def _send_rest(self, data: bytes | bytearray | memoryview, sent: int) -> None:
+        """Send ``data`` from offset ``sent`` on, parking while the kernel's queue is full.
+
+        Ends with a schedule point if it never parked (send_all's contract).
+        """
+        registration = self._registration
+        send = self._sock.send
+        total = len(data)
+        remaining = memoryview(data).cast("B")[sent:] if sent else data
+        parked = False
+        charged = 0
         try:
-            await checkpoint_if_cancelled()
-            registration = self._registration
-            send = self._sock.send
-            parked = False
-            # Hot path: bytes and bytearray go to send() as they are; a
-            # memoryview is made only for a partial send or exotic input.
-            if type(data) is bytes or type(data) is bytearray:
-                remaining: bytes | bytearray | memoryview = data
-                total = len(data)
-            else:
+            while sent < total:
+                registration.writable = False
                 try:
-                    remaining = memoryview(data).cast("B")
-                except TypeError:
-                    raise TypeError(
-                        f"data must be bytes-like, not {type(data).__name__}"
-                    ) from None
-                total = len(remaining)
-            sent = 0
-            charged = 0
-            try:
-                while sent < total:
-                    registration.writable = False
-                    try:
-                        sent += send(remaining)
-                    except BlockingIOError:
-                        pass
-                    except OSError as exc:
-                        raise self._stream_error(exc) from exc
-                    else:
-                        if sent < total:
-                            remaining = memoryview(data).cast("B")[sent:]
-                        continue
-                    if not charged and self._pool is not None:
-                        charged = await self._charge_unsent(total - sent)
-                    await registration.wait_writable()
-                    parked = True
-            finally:
-                if charged:
-                    self._limiter.release_on_behalf_of(self, charged)  # type: ignore[union-attr]
-            if not parked:
-                await cancel_shielded_checkpoint()
+                    sent += send(remaining)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._stream_error(exc) from exc
+                else:
+                    if sent < total:
+                        remaining = memoryview(data).cast("B")[sent:]
+                    continue
+                if not charged and self._pool is not None:
+                    charged = await self._charge_unsent(total - sent)
+                await registration.wait_writable()
+                parked = True
         finally:
-            self._sending = False
+            if charged:
+                self._limiter.release_on_behalf_of(self, charged)  # type: ignore[union-attr]
+        if not parked:
+            await cancel_shielded_checkpoint()
 
     async def _charge_unsent(self, unsent: int) -> int:
         """Charge the bytes a blocked ``send_all`` holds to the limiter; returns the charge.
