@@ -256,12 +256,17 @@ class Connection(trio.abc.HalfCloseableStream):
         return max_bytes
 
     async def _receive(self, max_bytes: int | None, eof_stops_iteration: bool) -> bytes:
-        max_bytes = self._start_receiving(max_bytes)
+        pool = self._pool
+        if max_bytes is None and not (self._receiving or self._closed):
+            # Hot path (``async for``): nothing to validate.
+            max_bytes = DEFAULT_RECEIVE_SIZE if pool is None else MAX_READ_BYTES
+            self._receiving = True
+        else:
+            max_bytes = self._start_receiving(max_bytes)
         try:
             limiter = self._limiter
             await checkpoint_if_cancelled()
             registration = self._registration
-            pool = self._pool
             parked = False
             while True:
                 # Wait for readiness first, memory second: an idle connection
