@@ -20,11 +20,12 @@ from .buffers import (
     LeakReport,
     SizeClassStatistics,
 )
+from .connect import open_connection
 from .limiter import BufferLimiter, BufferLimiterStatistics, Pressure
 from .poller import EpollPoller, Poller, PollerStatistics, Registration, TrioPoller, get_poller
 from .readsize import DEFAULT_READ_SIZES, ReadSizes
 from .server import Server, ServerStatistics, open_listeners, serve
-from .stream import Connection, open_connection
+from .stream import Connection
 
 __all__ = [
     "DEFAULT_READ_SIZES",
