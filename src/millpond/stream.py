@@ -265,8 +265,10 @@ class Connection(trio.abc.HalfCloseableStream):
             max_bytes = self._start_receiving(max_bytes)
         try:
             limiter = self._limiter
-            await checkpoint_if_cancelled()
             registration = self._registration
+            if not self._read_drained or registration.readable or registration.hangup:
+                # Not about to park (a park is a cancel point of its own).
+                await checkpoint_if_cancelled()
             parked = False
             while True:
                 # Wait for readiness first, memory second: an idle connection
