@@ -275,12 +275,8 @@ class Connection(trio.abc.HalfCloseableStream):
                 # holds no buffer, and bytes stay in the kernel until we can
                 # afford them (a cancelled wait loses nothing).
                 if self._read_drained and not (registration.readable or registration.hangup):
-                    held = self._held_read
-                    if held:  # a parked connection holds nothing (_give_back_read inlined)
-                        self._held_read = 0
-                        ledger = self._ledger
-                        if ledger is None or not return_read(ledger, self, held):
-                            self._limiter.release_read(self, held)  # type: ignore[union-attr]
+                    if self._held_read:  # a parked connection holds nothing
+                        self._release_held_read()
                     await registration.wait_readable()
                     parked = True
                 if pool is None:
