@@ -70,11 +70,14 @@ def open_fds() -> set[int]:
 
 
 async def socket_pair(
-    poller_name: str, pool: millpond.BufferPool | None = None
+    poller_name: str,
+    pool: millpond.BufferPool | None = None,
+    read_sizes: millpond.ReadSizes | None = None,
 ) -> tuple[millpond.Connection, millpond.Connection]:
     """Two connected ``Connection``s over a real loopback TCP connection.
 
-    The second (the accepted side) reads through ``pool`` when one is given.
+    The second (the accepted side) reads through ``pool`` when one is given,
+    with ``read_sizes``.
     """
     listeners = await millpond.open_listeners(0, host="127.0.0.1")
     listener = listeners[0]
@@ -92,7 +95,7 @@ async def socket_pair(
                     await registration.wait_readable()
         finally:
             poller.unregister(registration)
-        return client, millpond.Connection(sock, poller=poller, pool=pool)
+        return client, millpond.Connection(sock, poller=poller, pool=pool, read_sizes=read_sizes)
     finally:
         listener.close()
 

@@ -443,3 +443,37 @@ async def test_a_kept_charge_does_not_jump_the_queue(poller_name: str) -> None:
     limiter.release_on_behalf_of("waiter", 512 * KIB)
     await left.aclose()
     await right.aclose()
+
+
+async def test_reads_above_the_pooled_classes_keep_every_byte(poller_name: str) -> None:
+    limiter = millpond.BufferLimiter(8 << 20)
+    pool = millpond.BufferPool(limiter)
+    sizes = ReadSizes(minimum=1 * KIB, initial=256 * KIB, maximum=1024 * KIB)
+    payload = bytes(range(256)) * (12 * KIB)  # 3 MiB, every byte position distinct mod 256
+    for zero_copy in (False, True):
+        left, right = await socket_pair(poller_name, pool, sizes)
+        received = bytearray()
+        largest = 0
+        async with trio.open_nursery() as nursery:
+
+            async def send(sender: millpond.Connection) -> None:
+                await sender.send_all(payload)
+                await sender.send_eof()
+
+            nursery.start_soon(send, left)
+            await trio.testing.wait_all_tasks_blocked()  # the kernel buffers are full
+            while True:
+                if zero_copy:
+                    async with right.receive_buffer() as buffer:
+                        chunk = bytes(buffer.view)
+                else:
+                    chunk = await right.receive_some()
+                if not chunk:
+                    break
+                largest = max(largest, len(chunk))
+                received += chunk
+        assert received == payload
+        assert largest > 64 * KIB  # reads beyond the largest pooled class happened
+        await right.aclose()
+        await left.aclose()
+        assert limiter.bytes_in_use == 0
