@@ -477,3 +477,62 @@ async def test_reads_above_the_pooled_classes_keep_every_byte(poller_name: str) 
         await right.aclose()
         await left.aclose()
         assert limiter.bytes_in_use == 0
+
+
+async def test_a_budget_shrunk_below_the_read_size_makes_reads_smaller_not_errors(
+    poller_name: str,
+) -> None:
+    limiter = millpond.BufferLimiter(8 << 20)
+    pool = millpond.BufferPool(limiter)
+    sizes = ReadSizes(minimum=1 * KIB, initial=1024 * KIB, maximum=1024 * KIB)
+    payload = b"s" * (4 << 20)
+    for zero_copy in (False, True):
+        limiter.total_bytes = 8 << 20
+        left, right = await socket_pair(poller_name, pool, sizes)
+        received = 0
+        async with trio.open_nursery() as nursery:
+
+            async def send(sender: millpond.Connection) -> None:
+                await sender.send_all(payload)
+                await sender.send_eof()
+
+            nursery.start_soon(send, left)
+            await trio.testing.wait_all_tasks_blocked()
+            # Shrinking never revokes, it only stops new grants: the next reads
+            # must fit the new budget (256 KiB) instead of raising.
+            limiter.total_bytes = 256 * KIB
+            while True:
+                if zero_copy:
+                    async with right.receive_buffer() as buffer:
+                        n = buffer.nbytes
+                else:
+                    n = len(await right.receive_some())
+                if not n:
+                    break
+                assert n <= 256 * KIB
+                received += n
+        assert received == len(payload)
+        await right.aclose()
+        await left.aclose()
+        assert limiter.bytes_in_use == 0
+
+
+async def test_a_budget_shrunk_below_one_maximum_read_still_charges_unsent_tails(
+    poller_name: str,
+) -> None:
+    limiter = millpond.BufferLimiter(8 << 20)
+    pool = millpond.BufferPool(limiter)
+    reader, writer = await socket_pair(poller_name, pool)
+    limiter.total_bytes = 256 * KIB  # below one maximum read (1 MiB)
+    payload = b"u" * (8 << 20)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.send_all, payload)
+        await trio.testing.wait_all_tasks_blocked()
+        # Parked with its tail charged, as much as the budget allows.
+        assert limiter.held_by(writer) == 256 * KIB
+        received = 0
+        while received < len(payload):
+            received += len(await reader.receive_some())
+    assert limiter.held_by(writer) == 0
+    await reader.aclose()
+    await writer.aclose()

@@ -295,19 +295,28 @@ def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> i
     in_use = ledger.in_use
     nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
     if ledger.privileged or ledger.ordinary:
-        return nbytes if ledger.take(owner, nbytes) else 0
+        return _take_read_slowly(ledger, owner, nbytes, minimum)
     # Hot path: _Ledger.take inlined for "nobody waits", the common case.
     held = ledger.held
     already = held.get(owner, 0)
     in_use += nbytes
     if in_use > (ledger.total if already else ledger.ordinary_limit):
-        return nbytes if ledger.take(owner, nbytes) else 0  # refuses, or raises
+        return _take_read_slowly(ledger, owner, nbytes, minimum)
     held[owner] = already + nbytes
     ledger.in_use = in_use
     if in_use > ledger.peak:
         ledger.peak = in_use
     ledger.grants += 1
     return nbytes
+
+
+def _take_read_slowly(ledger: _Ledger, owner: object, nbytes: int, minimum: int) -> int:
+    # A read the budget could never grant (total_bytes shrank at run time)
+    # halves until it fits, down to the minimum: shrinking stops large grants,
+    # it does not make reads fail. Below the minimum, take() raises.
+    while nbytes > ledger.ordinary_limit and nbytes > minimum:
+        nbytes = max(nbytes // 2, minimum)
+    return nbytes if ledger.take(owner, nbytes) else 0  # refuses, or raises
 
 
 def return_read(ledger: _Ledger, owner: object, nbytes: int) -> bool:

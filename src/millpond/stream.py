@@ -464,13 +464,18 @@ class Connection(trio.abc.HalfCloseableStream):
             self._limiter.release_read(self, nbytes)  # type: ignore[union-attr]
 
     def _read_size(self, max_bytes: int) -> int:
-        # Under memory pressure every read is the minimum class.
+        # Under memory pressure every read is the minimum class; a read the
+        # budget could never grant (total_bytes shrank at run time) steps down
+        # until it fits, as take_read does for receive_some.
         minimum_index, _ = self._read_limits
         limiter = self._limiter
-        if limiter is not None and limiter.pressure is not Pressure.NONE:
-            index = minimum_index
-        else:
-            index = self._read_index
+        index = self._read_index
+        if limiter is not None:
+            if limiter.pressure is not Pressure.NONE:
+                index = minimum_index
+            limit = limiter.total_bytes - limiter.reserved_bytes
+            while index > minimum_index and READ_SIZE_CLASSES[index] > limit:
+                index -= 1
         size = READ_SIZE_CLASSES[index]
         return max_bytes if max_bytes < size else size
 
@@ -596,8 +601,12 @@ class Connection(trio.abc.HalfCloseableStream):
         limiter = self._limiter
         if limiter is None:
             return 0
-        # The tail of a chunk this connection read is already charged.
-        charge = min(unsent, READ_SIZE_CLASSES[self._read_limits[1]]) - self._held_read
+        # The tail of a chunk this connection read is already charged; never
+        # more than the budget could grant (total_bytes may have shrunk).
+        cap = min(
+            READ_SIZE_CLASSES[self._read_limits[1]], limiter.total_bytes - limiter.reserved_bytes
+        )
+        charge = min(unsent, cap) - self._held_read
         if charge <= 0:
             return 0
         try:
