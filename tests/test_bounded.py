@@ -445,6 +445,25 @@ async def test_a_kept_charge_does_not_jump_the_queue(poller_name: str) -> None:
     await right.aclose()
 
 
+async def send_then_eof(sender: millpond.Connection, payload: bytes) -> None:
+    await sender.send_all(payload)
+    await sender.send_eof()
+
+
+async def receive_to_eof(receiver: millpond.Connection, zero_copy: bool) -> list[bytes]:
+    """Every chunk until EOF, through receive_buffer() or receive_some()."""
+    chunks = []
+    while True:
+        if zero_copy:
+            async with receiver.receive_buffer() as buffer:
+                chunk = bytes(buffer.view)
+        else:
+            chunk = await receiver.receive_some()
+        if not chunk:
+            return chunks
+        chunks.append(chunk)
+
+
 async def test_reads_above_the_pooled_classes_keep_every_byte(poller_name: str) -> None:
     limiter = millpond.BufferLimiter(8 << 20)
     pool = millpond.BufferPool(limiter)
@@ -452,28 +471,12 @@ async def test_reads_above_the_pooled_classes_keep_every_byte(poller_name: str) 
     payload = bytes(range(256)) * (12 * KIB)  # 3 MiB, every byte position distinct mod 256
     for zero_copy in (False, True):
         left, right = await socket_pair(poller_name, pool, sizes)
-        received = bytearray()
-        largest = 0
         async with trio.open_nursery() as nursery:
-
-            async def send(sender: millpond.Connection) -> None:
-                await sender.send_all(payload)
-                await sender.send_eof()
-
-            nursery.start_soon(send, left)
+            nursery.start_soon(send_then_eof, left, payload)
             await trio.testing.wait_all_tasks_blocked()  # the kernel buffers are full
-            while True:
-                if zero_copy:
-                    async with right.receive_buffer() as buffer:
-                        chunk = bytes(buffer.view)
-                else:
-                    chunk = await right.receive_some()
-                if not chunk:
-                    break
-                largest = max(largest, len(chunk))
-                received += chunk
-        assert received == payload
-        assert largest > 64 * KIB  # reads beyond the largest pooled class happened
+            chunks = await receive_to_eof(right, zero_copy)
+        assert b"".join(chunks) == payload
+        assert max(map(len, chunks)) > 64 * KIB  # reads beyond the largest pooled class
         await right.aclose()
         await left.aclose()
         assert limiter.bytes_in_use == 0
@@ -489,29 +492,15 @@ async def test_a_budget_shrunk_below_the_read_size_makes_reads_smaller_not_error
     for zero_copy in (False, True):
         limiter.total_bytes = 8 << 20
         left, right = await socket_pair(poller_name, pool, sizes)
-        received = 0
         async with trio.open_nursery() as nursery:
-
-            async def send(sender: millpond.Connection) -> None:
-                await sender.send_all(payload)
-                await sender.send_eof()
-
-            nursery.start_soon(send, left)
+            nursery.start_soon(send_then_eof, left, payload)
             await trio.testing.wait_all_tasks_blocked()
             # Shrinking never revokes, it only stops new grants: the next reads
             # must fit the new budget (256 KiB) instead of raising.
             limiter.total_bytes = 256 * KIB
-            while True:
-                if zero_copy:
-                    async with right.receive_buffer() as buffer:
-                        n = buffer.nbytes
-                else:
-                    n = len(await right.receive_some())
-                if not n:
-                    break
-                assert n <= 256 * KIB
-                received += n
-        assert received == len(payload)
+            chunks = await receive_to_eof(right, zero_copy)
+        assert b"".join(chunks) == payload
+        assert max(map(len, chunks)) <= 256 * KIB
         await right.aclose()
         await left.aclose()
         assert limiter.bytes_in_use == 0
