@@ -11,7 +11,7 @@ import trio.testing
 from conftest import echo, socket_pair
 
 import millpond
-from millpond.readsize import ReadSizes, adapt
+from millpond.readsize import READ_SIZE_CLASSES, ReadSizes, adapt, largest_class_index
 
 KIB = 1024
 HOG = "another part of the program"
@@ -289,6 +289,14 @@ def test_bad_read_sizes_are_rejected(kwargs: dict[str, object], error: type[Exce
 
 
 def test_default_read_sizes_shrink_to_fit_a_small_budget() -> None:
+    assert largest_class_index(1023) == -1
+    assert largest_class_index(1024) == 0
+    assert largest_class_index(48 * KIB) == 5  # 32 KiB
+    assert largest_class_index(1 << 30) == len(READ_SIZE_CLASSES) - 1
+    budget = millpond.BufferLimiter(64 * KIB, reserved_bytes=16 * KIB)
+    assert budget.ordinary_bytes == 48 * KIB
+    budget.total_bytes = 32 * KIB
+    assert budget.ordinary_bytes == 16 * KIB
     assert ReadSizes().capped(48 * KIB) == ReadSizes(1 * KIB, 4 * KIB, 32 * KIB)
     assert ReadSizes().capped(2 * KIB) == ReadSizes(1 * KIB, 2 * KIB, 2 * KIB)
     assert ReadSizes().capped(512) == ReadSizes()  # nothing fits: left for the caller to reject

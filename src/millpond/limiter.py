@@ -222,6 +222,11 @@ class BufferLimiter:
             )
         self._resize(new_total)
 
+    @property
+    def ordinary_bytes(self) -> int:
+        """``total_bytes - reserved_bytes``: the most an owner that holds nothing can get."""
+        return self._ledger.ordinary_limit
+
     @trio.lowlevel.enable_ki_protection
     def _resize(self, new_total: int) -> None:
         if threading.get_ident() != self._home and not self._at_home():

@@ -24,6 +24,7 @@ about 650 to about 1,050 msgs/s (docs/performance.md).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Final
 
@@ -63,10 +64,10 @@ class ReadSizes:
 
         ``nbytes`` below the smallest class leaves the sizes as they are.
         """
-        fitting = [size for size in READ_SIZE_CLASSES if size <= nbytes]
-        if not fitting:
+        index = largest_class_index(nbytes)
+        if index < 0:
             return self
-        largest = fitting[-1]
+        largest = READ_SIZE_CLASSES[index]
         return ReadSizes(
             min(self.minimum, largest), min(self.initial, largest), min(self.maximum, largest)
         )
@@ -85,6 +86,11 @@ class ReadSizes:
     def maximum_index(self) -> int:
         """Index of ``maximum`` in :data:`READ_SIZE_CLASSES`."""
         return READ_SIZE_CLASSES.index(self.maximum)
+
+
+def largest_class_index(nbytes: int) -> int:
+    """Index of the largest read size class that is at most ``nbytes``; -1 if none is."""
+    return bisect.bisect_right(READ_SIZE_CLASSES, nbytes) - 1
 
 
 # 1 KiB holds most request lines and small RPCs; 4 KiB (a page) is where

@@ -33,7 +33,14 @@ from .buffers import MAX_CLASS_BYTES, Buffer, BufferPool
 from .ledger import Pressure, return_read, take_read
 from .limiter import BufferLimiter
 from .poller import Poller, Registration, get_poller
-from .readsize import DEFAULT_READ_SIZES, MAX_READ_BYTES, READ_SIZE_CLASSES, ReadSizes, adapt
+from .readsize import (
+    DEFAULT_READ_SIZES,
+    MAX_READ_BYTES,
+    READ_SIZE_CLASSES,
+    ReadSizes,
+    adapt,
+    largest_class_index,
+)
 
 T = TypeVar("T")
 
@@ -91,7 +98,7 @@ def fit_read_sizes(read_sizes: ReadSizes | None, limiter: BufferLimiter | None) 
     """
     if limiter is None:
         return DEFAULT_READ_SIZES if read_sizes is None else read_sizes
-    ordinary_bytes = limiter.total_bytes - limiter.reserved_bytes
+    ordinary_bytes = limiter.ordinary_bytes
     if read_sizes is None:
         read_sizes = DEFAULT_READ_SIZES.capped(ordinary_bytes)
     if ordinary_bytes < read_sizes.maximum:
@@ -473,9 +480,7 @@ class Connection(trio.abc.HalfCloseableStream):
         if limiter is not None:
             if limiter.pressure is not Pressure.NONE:
                 index = minimum_index
-            limit = limiter.total_bytes - limiter.reserved_bytes
-            while index > minimum_index and READ_SIZE_CLASSES[index] > limit:
-                index -= 1
+            index = min(index, max(largest_class_index(limiter.ordinary_bytes), minimum_index))
         size = READ_SIZE_CLASSES[index]
         return max_bytes if max_bytes < size else size
 
@@ -603,9 +608,7 @@ class Connection(trio.abc.HalfCloseableStream):
             return 0
         # The tail of a chunk this connection read is already charged; never
         # more than the budget could grant (total_bytes may have shrunk).
-        cap = min(
-            READ_SIZE_CLASSES[self._read_limits[1]], limiter.total_bytes - limiter.reserved_bytes
-        )
+        cap = min(READ_SIZE_CLASSES[self._read_limits[1]], limiter.ordinary_bytes)
         charge = min(unsent, cap) - self._held_read
         if charge <= 0:
             return 0
