@@ -54,7 +54,9 @@ parked tasks would wait until cancelled. ``Connection`` never does that.
 Waking: a parked task is woken by exactly one ``reschedule``; the abort
 callback (cancellation) clears the parked slot first, so the dispatcher can
 never reschedule a task twice. Closing wakes parked tasks with
-``trio.ClosedResourceError``.
+``trio.ClosedResourceError``. A task parks on its registration's reusable
+``traps.Park`` and is woken with the shared ``traps.WOKEN`` outcome, so a
+park and a wake allocate nothing (see traps.py for why that is safe).
 """
 
 from __future__ import annotations
@@ -80,6 +82,9 @@ from trio.lowlevel import (
     spawn_system_task,
     wait_task_rescheduled,
 )
+
+from . import traps
+from .traps import WOKEN, Park
 
 __all__ = [
     "EpollPoller",
@@ -283,16 +288,18 @@ _READY: Final = _Ready()
 
 
 class _EpollRegistration(Registration):
-    __slots__ = ("abort_read", "read_task", "write_task")
+    __slots__ = ("read_park", "read_task", "write_park", "write_task")
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
         self.read_task: Task | None = None
         self.write_task: Task | None = None
-        # Bound once, so a read park allocates no bound method. Writes park
-        # rarely (only under backpressure): their abort is bound per park,
-        # which keeps 64 bytes off every idle connection.
-        self.abort_read = self._abort_read
+        # Made once and awaited at every park (see traps.py): a park then
+        # allocates nothing, and a parked idle connection keeps no coroutine.
+        # Writes park rarely (only under backpressure): theirs is made at the
+        # first one, which keeps it off every idle connection.
+        self.read_park: Park | None = Park(self._abort_read) if traps.FAST_TRAPS else None
+        self.write_park: Park | None = None
 
     def _abort_read(self, _raise_cancel: RaiseCancelT) -> Abort:
         self.read_task = None
@@ -314,7 +321,8 @@ class _EpollRegistration(Registration):
         if self.read_task is not None:
             raise trio.BusyResourceError("another task is already waiting to read")
         self.read_task = current_task()
-        return wait_task_rescheduled(self.abort_read)
+        park = self.read_park
+        return wait_task_rescheduled(self._abort_read) if park is None else park
 
     def wait_writable(self) -> Awaitable[None]:
         if self.closed:
@@ -325,7 +333,12 @@ class _EpollRegistration(Registration):
         if self.write_task is not None:
             raise trio.BusyResourceError("another task is already waiting to write")
         self.write_task = current_task()
-        return wait_task_rescheduled(self._abort_write)
+        park = self.write_park
+        if park is None:
+            if not traps.FAST_TRAPS:
+                return wait_task_rescheduled(self._abort_write)
+            park = self.write_park = Park(self._abort_write)
+        return park
 
 
 class EpollPoller(Poller):
@@ -405,6 +418,9 @@ class EpollPoller(Poller):
         read_events = _READ_EVENTS
         write_events = _WRITE_EVENTS
         hangup_events = _HANGUP_EVENTS
+        # Tasks parked on a traps.Park are woken with one shared outcome.
+        fast = traps.FAST_TRAPS
+        woken = WOKEN
         try:
             while True:
                 await wait_readable(epoll_fd)
@@ -426,7 +442,10 @@ class EpollPoller(Poller):
                                 remembered += 1
                             else:
                                 registration.read_task = None
-                                reschedule(task)
+                                if fast:
+                                    reschedule(task, woken)
+                                else:
+                                    reschedule(task)
                         if flags & write_events:
                             task = registration.write_task
                             if task is None:
@@ -434,7 +453,10 @@ class EpollPoller(Poller):
                                 remembered += 1
                             else:
                                 registration.write_task = None
-                                reschedule(task)
+                                if fast:
+                                    reschedule(task, woken)
+                                else:
+                                    reschedule(task)
                     self._events_dispatched += len(events)
                     self._edges_remembered += remembered
                     if len(events) < MAX_EVENTS_PER_POLL:

@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn, TypeAlias, TypeVar, overload
 
 import trio
-from trio.lowlevel import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled
+from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .buffers import MAX_CLASS_BYTES, Buffer, BufferPool
 from .ledger import Pressure, return_read, take_read
@@ -41,6 +41,7 @@ from .readsize import (
     adapt,
     largest_class_index,
 )
+from .traps import SCHEDULE_POINT
 
 T = TypeVar("T")
 
@@ -141,8 +142,8 @@ class Connection(trio.abc.HalfCloseableStream):
         "_preferred_read",
         "_read_drained",
         "_read_index",
-        "_read_limits",
-        "_read_minimum",
+        "_read_maximum_index",
+        "_read_minimum_index",
         "_receive_memory_wait",
         "_receiving",
         "_registration",
@@ -198,8 +199,8 @@ class Connection(trio.abc.HalfCloseableStream):
         self._ledger = None if self._limiter is None else self._limiter.read_ledger()
         self._scratch = None if pool is None else pool.scratch()
         read_sizes = fit_read_sizes(read_sizes, self._limiter)
-        self._read_limits = (read_sizes.minimum_index, read_sizes.maximum_index)
-        self._read_minimum = read_sizes.minimum
+        self._read_minimum_index = read_sizes.minimum_index
+        self._read_maximum_index = read_sizes.maximum_index
         self._read_index = read_sizes.initial_index
         self._shrink_pending = False
         # Derived from _read_index by _adapt(), kept for the hot path.
@@ -262,21 +263,22 @@ class Connection(trio.abc.HalfCloseableStream):
         self._receiving = True
         return max_bytes
 
+    # The frame of _receive is what a parked idle connection keeps, so it
+    # holds only what the park needs; the read itself is _read_now's.
     async def _receive(self, max_bytes: int | None, eof_stops_iteration: bool) -> bytes:
-        pool = self._pool
         if max_bytes is None and not (self._receiving or self._closed):
             # Hot path (``async for``): nothing to validate.
-            max_bytes = DEFAULT_RECEIVE_SIZE if pool is None else MAX_READ_BYTES
+            max_bytes = DEFAULT_RECEIVE_SIZE if self._pool is None else MAX_READ_BYTES
             self._receiving = True
         else:
             max_bytes = self._start_receiving(max_bytes)
         try:
-            limiter = self._limiter
             registration = self._registration
             if not self._read_drained or registration.readable or registration.hangup:
                 # Not about to park (a park is a cancel point of its own).
                 await checkpoint_if_cancelled()
             parked = False
+            granted = 0
             while True:
                 # Wait for readiness first, memory second: an idle connection
                 # holds no buffer, and bytes stay in the kernel until we can
@@ -286,102 +288,15 @@ class Connection(trio.abc.HalfCloseableStream):
                         self._release_held_read()
                     await registration.wait_readable()
                     parked = True
-                if pool is None:
-                    registration.readable = False
-                    try:
-                        data = self._sock.recv(max_bytes)
-                        break
-                    except BlockingIOError:
-                        pass
-                    except OSError as exc:
-                        raise self._stream_error(exc) from exc
-                    # Parked at the top of the loop, outside the except block:
-                    # an exception kept alive across the await would cost 560
-                    # bytes per idle connection.
-                    self._read_drained = True
-                    continue
-                # Hot path: sizes kept in slots by _adapt(), the limiter's
-                # bookkeeping reached with one plain call, adapt() called
-                # only when it would act.
-                preferred = self._preferred_read
-                minimum = self._read_minimum
-                if max_bytes < preferred:
-                    preferred = max_bytes
-                    if max_bytes < minimum:
-                        minimum = max_bytes
-                # The last chunk's charge becomes this read's when it is the
-                # same size, nobody waits and there is no pressure: giving
-                # it back and taking it again would change nothing.
-                held = self._held_read
-                if held:
-                    self._held_read = 0
-                    ledger = self._ledger
-                    if not (
-                        held == preferred
-                        and ledger is not None
-                        and not (ledger.privileged or ledger.ordinary)
-                        and ledger.in_use < ledger.pressure_bytes
-                    ):
-                        self._give_back_read(held)
-                        held = 0
-                if held:
-                    size = held
-                elif (ledger := self._ledger) is not None:
-                    size = take_read(ledger, self, preferred, minimum)
-                elif limiter is None:
-                    size = preferred
-                else:
-                    size = limiter.acquire_read_nowait(self, preferred, minimum)
-                if not size:
-                    # The budget is spent or others wait first: queue (FIFO,
-                    # cancellable; the bytes wait in the kernel meanwhile).
-                    size = minimum
-                    await self._unless_closed(
-                        limiter.acquire_on_behalf_of(self, size)  # type: ignore[union-attr]
-                    )
-                    parked = True
-                # The lease of the pool's scratch buffer lasts one syscall:
-                # the bytes are copied out before anything else can run (see
-                # BufferPool.scratch). The charge stays (_held_read).
-                scratch = self._scratch
-                registration.readable = False
-                try:
-                    if size <= MAX_CLASS_BYTES:
-                        received = self._sock.recv_into(scratch, size)  # type: ignore[arg-type]
-                    else:
-                        # Beyond the scratch buffer (a bulk stream's large
-                        # reads): straight into the bytes returned, no copy.
-                        data = self._sock.recv(size)
-                        received = len(data)
-                except BlockingIOError:
-                    received = -1
-                except OSError as exc:
-                    if limiter is not None:
-                        self._give_back_read(size)
-                    raise self._stream_error(exc) from exc
-                if received > 0:
-                    if size <= MAX_CLASS_BYTES:
-                        data = scratch[:received]  # type: ignore[index]
-                    if limiter is not None:
-                        self._held_read = size
-                    self._read_drained = received < size
-                    if size == self._preferred_read and (
-                        received >= size or received < self._shrink_below
-                    ):
-                        self._adapt(received)
-                    elif self._shrink_pending:
-                        self._shrink_pending = False
+                data = self._read_now(max_bytes, granted)
+                if isinstance(data, bytes):
                     break
-                if limiter is not None:  # EAGAIN or EOF: nothing is held after all
-                    self._give_back_read(size)
-                if received < 0:
-                    self._read_drained = True
-                    continue
-                data = b""
-                self._read_drained = False  # EOF: reading again returns b"" at once
-                break
+                granted = data
+                if granted:
+                    await self._wait_for_memory(granted)
+                    parked = True
             if not parked:
-                await cancel_shielded_checkpoint()
+                await SCHEDULE_POINT
         except BaseException:
             if self._held_read:  # cancelled before the read: hold nothing meanwhile
                 self._release_held_read()
@@ -390,11 +305,106 @@ class Connection(trio.abc.HalfCloseableStream):
             self._receiving = False
         if not data and eof_stops_iteration:
             raise StopAsyncIteration
+        return data
+
+    def _read_now(self, max_bytes: int, granted: int) -> bytes | int:
+        """One read without waiting: the bytes (``b""`` at EOF) or, as an int, what to wait for.
+
+        ``0`` means the kernel said EAGAIN (the socket is now "drained": park
+        before trying again); a positive int is the bytes the limiter must
+        grant first (``granted`` then says they were). Every byte returned
+        stays charged (``_held_read``) until the next receive.
+        """
+        pool = self._pool
+        limiter = self._limiter
         if pool is None:
+            self._registration.readable = False
+            try:
+                data = self._sock.recv(max_bytes)
+            except BlockingIOError:
+                self._read_drained = True
+                return 0
+            except OSError as exc:
+                raise self._stream_error(exc) from exc
             # An empty read is EOF: reading again returns b"" at once, so EOF
             # never counts as "drained".
             self._read_drained = 0 < len(data) < max_bytes
-        return data
+            return data
+        # Hot path: sizes kept in slots by _adapt(), the limiter's
+        # bookkeeping reached with one plain call, adapt() called only when
+        # it would act.
+        size = granted
+        if not size:
+            preferred = self._preferred_read
+            minimum = READ_SIZE_CLASSES[self._read_minimum_index]
+            if max_bytes < preferred:
+                preferred = max_bytes
+                if max_bytes < minimum:
+                    minimum = max_bytes
+            # The last chunk's charge becomes this read's when it is the same
+            # size, nobody waits and there is no pressure: giving it back and
+            # taking it again would change nothing.
+            held = self._held_read
+            if held:
+                self._held_read = 0
+                ledger = self._ledger
+                if not (
+                    held == preferred
+                    and ledger is not None
+                    and not (ledger.privileged or ledger.ordinary)
+                    and ledger.in_use < ledger.pressure_bytes
+                ):
+                    self._give_back_read(held)
+                    held = 0
+            if held:
+                size = held
+            elif (ledger := self._ledger) is not None:
+                size = take_read(ledger, self, preferred, minimum)
+            elif limiter is None:
+                size = preferred
+            else:
+                size = limiter.acquire_read_nowait(self, preferred, minimum)
+            if not size:
+                return minimum
+        # The lease of the pool's scratch buffer lasts one syscall: the bytes
+        # are copied out before anything else can run (see
+        # BufferPool.scratch). The charge stays (_held_read).
+        scratch = self._scratch
+        self._registration.readable = False
+        try:
+            if size <= MAX_CLASS_BYTES:
+                received = self._sock.recv_into(scratch, size)  # type: ignore[arg-type]
+            else:
+                # Beyond the scratch buffer (a bulk stream's large reads):
+                # straight into the bytes returned, no copy.
+                data = self._sock.recv(size)
+                received = len(data)
+        except BlockingIOError:
+            received = -1
+        except OSError as exc:
+            if limiter is not None:
+                self._give_back_read(size)
+            raise self._stream_error(exc) from exc
+        if received > 0:
+            if size <= MAX_CLASS_BYTES:
+                data = scratch[:received]  # type: ignore[index]
+            if limiter is not None:
+                self._held_read = size
+            self._read_drained = received < size
+            if size == self._preferred_read and (
+                received >= size or received < self._shrink_below
+            ):
+                self._adapt(received)
+            elif self._shrink_pending:
+                self._shrink_pending = False
+            return data
+        if limiter is not None:  # EAGAIN or EOF: nothing is held after all
+            self._give_back_read(size)
+        if received < 0:
+            self._read_drained = True
+            return 0
+        self._read_drained = False  # EOF: reading again returns b"" at once
+        return b""
 
     @asynccontextmanager
     async def receive_buffer(self, max_bytes: int | None = None) -> AsyncIterator[Buffer]:
@@ -440,7 +450,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 buffer.release()
             if not parked:
                 try:
-                    await cancel_shielded_checkpoint()
+                    await SCHEDULE_POINT
                 except BaseException:
                     buffer.release()
                     raise
@@ -449,6 +459,13 @@ class Connection(trio.abc.HalfCloseableStream):
         buffer.set_length(received)
         with buffer:
             yield buffer
+
+    async def _wait_for_memory(self, nbytes: int) -> None:
+        # The budget is spent or others wait first: queue (FIFO, cancellable;
+        # the bytes wait in the kernel meanwhile) until nbytes are charged.
+        await self._unless_closed(
+            self._limiter.acquire_on_behalf_of(self, nbytes)  # type: ignore[union-attr]
+        )
 
     async def _unless_closed(self, waiting: Awaitable[T]) -> T:
         """Await a wait for memory that ``close()`` can end (it cancels the scope)."""
@@ -474,7 +491,7 @@ class Connection(trio.abc.HalfCloseableStream):
         # Under memory pressure every read is the minimum class; a read the
         # budget could never grant (total_bytes shrank at run time) steps down
         # until it fits, as take_read does for receive_some.
-        minimum_index, _ = self._read_limits
+        minimum_index = self._read_minimum_index
         limiter = self._limiter
         index = self._read_index
         if limiter is not None:
@@ -500,16 +517,19 @@ class Connection(trio.abc.HalfCloseableStream):
         return received
 
     def _adapt(self, received: int) -> None:
-        minimum_index, maximum_index = self._read_limits
         self._read_index, self._shrink_pending = adapt(
-            self._read_index, received, self._shrink_pending, minimum_index, maximum_index
+            self._read_index,
+            received,
+            self._shrink_pending,
+            self._read_minimum_index,
+            self._read_maximum_index,
         )
         self._preferred_read = READ_SIZE_CLASSES[self._read_index]
         self._shrink_below = self._shrink_threshold()
 
     def _shrink_threshold(self) -> int:
         # A read below this would have fitted the class below: a "small" read.
-        if self._read_index > self._read_limits[0]:
+        if self._read_index > self._read_minimum_index:
             return READ_SIZE_CLASSES[self._read_index - 1]
         return 0
 
@@ -541,7 +561,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 except OSError as exc:
                     raise self._stream_error(exc) from exc
                 if sent == len(data):
-                    await cancel_shielded_checkpoint()
+                    await SCHEDULE_POINT
                 else:
                     await self._send_rest(data, sent)
             else:
@@ -592,7 +612,7 @@ class Connection(trio.abc.HalfCloseableStream):
             if charged:
                 self._limiter.release_on_behalf_of(self, charged)  # type: ignore[union-attr]
         if not parked:
-            await cancel_shielded_checkpoint()
+            await SCHEDULE_POINT
 
     async def _charge_unsent(self, unsent: int) -> int:
         """Charge the bytes a blocked ``send_all`` holds to the limiter; returns the charge.
@@ -608,7 +628,7 @@ class Connection(trio.abc.HalfCloseableStream):
             return 0
         # The tail of a chunk this connection read is already charged; never
         # more than the budget could grant (total_bytes may have shrunk).
-        cap = min(READ_SIZE_CLASSES[self._read_limits[1]], limiter.ordinary_bytes)
+        cap = min(READ_SIZE_CLASSES[self._read_maximum_index], limiter.ordinary_bytes)
         charge = min(unsent, cap) - self._held_read
         if charge <= 0:
             return 0

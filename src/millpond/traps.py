@@ -1,0 +1,147 @@
+"""Yielding to Trio's scheduler without allocating: reusable park and yield awaitables.
+
+This module owns one thing: the two ways a hot-path task gives control back
+to Trio (park until woken, or yield once) done with objects made once and
+reused, instead of Trio's ``wait_task_rescheduled``/``cancel_shielded_checkpoint``
+coroutines.
+
+Why
+---
+Every echoed message parks once (the receive) and yields once (the send's
+schedule point). Through Trio's functions each of those creates a coroutine,
+a generator (``_async_yield``), a trap message and an ``outcome.Value``, and
+unwraps it: on this project's benchmark VM about a tenth of the server's CPU
+per 64-byte echo. A parked idle connection also keeps the coroutine, the
+generator and the message alive: 540 bytes of its ~2.7 KiB.
+
+How
+---
+Trio's run loop speaks a tiny protocol with the coroutine it steps
+(``trio/_core/_traps.py``: "the only functions that ever yield back to the
+task runner"): the innermost awaitable *yields a message* (a
+``WaitTaskRescheduled`` carrying an abort function, or the
+``CancelShieldedCheckpoint`` sentinel), and is later *sent an Outcome* that it
+unwraps. Any object whose ``__await__`` returns an iterator can take part:
+``__next__`` yields the message, ``send`` receives the outcome. Both objects
+here are stateless between steps, so one instance serves every park (``Park``
+per registration, ``SCHEDULE_POINT`` shared by all tasks).
+
+The messages are not built from Trio's private classes: they are captured
+from Trio's own public functions at import (start the coroutine, take what
+it yields, close it). If a future Trio yields something this module does not
+recognise, ``FAST_TRAPS`` is ``False`` and callers use Trio's functions.
+
+``WOKEN`` is an ``outcome.Value(None)`` that ``Park.send`` recognises by
+identity and never unwraps, so the dispatcher can wake parked tasks without
+making a new outcome each time. Pass it only to tasks parked on a ``Park``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, Final
+
+import outcome
+from trio.lowlevel import Abort, RaiseCancelT, cancel_shielded_checkpoint, wait_task_rescheduled
+
+__all__ = ["FAST_TRAPS", "SCHEDULE_POINT", "WOKEN", "Park", "ScheduleYield", "TrioScheduleYield"]
+
+AbortFunc = Callable[[RaiseCancelT], Abort]
+
+
+def _first_yield(coro: Coroutine[Any, Any, Any]) -> object:
+    """Start ``coro``, return the message it yields to the run loop, close it."""
+    try:
+        return coro.send(None)
+    except StopIteration:  # pragma: no cover - a Trio that does not yield here
+        return None
+    finally:
+        coro.close()
+
+
+def _abort_unused(_raise_cancel: RaiseCancelT) -> Abort:  # pragma: no cover - never called
+    return Abort.SUCCEEDED
+
+
+_SAMPLE_WAIT: Final = _first_yield(wait_task_rescheduled(_abort_unused))
+_SCHEDULE_MESSAGE: Final = _first_yield(cancel_shielded_checkpoint())
+
+# True when Trio's trap messages look as this module expects: a wait message
+# carries the abort function it was made with, and the schedule message is a
+# constant (the same object from every call).
+FAST_TRAPS: Final = (
+    getattr(_SAMPLE_WAIT, "abort_func", None) is _abort_unused
+    and _SCHEDULE_MESSAGE is not None
+    and _first_yield(cancel_shielded_checkpoint()) is _SCHEDULE_MESSAGE
+)
+
+# The outcome the dispatcher sends to wake a task parked on a Park.
+WOKEN: Final[outcome.Value[None]] = outcome.Value(None)
+
+
+def _wait_message(abort_func: AbortFunc) -> object:
+    """A ``WaitTaskRescheduled`` message for ``abort_func``, made by Trio itself."""
+    return _first_yield(wait_task_rescheduled(abort_func))
+
+
+class Park:
+    """A reusable ``await trio.lowlevel.wait_task_rescheduled(abort_func)``.
+
+    Make one per waiting slot (a socket's read side), await it each time the
+    slot's task must sleep; wake the task with ``reschedule(task, WOKEN)`` or
+    any ``outcome``. Only one task may await a given ``Park`` at a time: the
+    caller's own bookkeeping (the registration's ``read_task``) ensures it.
+    """
+
+    __slots__ = ("_message",)
+
+    def __init__(self, abort_func: AbortFunc) -> None:
+        if not FAST_TRAPS:  # pragma: no cover - guarded by callers
+            raise RuntimeError("this Trio's trap messages are not recognised; use Trio's functions")
+        self._message = _wait_message(abort_func)
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        return self  # type: ignore[return-value]
+
+    def __iter__(self) -> Park:
+        return self
+
+    def __next__(self) -> object:
+        # First step of the await: hand the run loop the wait message.
+        return self._message
+
+    def send(self, value: outcome.Outcome[None]) -> object:
+        """Finish the await with the outcome the waker sent (raises it if an error)."""
+        if value is not WOKEN:
+            value.unwrap()
+        raise StopIteration
+
+
+class ScheduleYield:
+    """A reusable ``await trio.lowlevel.cancel_shielded_checkpoint()``: a schedule point.
+
+    Stateless, so one instance (``SCHEDULE_POINT``) serves every task.
+    """
+
+    __slots__ = ()
+
+    # A generator, unlike Park: a yield is never idle, and finishing a
+    # generator is cheaper than raising StopIteration from ``send``. No
+    # unwrap: for this message Trio's run loop itself reschedules the task
+    # with a fresh ``Value(None)``, and nothing else can wake it.
+    def __await__(self) -> Generator[Any, Any, None]:
+        yield _SCHEDULE_MESSAGE
+
+class TrioScheduleYield:
+    """The same schedule point through Trio's own function (when ``FAST_TRAPS`` is false)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        return cancel_shielded_checkpoint().__await__()
+
+
+# ``await SCHEDULE_POINT`` is ``await trio.lowlevel.cancel_shielded_checkpoint()``.
+SCHEDULE_POINT: Final[ScheduleYield | TrioScheduleYield] = (
+    ScheduleYield() if FAST_TRAPS else TrioScheduleYield()
+)

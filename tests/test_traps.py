@@ -1,0 +1,147 @@
+"""Specifications for millpond.traps: reusable parks and schedule points, and the fallback.
+
+The fast objects speak Trio's trap protocol directly; these tests hold them
+to what Trio's own ``wait_task_rescheduled`` and ``cancel_shielded_checkpoint``
+do, and check that a connection still works when the fast path is off.
+"""
+
+from __future__ import annotations
+
+import outcome
+import pytest
+import trio
+import trio.testing
+from conftest import socket_pair
+from trio.lowlevel import (
+    Abort,
+    RaiseCancelT,
+    Task,
+    checkpoint_if_cancelled,
+    current_task,
+    reschedule,
+)
+
+from millpond import traps
+from millpond.traps import SCHEDULE_POINT, WOKEN, Park, TrioScheduleYield
+
+# Hang guard only, never a timing assertion.
+HANG_GUARD_SECONDS = 10
+
+
+class Sleeper:
+    """A task parked on one reusable ``Park``, as a registration's reader is."""
+
+    def __init__(self) -> None:
+        self.task: Task | None = None
+        self.park = Park(self._abort)
+        self.aborts = 0
+
+    def _abort(self, _raise_cancel: RaiseCancelT) -> Abort:
+        self.aborts += 1
+        self.task = None
+        return Abort.SUCCEEDED
+
+    async def sleep(self) -> None:
+        self.task = current_task()
+        await self.park
+
+    def wake(self, value: outcome.Outcome[None] = WOKEN) -> None:
+        task, self.task = self.task, None
+        assert task is not None
+        reschedule(task, value)
+
+
+def test_this_trio_gets_the_fast_path() -> None:
+    # The suite exercises the fast objects only if Trio's messages were recognised.
+    assert traps.FAST_TRAPS
+    assert isinstance(SCHEDULE_POINT, traps.ScheduleYield)
+
+
+async def test_one_park_serves_many_sleeps_woken_by_the_shared_outcome() -> None:
+    sleeper = Sleeper()
+    woken = 0
+
+    async def sleep_three_times() -> None:
+        nonlocal woken
+        for _ in range(3):
+            await sleeper.sleep()
+            woken += 1
+
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sleep_three_times)
+            for expected in range(3):
+                await trio.testing.wait_all_tasks_blocked()
+                assert woken == expected
+                sleeper.wake()
+    assert woken == 3
+
+
+async def test_woken_with_an_error_outcome_raises_it() -> None:
+    sleeper = Sleeper()
+    raised: list[BaseException] = []
+
+    async def sleep() -> None:
+        try:
+            await sleeper.sleep()
+        except trio.ClosedResourceError as exc:
+            raised.append(exc)
+
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sleep)
+            await trio.testing.wait_all_tasks_blocked()
+            sleeper.wake(outcome.Error(trio.ClosedResourceError("closed")))
+    assert len(raised) == 1
+
+
+async def test_cancelled_sleeper_is_aborted_and_can_park_again() -> None:
+    sleeper = Sleeper()
+    with trio.move_on_after(0):
+        await sleeper.sleep()
+    assert sleeper.aborts == 1
+    assert sleeper.task is None
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sleeper.sleep)
+            await trio.testing.wait_all_tasks_blocked()
+            sleeper.wake()
+
+
+@pytest.mark.parametrize("point", [SCHEDULE_POINT, TrioScheduleYield()], ids=["fast", "trio"])
+async def test_schedule_point_completes_a_checkpoint_and_ignores_cancellation(
+    point: traps.ScheduleYield | TrioScheduleYield,
+) -> None:
+    # checkpoint_if_cancelled() is the cancel point; without the schedule
+    # point assert_checkpoints would fail.
+    with trio.testing.assert_checkpoints():
+        await checkpoint_if_cancelled()
+        await point
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        for _ in range(3):
+            await point  # not a cancel point: no Cancelled
+    assert not scope.cancelled_caught
+
+
+async def test_connection_works_without_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a Trio whose messages are not recognised gets: Trio's own waits,
+    # and the dispatcher waking with a fresh outcome each time.
+    monkeypatch.setattr(traps, "FAST_TRAPS", False)
+    a, b = await socket_pair("epoll")
+    async with a, b:
+        assert a._registration.read_park is None  # type: ignore[attr-defined]
+        received: list[bytes] = []
+
+        async def receive() -> None:
+            received.append(await b.receive_some())
+
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            for message in (b"one", b"two", b"three"):
+                async with trio.open_nursery() as nursery:
+                    # b parks in receive_some before a sends: the wake comes
+                    # from the dispatcher.
+                    nursery.start_soon(receive)
+                    await trio.testing.wait_all_tasks_blocked()
+                    await a.send_all(message)
+        assert received == [b"one", b"two", b"three"]
