@@ -57,6 +57,11 @@ def test_this_trio_gets_the_fast_path() -> None:
     assert isinstance(SCHEDULE_POINT, traps.ScheduleYield)
 
 
+def test_park_needs_a_callable_abort() -> None:
+    with pytest.raises(TypeError, match="abort_func must be callable"):
+        Park(None)  # type: ignore[arg-type]
+
+
 async def test_one_park_serves_many_sleeps_woken_by_the_shared_outcome() -> None:
     sleeper = Sleeper()
     woken = 0

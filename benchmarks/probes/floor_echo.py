@@ -9,6 +9,9 @@ registration and skips everything a stream must do (busy checks, errors, budgets
   ``trio.testing.check_half_closeable_stream`` asserts: every receive and every send is a
   checkpoint (a cancel point first; a schedule point after the syscall unless it parked).
 
+Schedule points and parks use millpond's reusable ones (``millpond.traps``), as a
+``Connection`` does.
+
     python benchmarks/probes/floor_echo.py --mode checkpoints --port 7000
 """
 
@@ -17,9 +20,10 @@ from __future__ import annotations
 import argparse
 
 import trio
-from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
+from trio.lowlevel import checkpoint_if_cancelled
 
 import millpond
+from millpond.traps import SCHEDULE_POINT
 
 
 async def bare(conn: millpond.Connection) -> None:
@@ -39,7 +43,7 @@ async def bare(conn: millpond.Connection) -> None:
         if not data:
             return
         send(data)  # 64-byte echoes: the kernel takes them whole
-        await cancel_shielded_checkpoint()
+        await SCHEDULE_POINT
 
 
 async def checkpoints(conn: millpond.Connection) -> None:
@@ -61,12 +65,12 @@ async def checkpoints(conn: millpond.Connection) -> None:
             except BlockingIOError:
                 continue
         if not parked:
-            await cancel_shielded_checkpoint()
+            await SCHEDULE_POINT
         if not data:
             return
         await checkpoint_if_cancelled()
         send(data)
-        await cancel_shielded_checkpoint()
+        await SCHEDULE_POINT
 
 
 def main() -> None:

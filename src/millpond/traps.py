@@ -96,6 +96,8 @@ class Park:
     __slots__ = ("_message",)
 
     def __init__(self, abort_func: AbortFunc) -> None:
+        if not callable(abort_func):
+            raise TypeError(f"abort_func must be callable, not {type(abort_func).__name__}")
         if not FAST_TRAPS:  # pragma: no cover - guarded by callers
             raise RuntimeError("this Trio's trap messages are not recognised; use Trio's functions")
         self._message = _wait_message(abort_func)
