@@ -285,7 +285,12 @@ class Connection(trio.abc.HalfCloseableStream):
                 # afford them (a cancelled wait loses nothing).
                 if self._read_drained and not (registration.readable or registration.hangup):
                     if self._held_read:  # a parked connection holds nothing
-                        self._release_held_read()
+                        if self._ledger is not None and return_read(
+                            self._ledger, self, self._held_read
+                        ):
+                            self._held_read = 0
+                        else:
+                            self._release_held_read()
                     await registration.wait_readable()
                     parked = True
                 data = self._read_now(max_bytes, granted)
