@@ -490,7 +490,9 @@ class Connection(trio.abc.HalfCloseableStream):
         """Return a read's charge: the ledger's fast path when nobody waits."""
         ledger = self._ledger
         if ledger is None or not return_read(ledger, self, nbytes):
-            self._limiter.release_read(self, nbytes)  # type: ignore[union-attr]
+            # Waiters to serve (or another thread): the general release, not
+            # release_read(), which would try return_read() again first.
+            self._limiter.release_on_behalf_of(self, nbytes)  # type: ignore[union-attr]
 
     def _read_size(self, max_bytes: int) -> int:
         # Under memory pressure every read is the minimum class; a read the
