@@ -27,6 +27,10 @@ from millpond.traps import SCHEDULE_POINT, WOKEN, Park, TrioScheduleYield
 # Hang guard only, never a timing assertion.
 HANG_GUARD_SECONDS = 10
 
+# Far more than a loopback socket's send and receive buffers hold, so a
+# send_all of it must park on wait_writable at least once.
+BIG_SEND_BYTES = 16 * 1024 * 1024
+
 
 class Sleeper:
     """A task parked on one reusable ``Park``, as a registration's reader is."""
@@ -150,3 +154,19 @@ async def test_connection_works_without_the_fast_path(monkeypatch: pytest.Monkey
                     await trio.testing.wait_all_tasks_blocked()
                     await a.send_all(message)
         assert received == [b"one", b"two", b"three"]
+
+        # A send larger than the socket buffers parks a on wait_writable until
+        # b drains: the write side's wake-up comes from the dispatcher too.
+        payload = bytes(range(256)) * (BIG_SEND_BYTES // 256)
+        got = bytearray()
+
+        async def drain() -> None:
+            while len(got) < len(payload):
+                got.extend(await b.receive_some())
+
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                await a.send_all(payload)
+        assert got == payload
+        assert a._registration.write_park is None  # type: ignore[attr-defined]
