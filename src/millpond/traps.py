@@ -10,9 +10,10 @@ Why
 Every echoed message parks once (the receive) and yields once (the send's
 schedule point). Through Trio's functions each of those creates a coroutine,
 a generator (``_async_yield``), a trap message and an ``outcome.Value``, and
-unwraps it: on this project's benchmark VM about a tenth of the server's CPU
-per 64-byte echo. A parked idle connection also keeps the coroutine, the
-generator and the message alive: 540 bytes of its ~2.7 KiB.
+unwraps it: on this project's benchmark VM, doing without them made a
+64-byte echo server 8 % faster (docs/performance.md). A parked idle
+connection also kept the coroutine, the generator and the message alive:
+540 bytes of its ~2.7 KiB.
 
 How
 ---
@@ -21,10 +22,11 @@ Trio's run loop speaks a tiny protocol with the coroutine it steps
 task runner"): the innermost awaitable *yields a message* (a
 ``WaitTaskRescheduled`` carrying an abort function, or the
 ``CancelShieldedCheckpoint`` sentinel), and is later *sent an Outcome* that it
-unwraps. Any object whose ``__await__`` returns an iterator can take part:
-``__next__`` yields the message, ``send`` receives the outcome. Both objects
-here are stateless between steps, so one instance serves every park (``Park``
-per registration, ``SCHEDULE_POINT`` shared by all tasks).
+unwraps. Any awaitable can take part. ``Park`` is its own iterator:
+``__next__`` yields the message, ``send`` receives the outcome, and nothing
+is kept between parks, so one instance per registration serves every park.
+The schedule point's ``__await__`` is a two-line generator, and one
+``SCHEDULE_POINT`` is shared by all tasks.
 
 The messages are not built from Trio's private classes: they are captured
 from Trio's own public functions at import (start the coroutine, take what
