@@ -11,12 +11,12 @@ SIGINT or SIGTERM, then exits with status 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
-from typing import Any, cast
+from typing import cast
+
+from asyncio_main import main
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -57,27 +57,5 @@ async def serve(host: str, port: int) -> None:
         server.close()  # open transports are closed with the loop
 
 
-def run(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
-    if use_uvloop:
-        import uvloop
-
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
-    args = parser.parse_args(argv)
-    try:
-        run(serve(args.host, args.port), args.uvloop)
-    except KeyboardInterrupt:
-        pass  # SIGINT before the signal handlers were installed.
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(serve, __doc__.splitlines()[0]))

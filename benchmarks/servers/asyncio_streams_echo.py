@@ -10,13 +10,13 @@ bound, serves until SIGINT or SIGTERM, then exits with status 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Coroutine
 from typing import Any
+
+from asyncio_main import main
 
 # The usual read size for an asyncio echo: large enough that a burst is one call.
 READ_SIZE = 65536
@@ -69,27 +69,5 @@ async def serve(host: str, port: int) -> None:
             await asyncio.wait(connections.values(), timeout=STOP_GRACE_S)
 
 
-def run(main: Coroutine[Any, Any, None], use_uvloop: bool) -> None:
-    if use_uvloop:
-        import uvloop
-
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
-    args = parser.parse_args(argv)
-    try:
-        run(serve(args.host, args.port), args.uvloop)
-    except KeyboardInterrupt:
-        pass  # SIGINT before the signal handlers were installed.
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(serve, __doc__.splitlines()[0]))
