@@ -587,6 +587,12 @@ def measure_window(cfg: Config, server: RunningServer, args: Sequence[str], time
     }
 
 
+def rates_and_latency(report: dict[str, Any]) -> dict[str, Any]:
+    """The throughput and latency fields every echo and churn row copies from the load generator."""
+    keys = ("msgs_per_s", "mb_per_s", "p50_us", "p99_us", "p999_us", "max_us")
+    return {key: report[key] for key in keys}
+
+
 def run_echo(cfg: Config, name: str, sc: Scenario) -> Row:
     with running_server(cfg, name, sc.name) as server:
         args = ["echo", HOST, str(server.port), str(sc.conns), str(sc.size)]
@@ -601,12 +607,7 @@ def run_echo(cfg: Config, name: str, sc: Scenario) -> Row:
         "conns": sc.conns,
         "size": sc.size,
         "inflight": sc.inflight,
-        "msgs_per_s": r["msgs_per_s"],
-        "mb_per_s": r["mb_per_s"],
-        "p50_us": r["p50_us"],
-        "p99_us": r["p99_us"],
-        "p999_us": r["p999_us"],
-        "max_us": r["max_us"],
+        **rates_and_latency(r),
         "msgs": r["msgs"],
         "errors": r["errors"],
         **w,
@@ -624,12 +625,7 @@ def run_churn(cfg: Config, name: str, sc: Scenario) -> Row:
         "server": name,
         "parallel": sc.conns,
         "conns_per_s": r["conns_per_s"],
-        "msgs_per_s": r["msgs_per_s"],
-        "mb_per_s": r["mb_per_s"],
-        "p50_us": r["p50_us"],
-        "p99_us": r["p99_us"],
-        "p999_us": r["p999_us"],
-        "max_us": r["max_us"],
+        **rates_and_latency(r),
         "connections": r["conns"],
         "conn_failures": r["failures"],
         "errors": r["failures"],
