@@ -458,6 +458,62 @@ async def test_cancelled_writer_frees_its_slot_and_is_not_counted(
         poller.unregister(registration)
 
 
+@linux_only
+async def test_cancelled_park_returns_and_leaves_the_cancellation_beside_it(
+    listener: socket.socket,
+) -> None:
+    # park_readable's contract: the await ends without raising; the caller
+    # raises what read_failure holds. The same registration parks again.
+    poller = get_poller("epoll")
+    sock, peer = tcp_pair(listener)
+    with sock, peer:
+        registration = poller.register(sock)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await registration.park_readable()
+            assert registration.read_failure is not None
+            assert registration.read_task is None  # type: ignore[attr-defined]
+            registration.raise_read_failure()
+        assert scope.cancelled_caught
+        assert registration.read_failure is None
+        waiter = ParkedWaiter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter.run, registration.wait_readable)
+            await trio.testing.wait_all_tasks_blocked()
+            peer.send(b"after the cancel")
+            with trio.fail_after(HANG_GUARD_SECONDS):
+                await waiter.done.wait()
+        assert waiter.returned
+        poller.unregister(registration)
+
+
+@linux_only
+async def test_unregister_wakes_a_parked_writer_with_the_failure_beside_it(
+    listener: socket.socket,
+) -> None:
+    poller = get_poller("epoll")
+    sock, peer = tcp_pair(listener)
+    with sock, peer:
+        registration = poller.register(sock)
+        fill_send_queue(sock, registration)
+        failures: list[BaseException] = []
+
+        async def park_and_check() -> None:
+            await registration.park_writable()
+            assert registration.write_failure is not None
+            try:
+                registration.raise_write_failure()
+            except trio.ClosedResourceError as exc:
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(park_and_check)
+            await trio.testing.wait_all_tasks_blocked()
+            poller.unregister(registration)
+        assert len(failures) == 1
+        assert registration.write_failure is None
+
+
 async def test_wait_after_cancelled_wait_wakes_on_data(
     poller_name: str, listener: socket.socket
 ) -> None:

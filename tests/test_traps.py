@@ -7,6 +7,9 @@ do, and check that a connection still works when the fast path is off.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NoReturn
+
 import outcome
 import pytest
 import trio
@@ -33,26 +36,42 @@ BIG_SEND_BYTES = 16 * 1024 * 1024
 
 
 class Sleeper:
-    """A task parked on one reusable ``Park``, as a registration's reader is."""
+    """A task parked on one reusable ``Park``, as a registration's reader is.
+
+    Failures travel beside the park, as ``traps.Park`` asks: the abort (and
+    ``fail``) store a function that raises, and the woken task calls it.
+    """
 
     def __init__(self) -> None:
         self.task: Task | None = None
         self.park = Park(self._abort)
+        self.failure: Callable[[], NoReturn] | None = None
         self.aborts = 0
 
-    def _abort(self, _raise_cancel: RaiseCancelT) -> Abort:
+    def _abort(self, raise_cancel: RaiseCancelT) -> Abort:
         self.aborts += 1
-        self.task = None
-        return Abort.SUCCEEDED
+        self.failure = raise_cancel
+        self.wake(outcome.Value(None))
+        return Abort.FAILED
 
     async def sleep(self) -> None:
         self.task = current_task()
         await self.park
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            failure()
 
     def wake(self, value: outcome.Outcome[None] = WOKEN) -> None:
         task, self.task = self.task, None
         assert task is not None
         reschedule(task, value)
+
+    def fail(self, exc: BaseException) -> None:
+        def raise_it() -> NoReturn:
+            raise exc
+
+        self.failure = raise_it
+        self.wake()
 
 
 def test_this_trio_gets_the_fast_path() -> None:
@@ -86,7 +105,18 @@ async def test_one_park_serves_many_sleeps_woken_by_the_shared_outcome() -> None
     assert woken == 3
 
 
-async def test_woken_with_an_error_outcome_raises_it() -> None:
+async def test_a_park_ends_whatever_it_is_sent() -> None:
+    # The contract that makes a Park fast: it never looks at the outcome, so
+    # an error sent to it is not raised. Failures must travel beside it.
+    sleeper = Sleeper()
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sleeper.sleep)
+            await trio.testing.wait_all_tasks_blocked()
+            sleeper.wake(outcome.Error(trio.ClosedResourceError("closed")))
+
+
+async def test_a_failure_stored_beside_the_park_is_raised_by_the_woken_task() -> None:
     sleeper = Sleeper()
     raised: list[BaseException] = []
 
@@ -100,16 +130,19 @@ async def test_woken_with_an_error_outcome_raises_it() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sleep)
             await trio.testing.wait_all_tasks_blocked()
-            sleeper.wake(outcome.Error(trio.ClosedResourceError("closed")))
+            sleeper.fail(trio.ClosedResourceError("closed"))
     assert len(raised) == 1
+    assert sleeper.failure is None
 
 
 async def test_cancelled_sleeper_is_aborted_and_can_park_again() -> None:
     sleeper = Sleeper()
-    with trio.move_on_after(0):
+    with trio.move_on_after(0) as scope:
         await sleeper.sleep()
+    assert scope.cancelled_caught
     assert sleeper.aborts == 1
     assert sleeper.task is None
+    assert sleeper.failure is None
     with trio.fail_after(HANG_GUARD_SECONDS):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sleeper.sleep)

@@ -9,8 +9,8 @@ registration and skips everything a stream must do (busy checks, errors, budgets
   ``trio.testing.check_half_closeable_stream`` asserts: every receive and every send is a
   checkpoint (a cancel point first; a schedule point after the syscall unless it parked).
 
-Schedule points and parks use millpond's reusable ones (``millpond.traps``), as a
-``Connection`` does.
+Schedule points and parks use millpond's reusable ones (``millpond.traps``, through
+``park_readable``), as a ``Connection`` does.
 
     python benchmarks/probes/floor_echo.py --mode checkpoints --port 7000
 """
@@ -33,12 +33,12 @@ async def bare(conn: millpond.Connection) -> None:
     send = conn.socket.send
     while True:
         if not registration.readable and not registration.hangup:
-            await registration.wait_readable()
+            await registration.park_readable()
         registration.readable = False
         try:
             data = recv(65536)
         except BlockingIOError:
-            await registration.wait_readable()
+            await registration.park_readable()
             continue
         if not data:
             return
@@ -56,7 +56,9 @@ async def checkpoints(conn: millpond.Connection) -> None:
         parked = False
         while True:
             if not registration.readable and not registration.hangup:
-                await registration.wait_readable()
+                await registration.park_readable()
+                if registration.read_failure is not None:
+                    registration.raise_read_failure()
                 parked = True
             registration.readable = False
             try:

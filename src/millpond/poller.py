@@ -56,7 +56,11 @@ callback (cancellation) clears the parked slot first, so the dispatcher can
 never reschedule a task twice. Closing wakes parked tasks with
 ``trio.ClosedResourceError``. A task parks on its registration's reusable
 ``traps.Park`` and is woken with the shared ``traps.WOKEN`` outcome, so a
-park and a wake allocate nothing (see traps.py for why that is safe).
+park and a wake allocate nothing (see traps.py for why that is safe). A
+``Park`` does not raise what it is sent, so cancellation and closing leave
+their failure on the registration (``read_failure``/``write_failure``) and
+wake the task, which raises it: ``park_readable``'s callers check, and
+``wait_readable`` does it for everybody else.
 """
 
 from __future__ import annotations
@@ -66,11 +70,10 @@ import os
 import select
 import socket
 import sys
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NoReturn
 
-import outcome
 import trio
 from trio.lowlevel import (
     Abort,
@@ -124,8 +127,8 @@ if sys.platform == "linux":
     _HANGUP_EVENTS: Final = _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
 
 
-def _closed_error() -> outcome.Error:
-    return outcome.Error(trio.ClosedResourceError("another task closed this socket"))
+def _raise_closed() -> NoReturn:
+    raise trio.ClosedResourceError("another task closed this socket")
 
 
 class Registration(abc.ABC):
@@ -137,9 +140,22 @@ class Registration(abc.ABC):
     readiness, and park (``wait_readable``/``wait_writable``) only after that
     syscall said EAGAIN, or after a short read while ``hangup`` is unset,
     without an ``await`` in between. A level-triggered poller never sets them.
+
+    Hot paths park with ``park_readable``/``park_writable`` instead, which do
+    not raise when woken: the caller then checks ``read_failure`` /
+    ``write_failure`` itself (see ``park_readable``).
     """
 
-    __slots__ = ("closed", "fd", "hangup", "readable", "sock", "writable")
+    __slots__ = (
+        "closed",
+        "fd",
+        "hangup",
+        "read_failure",
+        "readable",
+        "sock",
+        "writable",
+        "write_failure",
+    )
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -151,21 +167,58 @@ class Registration(abc.ABC):
         # so once this is set a short read no longer means "drained".
         self.hangup = False
         self.closed = False
+        # Why a parked task was woken, when it was not readiness: a function
+        # that raises it (Trio's raise_cancel, or "closed"). The woken task
+        # raises it (raise_read_failure); nobody else clears it.
+        self.read_failure: Callable[[], NoReturn] | None = None
+        self.write_failure: Callable[[], NoReturn] | None = None
 
-    @abc.abstractmethod
-    def wait_readable(self) -> Awaitable[None]:
+    async def wait_readable(self) -> None:
         """Park until the socket may be readable (or return a remembered edge).
-
-        Await the result at once: the checks run when this is called.
 
         Raises ``trio.ClosedResourceError`` if the socket is unregistered while
         waiting, ``trio.BusyResourceError`` if another task already waits to
         read, and ``trio.Cancelled`` when the caller's scope is cancelled.
         """
+        await self.park_readable()
+        if self.read_failure is not None:
+            self.raise_read_failure()
+
+    async def wait_writable(self) -> None:
+        """Park until the socket may be writable; errors as ``wait_readable``."""
+        await self.park_writable()
+        if self.write_failure is not None:
+            self.raise_write_failure()
 
     @abc.abstractmethod
-    def wait_writable(self) -> Awaitable[None]:
-        """Park until the socket may be writable; errors as ``wait_readable``."""
+    def park_readable(self) -> Awaitable[None]:
+        """``wait_readable`` for hot paths: no coroutine, and no raise on wake-up.
+
+        Await the result at once (the checks run when this is called), then::
+
+            if registration.read_failure is not None:
+                registration.raise_read_failure()
+
+        Cancellation and closing do not raise out of the ``await``: they wake
+        the task and leave ``read_failure`` set. Forgetting the check loses
+        the cancellation. Busy and already-closed errors raise from the call.
+        """
+
+    @abc.abstractmethod
+    def park_writable(self) -> Awaitable[None]:
+        """``park_readable`` for the write side: check ``write_failure`` after it."""
+
+    def raise_read_failure(self) -> NoReturn:
+        """Raise (and clear) the failure that woke the parked reader."""
+        failure, self.read_failure = self.read_failure, None
+        assert failure is not None, "no failure to raise"
+        failure()
+
+    def raise_write_failure(self) -> NoReturn:
+        """Raise (and clear) the failure that woke the parked writer."""
+        failure, self.write_failure = self.write_failure, None
+        assert failure is not None, "no failure to raise"
+        failure()
 
     def writable_now(self) -> bool:
         """Ask the kernel (one ``poll`` syscall) whether a send would not block.
@@ -301,18 +354,28 @@ class _EpollRegistration(Registration):
         self.read_park: Park | None = Park(self._abort_read) if traps.FAST_TRAPS else None
         self.write_park: Park | None = None
 
-    def _abort_read(self, _raise_cancel: RaiseCancelT) -> Abort:
-        self.read_task = None
-        return Abort.SUCCEEDED
+    # A Park ignores the outcome it is sent (traps.Park), so cancellation
+    # cannot travel as Abort.SUCCEEDED's error outcome: the abort stores
+    # Trio's raise_cancel, wakes the task itself and returns FAILED, and the
+    # woken task raises it (Trio's wait_task_rescheduled documents this).
+    def _abort_read(self, raise_cancel: RaiseCancelT) -> Abort:
+        task, self.read_task = self.read_task, None
+        assert task is not None  # an abort runs only while a task is parked
+        self.read_failure = raise_cancel
+        reschedule(task)
+        return Abort.FAILED
 
-    def _abort_write(self, _raise_cancel: RaiseCancelT) -> Abort:
-        self.write_task = None
-        return Abort.SUCCEEDED
+    def _abort_write(self, raise_cancel: RaiseCancelT) -> Abort:
+        task, self.write_task = self.write_task, None
+        assert task is not None  # an abort runs only while a task is parked
+        self.write_failure = raise_cancel
+        reschedule(task)
+        return Abort.FAILED
 
-    # Not ``async def``: returning Trio's own awaitable saves a coroutine
+    # Not ``async def``: returning the awaitable itself saves a coroutine
     # frame per parked task (200 bytes on an idle connection) and a call
     # layer per park.
-    def wait_readable(self) -> Awaitable[None]:
+    def park_readable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
         if self.readable:
@@ -324,7 +387,7 @@ class _EpollRegistration(Registration):
         park = self.read_park
         return wait_task_rescheduled(self._abort_read) if park is None else park
 
-    def wait_writable(self) -> Awaitable[None]:
+    def park_writable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
         if self.writable:
@@ -387,9 +450,13 @@ class EpollPoller(Poller):
                 except OSError:
                     # Closed behind our back: the kernel already dropped it.
                     pass
-        for task in (registration.read_task, registration.write_task):
-            if task is not None:
-                reschedule(task, _closed_error())
+        # Parked tasks wake to a failure, as the aborts do (see _abort_read).
+        if registration.read_task is not None:
+            registration.read_failure = _raise_closed
+            reschedule(registration.read_task)
+        if registration.write_task is not None:
+            registration.write_failure = _raise_closed
+            reschedule(registration.write_task)
         registration.read_task = registration.write_task = None
 
     def statistics(self) -> PollerStatistics:
@@ -476,12 +543,13 @@ class EpollPoller(Poller):
 class _TrioRegistration(Registration):
     __slots__ = ()
 
-    def wait_readable(self) -> Awaitable[None]:
+    # Trio's waits raise their own failures: read_failure stays None.
+    def park_readable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
         return trio.lowlevel.wait_readable(self.sock)
 
-    def wait_writable(self) -> Awaitable[None]:
+    def park_writable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
         return trio.lowlevel.wait_writable(self.sock)

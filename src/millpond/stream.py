@@ -293,7 +293,9 @@ class Connection(trio.abc.HalfCloseableStream):
                             self._held_read = 0
                         else:
                             self._release_held_read()
-                    await registration.wait_readable()
+                    await registration.park_readable()
+                    if registration.read_failure is not None:
+                        registration.raise_read_failure()
                     parked = True
                 data = self._read_now(max_bytes, granted)
                 if isinstance(data, bytes):
@@ -442,7 +444,9 @@ class Connection(trio.abc.HalfCloseableStream):
             parked = False
             while True:
                 if self._read_drained and not (registration.readable or registration.hangup):
-                    await registration.wait_readable()
+                    await registration.park_readable()
+                    if registration.read_failure is not None:
+                        registration.raise_read_failure()
                     parked = True
                 size = self._read_size(max_bytes)
                 try:
@@ -618,7 +622,9 @@ class Connection(trio.abc.HalfCloseableStream):
                     continue
                 if not charged and self._pool is not None:
                     charged = await self._charge_unsent(total - sent)
-                await registration.wait_writable()
+                await registration.park_writable()
+                if registration.write_failure is not None:
+                    registration.raise_write_failure()
                 parked = True
         finally:
             if charged:
