@@ -846,7 +846,6 @@ def summarize(
     summary: list[Row] = []
     for sc in cfg.scenarios:
         head_key = COLUMNS[sc.kind][0][1]
-        base = scenario_values(rows, sc, BASELINE, head_key)
         for name in cfg.servers:
             s: Row = {
                 "kind": "summary",
@@ -865,11 +864,34 @@ def summarize(
                 vs = scenario_values(rows, sc, name, key)
                 if vs:
                     s[key] = {"median": statistics.median(vs), "min": min(vs), "max": max(vs)}
-            head = scenario_values(rows, sc, name, head_key)
-            if head and base and statistics.median(base) > 0:
-                s[f"{head_key}_vs_{BASELINE}"] = statistics.median(head) / statistics.median(base)
+            ratios = paired_ratios(rows, sc, name, head_key)
+            if ratios:
+                s[f"{head_key}_vs_{BASELINE}"] = statistics.median(ratios)
+                s[f"{head_key}_vs_{BASELINE}_range"] = [min(ratios), max(ratios)]
             summary.append(s)
     return summary
+
+
+def paired_ratios(rows: list[Row], sc: Scenario, server: str, key: str) -> list[float]:
+    """Per round, ``server``'s value over the baseline's: the two ran back to back.
+
+    A ratio within one round cancels the slow drift of a VM's speed that a
+    ratio of medians over the whole run keeps.
+    """
+    by_run: dict[tuple[str, int], float] = {}
+    for r in rows:
+        if (
+            r.get("scenario") == sc.name
+            and r["kind"] == sc.kind
+            and r["server"] in (server, BASELINE)
+            and r.get(key) is not None
+        ):
+            by_run[(r["server"], r["run"])] = r[key]
+    return [
+        value / by_run[(BASELINE, run)]
+        for (name, run), value in sorted(by_run.items())
+        if name == server and by_run.get((BASELINE, run), 0) > 0
+    ]
 
 
 def markdown_table(headers: Sequence[str], table: list[list[str]]) -> str:
@@ -892,7 +914,11 @@ def scenario_markdown(cfg: Config, sc: Scenario, rows: list[Row], summary: list[
         line = [name, med_range(head, head_digits)]
         if with_ratio:
             ratio = s.get(f"{head_key}_vs_{BASELINE}")
-            line.append(f"{ratio:.2f}×" if ratio is not None else "-")
+            low, high = s.get(f"{head_key}_vs_{BASELINE}_range", (0.0, 0.0))
+            line.append(
+                f"{ratio:.2f}× [{low:.2f}–{high:.2f}]" if ratio is not None and name != BASELINE
+                else ("1.00×" if ratio is not None else "-")
+            )
         for _header, key, scale, digits in cols[1:]:
             vs = scenario_values(rows, sc, name, key)
             line.append(fmt(statistics.median(vs) * scale, digits) if vs else "-")
@@ -950,8 +976,9 @@ def report_markdown(
         f"Python {env['python']}, Trio {env['trio']}, AnyIO {env['anyio']}, "
         f"uvloop {env['uvloop']}",
         f"- server pinned to CPU {cfg.server_cpu}, load generator to CPU {cfg.client_cpu}; "
-        f"median [min–max] over {cfg.runs} interleaved run(s); `vs {BASELINE}` = ratio of "
-        "medians; other columns are medians",
+        f"median [min–max] over {cfg.runs} interleaved run(s); `vs {BASELINE}` = median "
+        f"[min–max] of the per-round ratios (in each round the servers run back to back); "
+        "other columns are medians",
         "",
     ]
     for sc in cfg.scenarios:
