@@ -14,18 +14,17 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from millpond.buffers import (
+from millpond.buffers import Buffer, BufferPool
+from millpond.leaks import BufferLeakWarning
+from millpond.limiter import BufferLimiter
+from millpond.sizeclasses import (
     MAX_CLASS_BYTES,
     PAGE_BYTES,
     SIZE_CLASSES,
     SLAB_BYTES,
-    Buffer,
-    BufferLeakWarning,
-    BufferPool,
     capacity_for,
     size_class_index,
 )
-from millpond.limiter import BufferLimiter
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -11,20 +11,14 @@ Write a handler, serve it::
     trio.run(millpond.serve, echo, 7000)
 """
 
-from .buffers import (
-    SIZE_CLASSES,
-    Buffer,
-    BufferLeakWarning,
-    BufferPool,
-    BufferPoolStatistics,
-    LeakReport,
-    SizeClassStatistics,
-)
+from .buffers import Buffer, BufferPool, BufferPoolStatistics, SizeClassStatistics
 from .connect import open_connection
+from .leaks import BufferLeakWarning, LeakReport
 from .limiter import BufferLimiter, BufferLimiterStatistics, Pressure
 from .poller import EpollPoller, Poller, PollerStatistics, Registration, TrioPoller, get_poller
 from .readsize import DEFAULT_READ_SIZES, ReadSizes
 from .server import Server, ServerStatistics, open_listeners, serve
+from .sizeclasses import SIZE_CLASSES
 from .stream import Connection
 
 __all__ = [

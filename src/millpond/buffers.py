@@ -1,4 +1,4 @@
-"""Leased byte buffers: size classes, slabs, trimming and leak detection.
+"""Leased byte buffers: the pool that hands them out, trimming and leak detection.
 
 This module owns the memory that connections read into and nothing else: it does
 no I/O. A :class:`BufferPool` hands out :class:`Buffer` leases, each a window
@@ -11,6 +11,11 @@ system after a quiet period. A buffer that is garbage collected without
 ``release()`` is reclaimed and, if it was sampled, reported with a
 :class:`BufferLeakWarning` that names where it was leased.
 
+The size classes and the slabs themselves (their arithmetic and bookkeeping)
+are in ``sizeclasses.py``, and the leak warning, its report and the sampling
+rate in ``leaks.py``. This module still exports the names it always did
+(:data:`SIZE_CLASSES`, :func:`size_class_index`, :func:`capacity_for`,
+:class:`BufferLeakWarning`, :class:`LeakReport`).
 ``docs/buffers.md`` explains the size classes, the slack bound and the trimming
 rules at length.
 """
@@ -34,7 +39,20 @@ from typing import Final, TypeVar, TypeVarTuple
 import outcome
 import trio
 
+from .leaks import _LEAK_LEVELS, _SAMPLE_BITS, BufferLeakWarning, LeakReport, _Site
 from .limiter import BufferLimiter, _run_is_over
+from .sizeclasses import (
+    _MIN_SHIFT,
+    MAX_CLASS_BYTES,
+    MIN_CLASS_BYTES,
+    PAGE_BYTES,
+    SIZE_CLASSES,
+    SLAB_BYTES,
+    _SizeClass,
+    _Slab,
+    capacity_for,
+    size_class_index,
+)
 
 __all__ = [
     "SIZE_CLASSES",
@@ -47,34 +65,6 @@ __all__ = [
     "capacity_for",
     "size_class_index",
 ]
-
-# Size classes are the powers of two from 1 KiB to 64 KiB. 64 KiB is Trio's
-# DEFAULT_RECEIVE_SIZE and the read size a busy TCP socket fills; 1 KiB is where a
-# Buffer's own overhead (the object plus a memoryview, ~200 bytes) stops
-# dominating. Powers of two keep the lookup to one bit_length() and the internal
-# waste of a lease below half its capacity.
-MIN_CLASS_BYTES: Final = 1024
-MAX_CLASS_BYTES: Final = 64 * 1024
-SIZE_CLASSES: Final[tuple[int, ...]] = tuple(
-    1 << shift for shift in range(MIN_CLASS_BYTES.bit_length() - 1, MAX_CLASS_BYTES.bit_length())
-)
-_MIN_SHIFT: Final = MIN_CLASS_BYTES.bit_length() - 1
-
-# One slab is one mmap of this many bytes. Equal to the largest class, so a 64 KiB
-# lease (the receive path) owns its slab outright and never pins free neighbours,
-# and a smaller class wastes less than one slab per partly used slab. Slabs are
-# rarely mapped once the pool is warm, so bigger slabs would save little.
-SLAB_BYTES: Final = MAX_CLASS_BYTES
-
-# Requests above MAX_CLASS_BYTES get their own mapping, rounded up to whole pages
-# (the kernel's unit, so the rounding is what the process really pays).
-PAGE_BYTES: Final = mmap.PAGESIZE
-
-# "sampled" leak detection tracks 1 lease in this many, chosen at random (a fixed
-# stride could alias with a loop that leaks every other lease). Netty's default.
-LEAK_SAMPLE_INTERVAL: Final = 128
-_SAMPLE_BITS: Final = LEAK_SAMPLE_INTERVAL.bit_length() - 1
-assert 1 << _SAMPLE_BITS == LEAK_SAMPLE_INTERVAL
 
 # A slab whose buffers have all been free this long goes back to the OS. Long
 # enough to ride out bursts a few seconds apart without remapping and
@@ -90,7 +80,6 @@ DEFAULT_MAX_IDLE_BYTES: Final = 8 * 1024 * 1024
 # How many tracked leaks statistics() remembers, for the introspection endpoint.
 RECENT_LEAKS_KEPT: Final = 32
 
-_LEAK_LEVELS: Final = ("off", "sampled", "all")
 # What a queued return is (see BufferPool._hand_home).
 _RELEASED: Final = 0
 _LEAKED: Final = 1
@@ -98,48 +87,6 @@ _LEAKED_EXPORTED: Final = 2
 _get_ident: Final = threading.get_ident
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
-_MADV_DONTNEED: Final[int | None] = getattr(mmap, "MADV_DONTNEED", None)
-
-
-def size_class_index(nbytes: int) -> int:
-    """Index into :data:`SIZE_CLASSES` that serves *nbytes*, or -1 for a dedicated allocation."""
-    if nbytes <= MIN_CLASS_BYTES:
-        return 0
-    if nbytes > MAX_CLASS_BYTES:
-        return -1
-    return (nbytes - 1).bit_length() - _MIN_SHIFT
-
-
-def capacity_for(nbytes: int) -> int:
-    """Bytes a lease of *nbytes* really occupies, which is also what the limiter is charged.
-
-    The size class for requests up to 64 KiB, else *nbytes* rounded up to whole pages.
-    """
-    index = size_class_index(nbytes)
-    if index >= 0:
-        return SIZE_CLASSES[index]
-    return -(-nbytes // PAGE_BYTES) * PAGE_BYTES
-
-
-class BufferLeakWarning(ResourceWarning):
-    """A :class:`Buffer` was garbage collected without ``release()``.
-
-    The pool has already reclaimed its slot and limiter capacity; the warning
-    names the file, line and task that leased it so the missing ``release()``
-    (or ``with buf:``) can be found. Only tracked leases (see ``leak_detection``)
-    warn. Like every ResourceWarning it is hidden unless warnings are enabled
-    (``python -X dev``, ``-W default``, or pytest).
-    """
-
-
-@dataclass(frozen=True)
-class LeakReport:
-    """Where a leaked, tracked buffer was leased."""
-
-    filename: str
-    lineno: int
-    task_name: str
-    capacity: int
 
 
 @dataclass(frozen=True)
@@ -186,54 +133,6 @@ class BufferPoolStatistics:
     leak_detection: str
     recent_leaks: tuple[LeakReport, ...]
     bytes_scratch: int = 0
-
-
-class _SizeClass:
-    # State of one class. A slab is in exactly one place: ``current`` (the slab
-    # leases are carved from), ``partial`` (some free, some leased), ``idle`` (all
-    # free; insertion order is idle order, oldest first) or nowhere (full: only its
-    # Buffers refer to it). Dicts serve as ordered sets: O(1) removal, LIFO popitem.
-    __slots__ = ("size", "slots", "current", "partial", "idle", "slabs", "leased")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.slots = SLAB_BYTES // size
-        self.current: _Slab | None = None
-        self.partial: dict[_Slab, None] = {}
-        self.idle: dict[_Slab, None] = {}
-        self.slabs = 0
-        self.leased = 0
-
-
-class _Slab:
-    # One anonymous private mapping. Private, not shared: MADV_DONTNEED really drops
-    # private pages, and munmap returns them to the OS at once (glibc's malloc would
-    # keep freed bytearrays in its heap).
-    __slots__ = ("mm", "base", "size_class", "free", "leased", "idle_since")
-
-    def __init__(self, nbytes: int, size_class: _SizeClass | None, buffer_size: int) -> None:
-        self.mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
-        self.base = memoryview(self.mm)
-        self.size_class = size_class
-        # Offsets, popped from the end: slot 0 first, the last freed slot next (LIFO
-        # keeps recently touched memory in use and lets the rest go idle).
-        self.free = list(range(nbytes - buffer_size, -1, -buffer_size))
-        self.leased = 0
-        self.idle_since = -math.inf
-
-    def unmap(self) -> None:
-        self.base.release()
-        try:
-            self.mm.close()
-        except BufferError:
-            # A sub-slice the user kept of a released view still exports the mapping.
-            # Drop the pages anyway (the stale slice then reads zeros); the mapping
-            # itself goes when the last slice does.
-            if _MADV_DONTNEED is not None:
-                self.mm.madvise(_MADV_DONTNEED)
-
-
-_Site = tuple[str, int, str]
 
 
 class Buffer:

@@ -29,7 +29,7 @@ from typing import Any, Final, NoReturn, TypeAlias, TypeVar, overload
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-from .buffers import MAX_CLASS_BYTES, Buffer, BufferPool
+from .buffers import Buffer, BufferPool
 from .ledger import Pressure, return_read, take_read
 from .limiter import BufferLimiter
 from .poller import Poller, Registration, get_poller
@@ -41,6 +41,7 @@ from .readsize import (
     adapt,
     largest_class_index,
 )
+from .sizeclasses import MAX_CLASS_BYTES
 from .traps import SCHEDULE_POINT
 
 T = TypeVar("T")

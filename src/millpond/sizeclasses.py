@@ -1,0 +1,122 @@
+"""Size classes and slabs: which slot serves a request, and the memory slots are carved from.
+
+This module owns the layout of pooled memory and no policy. The size classes are
+the powers of two from 1 KiB to 64 KiB; :func:`size_class_index` and
+:func:`capacity_for` map a request to its class and to the bytes it really
+occupies, which is also what the limiter is charged. That arithmetic is pure,
+so its tests need no pool (Hypothesis checks it over the whole range). A slab
+is one anonymous ``mmap`` cut into equal slots of one class, after Netty's
+``PooledByteBufAllocator``; the private ``_SizeClass`` and ``_Slab`` hold the
+state of a class and of a slab. Which slab a lease comes from, when idle slabs
+are trimmed and what the pool reports are
+:class:`~millpond.buffers.BufferPool`'s decisions (``buffers.py``).
+
+``BufferPool._request`` repeats the class arithmetic inline on its hot path
+instead of calling :func:`capacity_for`: keep the two in step (a test compares
+a lease's capacity with :func:`capacity_for`).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+from typing import Final
+
+__all__ = [
+    "MAX_CLASS_BYTES",
+    "MIN_CLASS_BYTES",
+    "PAGE_BYTES",
+    "SIZE_CLASSES",
+    "SLAB_BYTES",
+    "capacity_for",
+    "size_class_index",
+]
+
+# Size classes are the powers of two from 1 KiB to 64 KiB. 64 KiB is Trio's
+# DEFAULT_RECEIVE_SIZE and the read size a busy TCP socket fills; 1 KiB is where a
+# Buffer's own overhead (the object plus a memoryview, ~200 bytes) stops
+# dominating. Powers of two keep the lookup to one bit_length() and the internal
+# waste of a lease below half its capacity.
+MIN_CLASS_BYTES: Final = 1024
+MAX_CLASS_BYTES: Final = 64 * 1024
+SIZE_CLASSES: Final[tuple[int, ...]] = tuple(
+    1 << shift for shift in range(MIN_CLASS_BYTES.bit_length() - 1, MAX_CLASS_BYTES.bit_length())
+)
+_MIN_SHIFT: Final = MIN_CLASS_BYTES.bit_length() - 1
+
+# One slab is one mmap of this many bytes. Equal to the largest class, so a 64 KiB
+# lease (the receive path) owns its slab outright and never pins free neighbours,
+# and a smaller class wastes less than one slab per partly used slab. Slabs are
+# rarely mapped once the pool is warm, so bigger slabs would save little.
+SLAB_BYTES: Final = MAX_CLASS_BYTES
+
+# Requests above MAX_CLASS_BYTES get their own mapping, rounded up to whole pages
+# (the kernel's unit, so the rounding is what the process really pays).
+PAGE_BYTES: Final = mmap.PAGESIZE
+
+_MADV_DONTNEED: Final[int | None] = getattr(mmap, "MADV_DONTNEED", None)
+
+
+def size_class_index(nbytes: int) -> int:
+    """Index into :data:`SIZE_CLASSES` that serves *nbytes*, or -1 for a dedicated allocation."""
+    if nbytes <= MIN_CLASS_BYTES:
+        return 0
+    if nbytes > MAX_CLASS_BYTES:
+        return -1
+    return (nbytes - 1).bit_length() - _MIN_SHIFT
+
+
+def capacity_for(nbytes: int) -> int:
+    """Bytes a lease of *nbytes* really occupies, which is also what the limiter is charged.
+
+    The size class for requests up to 64 KiB, else *nbytes* rounded up to whole pages.
+    """
+    index = size_class_index(nbytes)
+    if index >= 0:
+        return SIZE_CLASSES[index]
+    return -(-nbytes // PAGE_BYTES) * PAGE_BYTES
+
+
+class _SizeClass:
+    # State of one class. A slab is in exactly one place: ``current`` (the slab
+    # leases are carved from), ``partial`` (some free, some leased), ``idle`` (all
+    # free; insertion order is idle order, oldest first) or nowhere (full: only its
+    # Buffers refer to it). Dicts serve as ordered sets: O(1) removal, LIFO popitem.
+    __slots__ = ("size", "slots", "current", "partial", "idle", "slabs", "leased")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.slots = SLAB_BYTES // size
+        self.current: _Slab | None = None
+        self.partial: dict[_Slab, None] = {}
+        self.idle: dict[_Slab, None] = {}
+        self.slabs = 0
+        self.leased = 0
+
+
+class _Slab:
+    # One anonymous private mapping. Private, not shared: MADV_DONTNEED really drops
+    # private pages, and munmap returns them to the OS at once (glibc's malloc would
+    # keep freed bytearrays in its heap).
+    __slots__ = ("mm", "base", "size_class", "free", "leased", "idle_since")
+
+    def __init__(self, nbytes: int, size_class: _SizeClass | None, buffer_size: int) -> None:
+        self.mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+        self.base = memoryview(self.mm)
+        self.size_class = size_class
+        # Offsets, popped from the end: slot 0 first, the last freed slot next (LIFO
+        # keeps recently touched memory in use and lets the rest go idle).
+        self.free = list(range(nbytes - buffer_size, -1, -buffer_size))
+        self.leased = 0
+        self.idle_since = -math.inf
+
+    def unmap(self) -> None:
+        self.base.release()
+        try:
+            self.mm.close()
+        except BufferError:
+            # A sub-slice the user kept of a released view still exports the mapping.
+            # Drop the pages anyway (the stale slice then reads zeros); the mapping
+            # itself goes when the last slice does.
+            if _MADV_DONTNEED is not None:
+                self.mm.madvise(_MADV_DONTNEED)
