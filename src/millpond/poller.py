@@ -359,18 +359,26 @@ class _EpollRegistration(Registration):
     # Trio's raise_cancel, wakes the task itself and returns FAILED, and the
     # woken task raises it (Trio's wait_task_rescheduled documents this).
     def _abort_read(self, raise_cancel: RaiseCancelT) -> Abort:
-        task, self.read_task = self.read_task, None
-        assert task is not None  # an abort runs only while a task is parked
-        self.read_failure = raise_cancel
-        reschedule(task)
+        self.fail_reader(raise_cancel)
         return Abort.FAILED
 
     def _abort_write(self, raise_cancel: RaiseCancelT) -> Abort:
-        task, self.write_task = self.write_task, None
-        assert task is not None  # an abort runs only while a task is parked
-        self.write_failure = raise_cancel
-        reschedule(task)
+        self.fail_writer(raise_cancel)
         return Abort.FAILED
+
+    def fail_reader(self, failure: Callable[[], NoReturn]) -> None:
+        """Wake the parked reader to raise ``failure()`` (see ``park_readable``)."""
+        task, self.read_task = self.read_task, None
+        assert task is not None, "no reader is parked"
+        self.read_failure = failure
+        reschedule(task)
+
+    def fail_writer(self, failure: Callable[[], NoReturn]) -> None:
+        """Wake the parked writer to raise ``failure()``."""
+        task, self.write_task = self.write_task, None
+        assert task is not None, "no writer is parked"
+        self.write_failure = failure
+        reschedule(task)
 
     # Not ``async def``: returning the awaitable itself saves a coroutine
     # frame per parked task (200 bytes on an idle connection) and a call
@@ -452,12 +460,9 @@ class EpollPoller(Poller):
                     pass
         # Parked tasks wake to a failure, as the aborts do (see _abort_read).
         if registration.read_task is not None:
-            registration.read_failure = _raise_closed
-            reschedule(registration.read_task)
+            registration.fail_reader(_raise_closed)
         if registration.write_task is not None:
-            registration.write_failure = _raise_closed
-            reschedule(registration.write_task)
-        registration.read_task = registration.write_task = None
+            registration.fail_writer(_raise_closed)
 
     def statistics(self) -> PollerStatistics:
         """Return a snapshot of this poller's counters."""
