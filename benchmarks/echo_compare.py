@@ -829,15 +829,19 @@ def med_range(values: list[float], digits: int = 0) -> str:
     )
 
 
-def scenario_values(rows: list[Row], sc: Scenario, server: str, key: str) -> list[float]:
+def scenario_rows(rows: list[Row], sc: Scenario, server: str, key: str) -> list[Row]:
     return [
-        r[key]
+        r
         for r in rows
         if r.get("scenario") == sc.name
         and r["kind"] == sc.kind
         and r["server"] == server
         and r.get(key) is not None
     ]
+
+
+def scenario_values(rows: list[Row], sc: Scenario, server: str, key: str) -> list[float]:
+    return [r[key] for r in scenario_rows(rows, sc, server, key)]
 
 
 def summarize(
@@ -878,19 +882,11 @@ def paired_ratios(rows: list[Row], sc: Scenario, server: str, key: str) -> list[
     A ratio within one round cancels the slow drift of a VM's speed that a
     ratio of medians over the whole run keeps.
     """
-    by_run: dict[tuple[str, int], float] = {}
-    for r in rows:
-        if (
-            r.get("scenario") == sc.name
-            and r["kind"] == sc.kind
-            and r["server"] in (server, BASELINE)
-            and r.get(key) is not None
-        ):
-            by_run[(r["server"], r["run"])] = r[key]
+    base = {r["run"]: r[key] for r in scenario_rows(rows, sc, BASELINE, key)}
     return [
-        value / by_run[(BASELINE, run)]
-        for (name, run), value in sorted(by_run.items())
-        if name == server and by_run.get((BASELINE, run), 0) > 0
+        r[key] / base[r["run"]]
+        for r in scenario_rows(rows, sc, server, key)
+        if base.get(r["run"], 0) > 0
     ]
 
 
@@ -914,11 +910,13 @@ def scenario_markdown(cfg: Config, sc: Scenario, rows: list[Row], summary: list[
         line = [name, med_range(head, head_digits)]
         if with_ratio:
             ratio = s.get(f"{head_key}_vs_{BASELINE}")
-            low, high = s.get(f"{head_key}_vs_{BASELINE}_range", (0.0, 0.0))
-            line.append(
-                f"{ratio:.2f}× [{low:.2f}–{high:.2f}]" if ratio is not None and name != BASELINE
-                else ("1.00×" if ratio is not None else "-")
-            )
+            if ratio is None:
+                line.append("-")
+            elif name == BASELINE:
+                line.append("1.00×")
+            else:
+                low, high = s[f"{head_key}_vs_{BASELINE}_range"]
+                line.append(f"{ratio:.2f}× [{low:.2f}–{high:.2f}]")
         for _header, key, scale, digits in cols[1:]:
             vs = scenario_values(rows, sc, name, key)
             line.append(fmt(statistics.median(vs) * scale, digits) if vs else "-")
@@ -977,7 +975,7 @@ def report_markdown(
         f"uvloop {env['uvloop']}",
         f"- server pinned to CPU {cfg.server_cpu}, load generator to CPU {cfg.client_cpu}; "
         f"median [min–max] over {cfg.runs} interleaved run(s); `vs {BASELINE}` = median "
-        f"[min–max] of the per-round ratios (in each round the servers run back to back); "
+        "[min–max] of the per-round ratios (in each round the servers run back to back); "
         "other columns are medians",
         "",
     ]
