@@ -89,11 +89,6 @@ def fill_send_queue(sock: socket.socket, registration: Registration) -> None:
     raise AssertionError("the kernel never said EAGAIN")
 
 
-async def park(wait: Callable[[], Awaitable[None]]) -> None:
-    """Call a registration's wait and await it in the same task, as its contract asks."""
-    await wait()
-
-
 class ParkedWaiter:
     """A task parked in ``wait_readable``/``wait_writable``, and how it ended."""
 
@@ -389,7 +384,7 @@ async def test_second_reader_on_one_registration_is_busy(
     with sock, peer:
         registration = poller.register(sock)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(park, registration.wait_readable)
+            nursery.start_soon(registration.wait_readable)
             await trio.testing.wait_all_tasks_blocked()
             with trio.fail_after(HANG_GUARD_SECONDS), pytest.raises(trio.BusyResourceError):
                 await registration.wait_readable()
@@ -406,7 +401,7 @@ async def test_second_writer_on_one_registration_is_busy(
         registration = poller.register(sock)
         fill_send_queue(sock, registration)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(park, registration.wait_writable)
+            nursery.start_soon(registration.wait_writable)
             await trio.testing.wait_all_tasks_blocked()
             with trio.fail_after(HANG_GUARD_SECONDS), pytest.raises(trio.BusyResourceError):
                 await registration.wait_writable()
@@ -428,7 +423,7 @@ async def test_cancelled_reader_frees_its_slot_and_is_not_counted(
         assert poller.statistics().tasks_waiting_read == 0
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(park, registration.wait_readable)
+                nursery.start_soon(registration.wait_readable)
                 await trio.testing.wait_all_tasks_blocked()
                 assert poller.statistics().tasks_waiting_read == 1
                 assert registration.read_task is not None  # type: ignore[attr-defined]
@@ -449,7 +444,7 @@ async def test_cancelled_writer_frees_its_slot_and_is_not_counted(
         fill_send_queue(sock, registration)
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(park, registration.wait_writable)
+                nursery.start_soon(registration.wait_writable)
                 await trio.testing.wait_all_tasks_blocked()
                 assert poller.statistics().tasks_waiting_write == 1
                 scope.cancel()
@@ -559,7 +554,7 @@ async def test_reader_count_tracks_parked_tasks_across_registrations(
     try:
         async with trio.open_nursery() as nursery:
             for registration in registrations:
-                nursery.start_soon(park, registration.wait_readable)
+                nursery.start_soon(registration.wait_readable)
             await trio.testing.wait_all_tasks_blocked()
             assert poller.statistics().tasks_waiting_read == 3
             pairs[0][1].send(b"one of them")
