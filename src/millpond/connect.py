@@ -73,7 +73,7 @@ async def _connect(sock: socket.socket, sockaddr: tuple[object, ...], poller: Po
         await checkpoint()
         return
     if err not in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
-        raise OSError(err, f"connect to {sockaddr!r} failed: {errno.errorcode.get(err, err)}")
+        raise _connect_failed(err, sockaddr)
     registration = poller.register(sock)
     try:
         await registration.wait_writable()
@@ -81,4 +81,8 @@ async def _connect(sock: socket.socket, sockaddr: tuple[object, ...], poller: Po
         poller.unregister(registration)
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
-        raise OSError(err, f"connect to {sockaddr!r} failed: {errno.errorcode.get(err, err)}")
+        raise _connect_failed(err, sockaddr)
+
+
+def _connect_failed(err: int, sockaddr: tuple[object, ...]) -> OSError:
+    return OSError(err, f"connect to {sockaddr!r} failed: {errno.errorcode.get(err, err)}")
