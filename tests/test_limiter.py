@@ -762,3 +762,36 @@ async def test_bad_total_bytes_assignment_is_rejected(
     with pytest.raises(error, match="total_bytes"):
         limiter.total_bytes = total  # type: ignore[assignment]
     assert limiter.total_bytes == 100
+
+
+# -- charges for memory that already exists ---------------------------------------------------
+
+
+async def test_charge_is_granted_past_the_total_and_ahead_of_waiters(
+    nursery: trio.Nursery,
+) -> None:
+    limiter = BufferLimiter(100)
+    limiter.acquire_on_behalf_of_nowait("holder", 90)
+    waiter = await queue_up(nursery, limiter, "waiter", 60)
+    limiter.charge_on_behalf_of("tail", 50)
+    assert (limiter.held_by("tail"), limiter.bytes_in_use) == (50, 140)
+    assert limiter.pressure is Pressure.HARD
+    assert limiter.statistics().peak_bytes_in_use == 140
+    limiter.release_on_behalf_of("holder", 90)
+    await wait_all_tasks_blocked()
+    assert waiter.outcome == "waiting"  # 50 charged + 60 asked > 100
+    limiter.release_on_behalf_of("tail", 50)
+    await wait_all_tasks_blocked()
+    assert waiter.outcome == "granted"
+    assert limiter.bytes_in_use == 60
+
+
+def test_charge_checks_its_arguments() -> None:
+    limiter = BufferLimiter(100)
+    with pytest.raises(ValueError, match="nbytes"):
+        limiter.charge_on_behalf_of("a", 0)
+    with pytest.raises(TypeError, match="nbytes"):
+        limiter.charge_on_behalf_of("a", 1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="owner"):
+        limiter.charge_on_behalf_of([], 1)
+    assert limiter.bytes_in_use == 0

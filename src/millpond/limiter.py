@@ -319,6 +319,29 @@ class BufferLimiter:
         if not self._ledger.take(owner, nbytes):
             raise trio.WouldBlock
 
+    @trio.lowlevel.enable_ki_protection
+    def charge_on_behalf_of(self, owner: object, nbytes: int) -> None:
+        """Count ``nbytes`` that already exist in memory as held by ``owner``, without waiting.
+
+        For memory that is there whether or not the budget has room (a send tail that
+        the kernel has not taken yet, the free slots of a slab that is already mapped):
+        waiting could not free it, and a task that waits for memory it already holds can
+        deadlock with the tasks that would release it. The charge is granted at once, even
+        past :attr:`total_bytes` and ahead of every waiter; what it takes makes later
+        requests wait until it is released (with :meth:`release_on_behalf_of`, as usual).
+
+        Raises:
+          TypeError: if ``nbytes`` is not an int or ``owner`` is not hashable.
+          ValueError: if ``nbytes <= 0``.
+
+        """
+        if type(nbytes) is not int or nbytes <= 0:
+            nbytes = _checked_nbytes(nbytes)
+        if threading.get_ident() != self._home and not self._at_home():
+            self._call_at_home(self.charge_on_behalf_of, owner, nbytes)
+            return
+        self._ledger.force(owner, nbytes)
+
     def acquire_read_nowait(self, owner: object, preferred: int, minimum: int) -> int:
         """Take bytes for a socket read now if that needs no wait; returns how many, or 0.
 
