@@ -87,12 +87,9 @@ async def socket_pair(
         poller = millpond.get_poller(poller_name)
         registration = poller.register(listener)
         try:
-            while True:
-                try:
-                    sock, _ = listener.accept()
-                    break
-                except BlockingIOError:
-                    await registration.wait_readable()
+            while (accepted := registration.accept()) is None:
+                await registration.wait_readable()
+            sock = accepted[0]
         finally:
             poller.unregister(registration)
         return client, millpond.Connection(sock, poller=poller, pool=pool, read_sizes=read_sizes)

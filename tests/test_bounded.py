@@ -11,7 +11,8 @@ import trio.testing
 from conftest import echo, socket_pair
 
 import millpond
-from millpond.readsize import READ_SIZE_CLASSES, ReadSizes, adapt, largest_class_index
+from millpond.ledger import _Ledger, read_request
+from millpond.readsize import ReadSizes, adapt
 
 KIB = 1024
 HOG = "another part of the program"
@@ -294,20 +295,47 @@ def test_bad_read_sizes_are_rejected(kwargs: dict[str, object], error: type[Exce
         ReadSizes(**kwargs)  # type: ignore[arg-type]
 
 
-def test_default_read_sizes_shrink_to_fit_a_small_budget() -> None:
-    assert largest_class_index(1023) == -1
-    assert largest_class_index(1024) == 0
-    assert largest_class_index(48 * KIB) == 5  # 32 KiB
-    assert largest_class_index(1 << 30) == len(READ_SIZE_CLASSES) - 1
-    budget = millpond.BufferLimiter(64 * KIB, reserved_bytes=16 * KIB)
-    assert budget.ordinary_bytes == 48 * KIB
-    budget.total_bytes = 32 * KIB
-    assert budget.ordinary_bytes == 16 * KIB
-    assert ReadSizes().capped(48 * KIB) == ReadSizes(1 * KIB, 4 * KIB, 32 * KIB)
-    assert ReadSizes().capped(2 * KIB) == ReadSizes(1 * KIB, 2 * KIB, 2 * KIB)
-    assert ReadSizes().capped(512) == ReadSizes()  # nothing fits: left for the caller to reject
-    server = millpond.Server(echo, 0, limiter=millpond.BufferLimiter(48 * KIB))
-    assert server._read_sizes == ReadSizes(1 * KIB, 4 * KIB, 32 * KIB)
+def test_read_requests_follow_the_budget_as_it_is_now() -> None:
+    ledger = _Ledger(total=64 * KIB, reserved=16 * KIB, pressure=None)  # 48 KiB ordinary
+    assert read_request(ledger, 4 * KIB, 1 * KIB) == 4 * KIB
+    assert read_request(ledger, 1024 * KIB, 1 * KIB) == 32 * KIB  # halved until it fits
+    ledger.resize(18 * KIB)  # 2 KiB ordinary
+    assert read_request(ledger, 1024 * KIB, 1 * KIB) == 2 * KIB
+    ledger.resize(16 * KIB + 600)  # less than one minimum read: what there is
+    assert read_request(ledger, 4 * KIB, 1 * KIB) == 600
+    ledger.resize(2 << 20)  # grown back: the sizes asked for
+    assert read_request(ledger, 1024 * KIB, 1 * KIB) == 1024 * KIB
+
+
+def test_read_request_takes_the_minimum_from_the_pressure_mark_on() -> None:
+    ledger = _Ledger(total=100 * KIB, reserved=0, pressure=50 * KIB)
+    assert ledger.take("hog", 50 * KIB - 1)
+    assert read_request(ledger, 8 * KIB, 1 * KIB) == 8 * KIB
+    assert ledger.take("hog", 1)  # exactly at the mark
+    assert read_request(ledger, 8 * KIB, 1 * KIB) == 1 * KIB
+
+
+async def test_a_server_with_a_budget_below_the_read_sizes_serves_within_it(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    limiter = millpond.BufferLimiter(48 * KIB)
+    sizes = ReadSizes(initial=64 * KIB, maximum=1024 * KIB)  # neither fits 48 KiB
+    server = millpond.Server(
+        echo, 0, host="127.0.0.1", poller=poller_name, limiter=limiter, read_sizes=sizes
+    )
+    await nursery.start(server.run)
+    client = await millpond.open_connection(
+        "127.0.0.1", server.addresses[0][1], poller=poller_name
+    )
+    payload = b"b" * (256 * KIB)
+    async with trio.open_nursery() as senders:
+        senders.start_soon(client.send_all, payload)
+        received = 0
+        with trio.fail_after(10):
+            while received < len(payload):
+                received += len(await client.receive_some())
+                assert limiter.statistics().peak_bytes_in_use <= 48 * KIB
+    await client.aclose()
 
 
 async def test_bad_memory_arguments_raise_naming_the_argument(poller_name: str) -> None:
@@ -323,11 +351,6 @@ async def test_bad_memory_arguments_raise_naming_the_argument(poller_name: str) 
         millpond.Server(echo, 0, limiter=limiter, pooled=False)
     with pytest.raises(TypeError, match="read_sizes"):
         millpond.Server(echo, 0, read_sizes=4096)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="maximum read"):
-        small = millpond.BufferLimiter(32 * KIB)
-        millpond.Server(echo, 0, limiter=small, read_sizes=ReadSizes(maximum=64 * KIB))
-    with pytest.raises(ValueError, match="maximum read"):
-        millpond.Server(echo, 0, limiter=millpond.BufferLimiter(512))  # not even one 1 KiB read
     with pytest.raises(TypeError, match="pool"):
         await millpond.open_connection("127.0.0.1", 1, pool=3)  # type: ignore[arg-type]
     left, right = await socket_pair(poller_name)
@@ -379,7 +402,9 @@ async def test_flooding_clients_stay_within_budget_and_others_are_served(
         await stream.aclose()
 
 
-async def test_closing_ends_a_send_waiting_to_charge_its_tail(poller_name: str) -> None:
+async def test_a_blocked_send_charges_its_tail_without_waiting_for_budget(
+    poller_name: str,
+) -> None:
     limiter = millpond.BufferLimiter(64 * KIB)
     pool = millpond.BufferPool(limiter)
     reader, writer = await socket_pair(poller_name, pool)
@@ -392,10 +417,14 @@ async def test_closing_ends_a_send_waiting_to_charge_its_tail(poller_name: str) 
 
         nursery.start_soon(send_expecting_closed)
         await trio.testing.wait_all_tasks_blocked()
-        assert limiter.statistics().tasks_waiting == 1  # the tail's charge
+        # Parked on the socket, not in the limiter: the tail exists already,
+        # so it is counted at once (past the budget) and new reads wait.
+        assert limiter.statistics().tasks_waiting == 0
+        assert limiter.held_by(writer) == 1024 * KIB  # one maximum read
+        assert limiter.pressure is millpond.Pressure.HARD
         await writer.aclose()
-    assert limiter.statistics().tasks_waiting == 0
     assert limiter.held_by(writer) == 0
+    assert limiter.bytes_in_use == 64 * KIB
     await reader.aclose()
 
 
@@ -531,8 +560,8 @@ async def test_a_budget_shrunk_below_one_maximum_read_still_charges_unsent_tails
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.send_all, payload)
         await trio.testing.wait_all_tasks_blocked()
-        # Parked with its tail charged, as much as the budget allows.
-        assert limiter.held_by(writer) == 256 * KIB
+        # Parked with its tail charged: what exists is counted, budget or not.
+        assert limiter.held_by(writer) == 1024 * KIB
         received = 0
         while received < len(payload):
             received += len(await reader.receive_some())

@@ -78,13 +78,11 @@ def socket_with_fd(fd: int) -> tuple[socket.socket, list[socket.socket]]:
 
 
 def fill_send_queue(sock: socket.socket, registration: Registration) -> None:
-    """Send until EAGAIN, clearing the remembered edge before each send as callers must."""
+    """Send through the registration until the kernel says EAGAIN (which clears ``writable``)."""
     chunk = b"x" * 65536
     for _ in range(MAX_FILL_SENDS):
-        registration.writable = False
-        try:
-            sock.send(chunk)
-        except BlockingIOError:
+        if not registration.send(chunk):
+            assert not registration.writable
             return
     raise AssertionError("the kernel never said EAGAIN")
 
@@ -601,7 +599,56 @@ async def test_remembered_edge_lets_wait_readable_return_without_parking(
         await trio.testing.wait_all_tasks_blocked()
         with trio.fail_after(HANG_GUARD_SECONDS), trio.testing.assert_no_checkpoints():
             await registration.wait_readable()
-        assert not registration.readable  # the edge was consumed
+        assert registration.readable  # a wait consumes nothing
+        poller.unregister(registration)
+
+
+async def test_a_wake_up_not_followed_by_a_read_keeps_the_edge(
+    poller_name: str, listener: socket.socket
+) -> None:
+    poller = get_poller(poller_name)
+    sock, peer = tcp_pair(listener)
+    with sock, peer:
+        registration = poller.register(sock)
+        waiter = ParkedWaiter()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter.run, registration.wait_readable)
+            await trio.testing.wait_all_tasks_blocked()
+            peer.send(b"once")
+            with trio.fail_after(HANG_GUARD_SECONDS):
+                await waiter.done.wait()
+        assert waiter.returned and registration.readable
+        # The woken task never read: the next wait must not park, though the
+        # peer sends nothing more.
+        with trio.fail_after(HANG_GUARD_SECONDS), trio.testing.assert_no_checkpoints():
+            await registration.wait_readable()
+        assert registration.recv(100) == b"once"
+        poller.unregister(registration)
+
+
+async def test_only_eagain_or_a_short_read_clears_the_edge(
+    poller_name: str, listener: socket.socket
+) -> None:
+    poller = get_poller(poller_name)
+    sock, peer = tcp_pair(listener)
+    with sock, peer:
+        registration = poller.register(sock)
+        peer.send(b"abcdef")
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await registration.wait_readable()
+        assert registration.recv(3) == b"abc"  # a full read: more may wait
+        assert registration.readable
+        buffer = bytearray(100)
+        assert registration.recv_into(buffer, 100) == 3  # short: the queue is empty
+        assert not registration.readable
+        registration.readable = True  # as a stale edge would leave it
+        assert registration.recv(100) is None  # EAGAIN
+        assert not registration.readable
+        peer.shutdown(socket.SHUT_WR)
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await registration.wait_readable()
+        assert registration.recv(100) == b""  # EOF: reading again returns it at once
+        assert registration.readable
         poller.unregister(registration)
 
 

@@ -15,7 +15,15 @@ from typing import Final
 
 import trio
 
-__all__ = ["DEFAULT_PRESSURE_FRACTION", "Pressure", "return_read", "take_read"]
+__all__ = [
+    "DEFAULT_PRESSURE_FRACTION",
+    "Pressure",
+    "keep_read",
+    "read_request",
+    "read_wait_bytes",
+    "return_read",
+    "take_read",
+]
 
 # The default pressure threshold, as a fraction of total_bytes. Linux leaves it to the admin to
 # pick tcp_mem's "pressure" value; three quarters leaves a quarter of the budget as warning
@@ -303,22 +311,55 @@ class _Ledger:
 
 
 # ---------------------------------------------------------------------------------------------
-# Trio layer
+# The read-charge rules: how a socket read is charged, each in one place
 # ---------------------------------------------------------------------------------------------
+#
+# A connection charges every read before it makes it (``take_read``), keeps the charge while
+# the handler holds the chunk, and gives it back when the handler asks for more
+# (``return_read``) unless the next read may simply inherit it (``keep_read``). A read that
+# must wait queues for ``read_wait_bytes``. ``Connection`` (stream.py) calls these on its hot
+# path; none of them is copied there. They run on the limiter's Trio thread only
+# (``BufferLimiter.read_ledger`` hands the ledger out), so they need no thread check.
 
-# Stands for "the current task", resolved when a reservation is entered.
+
+def read_request(ledger: _Ledger, preferred: int, minimum: int) -> int:
+    """How many bytes a read should ask for right now.
+
+    ``preferred`` normally, ``minimum`` from the pressure mark on (Linux shrinks what a socket
+    may buffer above ``tcp_mem[1]`` the same way), and never more than the budget could ever
+    grant an owner that holds nothing: a larger read halves (a size class stays a size class)
+    down to ``minimum``, then takes what the budget has. ``total_bytes`` may shrink at any
+    time; this is what makes reads follow it instead of failing.
+    """
+    nbytes = minimum if ledger.in_use >= ledger.pressure_bytes else preferred
+    cap = ledger.ordinary_limit
+    while nbytes > cap and nbytes > minimum:
+        nbytes = max(nbytes // 2, minimum)
+    return min(nbytes, cap)
+
+
+def read_wait_bytes(ledger: _Ledger, minimum: int) -> int:
+    """What a read that cannot be charged now queues for: ``minimum``, or the whole
+    ordinary budget when that is smaller (so the request can always be granted)."""
+    return min(minimum, ledger.ordinary_limit)
+
+
 def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> int:
-    """:meth:`BufferLimiter.acquire_read_nowait` without the thread check (Trio thread only)."""
+    """Charge a read of :func:`read_request` bytes now if nobody has to wait; returns the
+    bytes charged, or 0: queue for :func:`read_wait_bytes` instead."""
     in_use = ledger.in_use
+    # Hot path: read_request() and _Ledger.take() inlined for the common case (no pressure,
+    # nobody waits, it fits); test_ledger_read_rules checks the two agree.
     nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
     if ledger.privileged or ledger.ordinary:
-        return _take_read_slowly(ledger, owner, nbytes, minimum)
-    # Hot path: _Ledger.take inlined for "nobody waits", the common case.
+        return _take_read_slowly(ledger, owner, preferred, minimum)
     held = ledger.held
     already = held.get(owner, 0)
     in_use += nbytes
-    if in_use > (ledger.total if already else ledger.ordinary_limit):
-        return _take_read_slowly(ledger, owner, nbytes, minimum)
+    if nbytes > ledger.ordinary_limit or in_use > (
+        ledger.total if already else ledger.ordinary_limit
+    ):
+        return _take_read_slowly(ledger, owner, preferred, minimum)
     held[owner] = already + nbytes
     ledger.in_use = in_use
     if in_use > ledger.peak:
@@ -327,17 +368,28 @@ def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> i
     return nbytes
 
 
-def _take_read_slowly(ledger: _Ledger, owner: object, nbytes: int, minimum: int) -> int:
-    # A read the budget could never grant (total_bytes shrank at run time)
-    # halves until it fits, down to the minimum: shrinking stops large grants,
-    # it does not make reads fail. Below the minimum, take() raises.
-    while nbytes > ledger.ordinary_limit and nbytes > minimum:
-        nbytes = max(nbytes // 2, minimum)
-    return nbytes if ledger.take(owner, nbytes) else 0  # refuses, or raises
+def _take_read_slowly(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> int:
+    # Waiters, or a read that does not fit: the general rules, which may still grant it (an
+    # owner that holds bytes does not wait behind ordinary waiters).
+    nbytes = read_request(ledger, preferred, minimum)
+    return nbytes if ledger.take(owner, nbytes) else 0
+
+
+def keep_read(ledger: _Ledger, held: int, preferred: int) -> bool:
+    """May the next read inherit the charge of the chunk just handed to the handler?
+
+    Only when it is the same size, nobody waits and use is below the pressure mark: giving it
+    back and taking it again would then change nothing, and costs two dict updates.
+    """
+    return (
+        held == preferred
+        and not (ledger.privileged or ledger.ordinary)
+        and ledger.in_use < ledger.pressure_bytes
+    )
 
 
 def return_read(ledger: _Ledger, owner: object, nbytes: int) -> bool:
-    """Give back read bytes when nobody waits (Trio thread only); False: use
+    """Give back read bytes when nobody waits; False: use
     :meth:`BufferLimiter.release_on_behalf_of` instead (waiters to serve, or an error)."""
     if ledger.privileged or ledger.ordinary:
         return False

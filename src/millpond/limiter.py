@@ -33,6 +33,7 @@ from .ledger import (
     _Ledger,
     _unhashable_owner,
     _Waiter,
+    read_wait_bytes,
     return_read,
     take_read,
 )
@@ -95,7 +96,12 @@ def _checked_nbytes(nbytes: object) -> int:
     return _checked_int("nbytes", nbytes, 1)
 
 
+# Stands for "the current task", resolved when a reservation is entered.
 _CURRENT_TASK: Final = object()
+
+
+class _Refused(ValueError):
+    """A waiter's request can no longer be granted: ``total_bytes`` shrank below it."""
 
 
 @final
@@ -181,6 +187,8 @@ class BufferLimiter:
         # thread are carried over with the token; see _at_home().
         self._token: trio.lowlevel.TrioToken | None = None
         self._home: int | None = None
+        # Set (and dropped) by every change of total_bytes; see _wait_for_resize().
+        self._resized: trio.Event | None = None
         if trio.lowlevel.in_trio_run():
             self._token = trio.lowlevel.current_trio_token()
             self._home = threading.get_ident()
@@ -233,9 +241,12 @@ class BufferLimiter:
             self._call_at_home(self._resize, new_total)
             return
         granted, refused = self._ledger.resize(new_total)
+        resized, self._resized = self._resized, None
+        if resized is not None:
+            resized.set()
         for waiter in refused:
             assert waiter.task is not None
-            error = ValueError(
+            error = _Refused(
                 f"nbytes={waiter.nbytes} can no longer be granted: total_bytes was reduced to "
                 f"{new_total} (reserved_bytes={self._ledger.reserved})"
             )
@@ -355,6 +366,28 @@ class BufferLimiter:
             raise RuntimeError("acquire_read_nowait must be called on the Trio thread")
         return take_read(self._ledger, owner, preferred, minimum)
 
+    async def acquire_read(self, owner: object, minimum: int) -> int:
+        """Wait (FIFO, cancellable) for a socket read's charge; returns the bytes charged.
+
+        The reader's slow path, after :meth:`acquire_read_nowait` said 0: it queues for
+        ``minimum``, or for less when the budget is smaller than that (``total_bytes -
+        reserved_bytes``), and a change of ``total_bytes`` while it waits makes it queue again
+        for what still fits instead of raising. Cancelled, it holds nothing more.
+        """
+        while True:
+            nbytes = read_wait_bytes(self._ledger, minimum)
+            try:
+                await self.acquire_on_behalf_of(owner, nbytes)
+            except _Refused:
+                continue
+            return nbytes
+
+    async def _wait_for_resize(self) -> None:
+        """Wait until ``total_bytes`` changes (for a request that cannot fit until it grows)."""
+        if self._resized is None:
+            self._resized = trio.Event()
+        await self._resized.wait()
+
     def release_read(self, owner: object, nbytes: int) -> None:
         """Give back what :meth:`acquire_read_nowait` (or an acquire) took for a read.
 
@@ -363,12 +396,17 @@ class BufferLimiter:
         if threading.get_ident() != self._home or not return_read(self._ledger, owner, nbytes):
             self.release_on_behalf_of(owner, nbytes)
 
-    def read_ledger(self) -> _Ledger | None:
-        """The bookkeeping behind :func:`take_read`/:func:`return_read`, for a reader on
-        this limiter's Trio thread that calls them directly (one call per read instead
-        of two); None if the calling thread is not the limiter's home."""
+    def read_ledger(self) -> _Ledger:
+        """The bookkeeping behind the read rules (``ledger.py``: :func:`take_read`,
+        :func:`return_read`, ...), for a reader on this limiter's Trio thread that calls
+        them directly (one call per read instead of two).
+
+        Raises:
+          RuntimeError: outside the Trio thread this limiter belongs to.
+
+        """
         if threading.get_ident() != self._home and not self._at_home():
-            return None
+            raise RuntimeError("read_ledger() must be called on the limiter's Trio thread")
         return self._ledger
 
     async def acquire(self, nbytes: int) -> None:

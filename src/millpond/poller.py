@@ -37,16 +37,26 @@ because millpond owns the sockets it registers:
    ``epoll.poll`` and the loop over its results), so ``unregister`` can never
    run in the middle of a batch: an event for an fd number that is not in
    the registry is ignored, never delivered to a later socket.
-3. An edge is never dropped. When the kernel reports readiness and no task
-   is parked, the edge is remembered on the registration (``readable`` /
-   ``writable``); the next wait consumes it instead of parking. The caller
-   parks only after the kernel said EAGAIN or after a short read: between
-   that syscall and the park there is no ``await``, so the dispatcher cannot
-   have consumed an edge the caller has not seen. (rsyscall's epoller says
-   it plainly: dropping a posedge means deadlock.)
+3. An edge is never dropped, by construction. ``readable`` / ``writable``
+   on a registration mean "the kernel may have something for you". The
+   dispatcher sets them at every edge, whether or not a task is parked, and
+   wakes the parked task if there is one. Nothing else sets them, and only
+   one thing clears them: the registration's own non-blocking I/O
+   (``recv``, ``recv_into``, ``send``, ``accept``, ``writable_now``), at the
+   moment the kernel says EAGAIN (or a read comes back short while the peer
+   has not hung up). A wake-up does not consume the edge, so a task woken
+   and then stopped before its read (cancelled while it queued for memory,
+   timed out, failed) leaves the flag set, and the next receive reads at
+   once instead of parking until the peer sends more. A park only happens
+   while the flag is clear, that is after a syscall said EAGAIN, and the
+   flag is cleared with no ``await`` between that syscall and the park, so
+   the dispatcher cannot have seen an edge the caller missed. A consumer
+   that does its own syscalls instead of the registration's never clears
+   the flag: it costs a syscall more, never a lost edge. (rsyscall's
+   epoller says it plainly: dropping a posedge means deadlock.)
 
-What it costs: a remembered edge can be stale (the data it announced was
-already read), which costs one extra ``recv`` that returns EAGAIN; and a
+What it costs: an edge can be stale (the data it announced was already
+read), which costs one extra ``recv`` that returns EAGAIN; and a
 socket closed behind millpond's back (``sock.close()`` without
 ``unregister``) is silently dropped from the epoll set by the kernel, but its
 parked tasks would wait until cancelled. ``Connection`` never does that.
@@ -72,7 +82,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import trio
 from trio.lowlevel import (
@@ -88,6 +98,9 @@ from trio.lowlevel import (
 
 from . import traps
 from .traps import WOKEN, Park
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
 
 __all__ = [
     "EpollPoller",
@@ -134,12 +147,19 @@ def _raise_closed() -> NoReturn:
 class Registration(abc.ABC):
     """One socket's membership in a poller: the handle connection code parks on.
 
-    ``readable`` and ``writable`` are remembered edges: ``True`` when the
-    poller saw the socket become ready while no task was parked. Callers set
-    them to ``False`` right before the ``recv``/``send`` that consumes the
-    readiness, and park (``wait_readable``/``wait_writable``) only after that
-    syscall said EAGAIN, or after a short read while ``hangup`` is unset,
-    without an ``await`` in between. A level-triggered poller never sets them.
+    ``readable`` and ``writable`` say "the kernel may have something": the
+    poller sets them at every edge (a level-triggered poller: when its wait
+    returns), and only this registration's non-blocking I/O methods clear
+    them, when the kernel says EAGAIN. Do the socket's I/O through
+    ``recv``/``recv_into``/``send``/``accept``, and park only when they
+    said EAGAIN; a task woken and then stopped before its read loses nothing,
+    since a wake-up consumes no edge::
+
+        while True:
+            data = registration.recv(65536)
+            if data is not None:
+                break
+            await registration.wait_readable()
 
     Hot paths park with ``park_readable``/``park_writable`` instead, which do
     not raise when woken: the caller then checks ``read_failure`` /
@@ -160,6 +180,8 @@ class Registration(abc.ABC):
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        # A fresh registration knows nothing: EPOLL_CTL_ADD reports what is
+        # already there as an edge, and a level-triggered wait returns at once.
         self.readable = False
         self.writable = False
         # Sticky: the peer half-closed, hung up or reset. A FIN queued behind
@@ -173,10 +195,76 @@ class Registration(abc.ABC):
         self.read_failure: Callable[[], NoReturn] | None = None
         self.write_failure: Callable[[], NoReturn] | None = None
 
-    async def wait_readable(self) -> None:
-        """Park until the socket may be readable (or return a remembered edge).
+    # -- I/O: the only code that consumes readiness ---------------------------------------
 
-        Raises ``trio.ClosedResourceError`` if the socket is unregistered while
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int) -> int:
+        """``sock.recv_into(buffer, nbytes)`` without blocking; -1 if the kernel said EAGAIN.
+
+        Returns the bytes received (0 at EOF). Clears ``readable`` on EAGAIN
+        and on a short read while the peer has not hung up (the queue is
+        empty: the next byte makes a new edge). Other errors propagate.
+        """
+        try:
+            received = self.sock.recv_into(buffer, nbytes)
+        except BlockingIOError:
+            self.readable = False
+            return -1
+        if 0 < received < nbytes and not self.hangup:
+            self.readable = False
+        return received
+
+    def recv(self, nbytes: int) -> bytes | None:
+        """``sock.recv(nbytes)`` without blocking; None if the kernel said EAGAIN.
+
+        ``b""`` is EOF. Clears ``readable`` as ``recv_into`` does.
+        """
+        try:
+            data = self.sock.recv(nbytes)
+        except BlockingIOError:
+            self.readable = False
+            return None
+        if data and len(data) < nbytes and not self.hangup:
+            self.readable = False
+        return data
+
+    def send(self, data: ReadableBuffer) -> int:
+        """``sock.send(data)`` without blocking; 0 (and ``writable`` cleared) on EAGAIN."""
+        try:
+            return self.sock.send(data)
+        except BlockingIOError:
+            self.writable = False
+            return 0
+
+    def accept(self) -> tuple[socket.socket, Any] | None:
+        """``sock.accept()`` without blocking; None (and ``readable`` cleared) on EAGAIN."""
+        try:
+            return self.sock.accept()
+        except BlockingIOError:
+            self.readable = False
+            return None
+
+    def writable_now(self) -> bool:
+        """Ask the kernel (one ``poll`` syscall) whether a send would not block.
+
+        Not for hot paths: for the rare question "may I send?" asked without
+        sending (``wait_send_all_might_not_block``). A "no" clears
+        ``writable``; on Linux the question itself arms the next EPOLLOUT
+        edge, as an EAGAIN would.
+        """
+        poller = select.poll()
+        poller.register(self.fd, select.POLLOUT)
+        if poller.poll(0):
+            return True
+        self.writable = False
+        return False
+
+    # -- waiting --------------------------------------------------------------------------
+
+    async def wait_readable(self) -> None:
+        """Park until the socket may be readable; at once if ``readable`` is still set.
+
+        Call it when ``recv``/``recv_into``/``accept`` said EAGAIN. Raises
+        ``trio.ClosedResourceError`` if the socket is unregistered while
         waiting, ``trio.BusyResourceError`` if another task already waits to
         read, and ``trio.Cancelled`` when the caller's scope is cancelled.
         """
@@ -194,7 +282,8 @@ class Registration(abc.ABC):
     def park_readable(self) -> Awaitable[None]:
         """``wait_readable`` for hot paths: no coroutine, and no raise on wake-up.
 
-        Await the result at once (the checks run when this is called), then::
+        Parks only while ``readable`` is clear, and never clears it. Await the
+        result at once (the checks run when this is called), then::
 
             if registration.read_failure is not None:
                 registration.raise_read_failure()
@@ -219,17 +308,6 @@ class Registration(abc.ABC):
         failure, self.write_failure = self.write_failure, None
         assert failure is not None, "no failure to raise"
         failure()
-
-    def writable_now(self) -> bool:
-        """Ask the kernel (one ``poll`` syscall) whether a send would not block.
-
-        Not for hot paths: for the rare question "may I send?" asked without
-        sending (``wait_send_all_might_not_block``). On Linux the question
-        itself arms the next EPOLLOUT edge when the answer is no.
-        """
-        poller = select.poll()
-        poller.register(self.fd, select.POLLOUT)
-        return bool(poller.poll(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,17 +337,14 @@ class Poller(abc.ABC):
     """Readiness for many sockets, shared by all tasks of one Trio run.
 
     Get the run's poller with ``get_poller()``; register a non-blocking socket
-    once, park on its ``Registration``, unregister before closing::
+    once, do its I/O through its ``Registration`` and park there, unregister
+    before closing::
 
         poller = get_poller()
         reg = poller.register(sock)
         try:
-            while True:
-                try:
-                    data = sock.recv(65536)
-                    break
-                except BlockingIOError:
-                    await reg.wait_readable()
+            while (data := reg.recv(65536)) is None:  # None: EAGAIN
+                await reg.wait_readable()
         finally:
             poller.unregister(reg)
             sock.close()
@@ -386,8 +461,7 @@ class _EpollRegistration(Registration):
     def park_readable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
-        if self.readable:
-            self.readable = False
+        if self.readable:  # an edge nobody has read to EAGAIN yet: no park
             return _READY
         if self.read_task is not None:
             raise trio.BusyResourceError("another task is already waiting to read")
@@ -399,7 +473,6 @@ class _EpollRegistration(Registration):
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
         if self.writable:
-            self.writable = False
             return _READY
         if self.write_task is not None:
             raise trio.BusyResourceError("another task is already waiting to write")
@@ -505,12 +578,14 @@ class EpollPoller(Poller):
                         if registration is None:
                             # Unregistered since the kernel queued it: stale.
                             continue
+                        # The edge is set whether or not a task is parked, and
+                        # only an EAGAIN clears it (module docstring, rule 3).
                         if flags & read_events:
                             if flags & hangup_events:
                                 registration.hangup = True
+                            registration.readable = True
                             task = registration.read_task
                             if task is None:
-                                registration.readable = True
                                 remembered += 1
                             else:
                                 registration.read_task = None
@@ -519,9 +594,9 @@ class EpollPoller(Poller):
                                 else:
                                     reschedule(task)
                         if flags & write_events:
+                            registration.writable = True
                             task = registration.write_task
                             if task is None:
-                                registration.writable = True
                                 remembered += 1
                             else:
                                 registration.write_task = None
@@ -548,16 +623,29 @@ class EpollPoller(Poller):
 class _TrioRegistration(Registration):
     __slots__ = ()
 
-    # Trio's waits raise their own failures: read_failure stays None.
+    # Trio's waits raise their own failures: read_failure stays None. Trio's
+    # wait is level-triggered, so its return is this poller's edge.
     def park_readable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
-        return trio.lowlevel.wait_readable(self.sock)
+        if self.readable:
+            return _READY
+        return self._wait_readable()
 
     def park_writable(self) -> Awaitable[None]:
         if self.closed:
             raise trio.ClosedResourceError("socket was unregistered")
-        return trio.lowlevel.wait_writable(self.sock)
+        if self.writable:
+            return _READY
+        return self._wait_writable()
+
+    async def _wait_readable(self) -> None:
+        await trio.lowlevel.wait_readable(self.sock)
+        self.readable = True
+
+    async def _wait_writable(self) -> None:
+        await trio.lowlevel.wait_writable(self.sock)
+        self.writable = True
 
 
 class TrioPoller(Poller):

@@ -24,7 +24,6 @@ about 650 to about 1,050 msgs/s (docs/performance.md).
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,7 +41,10 @@ class ReadSizes:
     """The read-size range of a connection: ``minimum <= initial <= maximum``.
 
     Each is one of :data:`READ_SIZE_CLASSES` (a power of two from 1 KiB to
-    1 MiB). ``maximum`` is also the most one read can hold of the budget.
+    1 MiB). ``maximum`` is also the most one read can hold of the budget. The
+    range is fixed; at each read the size is also capped by what the budget
+    can grant at that moment (``ledger.read_request``), so a budget shrunk
+    below these sizes makes reads smaller, and growing it back restores them.
     """
 
     minimum: int = 1024
@@ -59,19 +61,6 @@ class ReadSizes:
         if not self.minimum <= self.initial <= self.maximum:
             raise ValueError("read sizes must satisfy minimum <= initial <= maximum")
 
-    def capped(self, nbytes: int) -> ReadSizes:
-        """These sizes, each lowered to the largest class that is at most ``nbytes``.
-
-        ``nbytes`` below the smallest class leaves the sizes as they are.
-        """
-        index = largest_class_index(nbytes)
-        if index < 0:
-            return self
-        largest = READ_SIZE_CLASSES[index]
-        return ReadSizes(
-            min(self.minimum, largest), min(self.initial, largest), min(self.maximum, largest)
-        )
-
     @property
     def minimum_index(self) -> int:
         """Index of ``minimum`` in :data:`READ_SIZE_CLASSES`."""
@@ -86,11 +75,6 @@ class ReadSizes:
     def maximum_index(self) -> int:
         """Index of ``maximum`` in :data:`READ_SIZE_CLASSES`."""
         return READ_SIZE_CLASSES.index(self.maximum)
-
-
-def largest_class_index(nbytes: int) -> int:
-    """Index of the largest read size class that is at most ``nbytes``; -1 if none is."""
-    return bisect.bisect_right(READ_SIZE_CLASSES, nbytes) - 1
 
 
 # 1 KiB holds most request lines and small RPCs; 4 KiB (a page) is where

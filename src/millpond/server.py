@@ -22,7 +22,7 @@ from .buffers import BufferPool
 from .limiter import BufferLimiter
 from .poller import Poller, Registration, get_poller, resolve_poller_name
 from .readsize import ReadSizes
-from .stream import Connection, check_memory_arguments, fit_read_sizes
+from .stream import Connection, check_memory_arguments
 
 __all__ = ["Handler", "Server", "ServerStatistics", "open_listeners", "serve"]
 
@@ -85,6 +85,8 @@ class ServerStatistics:
       connections_accepted: connections accepted since start.
       handler_errors: handlers that raised (each closed only its connection).
       accept_backoffs: times accept ran out of fds or memory and backed off.
+      setup_errors: accepted connections dropped because setting them up
+        failed (each logged; the server went on accepting).
     """
 
     addresses: tuple[SockAddr, ...]
@@ -92,6 +94,7 @@ class ServerStatistics:
     connections_accepted: int
     handler_errors: int
     accept_backoffs: int
+    setup_errors: int
 
 
 def _check_port(port: object) -> int:
@@ -229,7 +232,6 @@ class Server:
                 DEFAULT_BUDGET_BYTES,
                 reserved_bytes=DEFAULT_BUDGET_BYTES // DEFAULT_RESERVE_FRACTION,
             )
-        read_sizes = fit_read_sizes(read_sizes, limiter)
         self._limiter = limiter
         self._pool = pool
         self._read_sizes = read_sizes
@@ -242,6 +244,7 @@ class Server:
         self._connections_accepted = 0
         self._handler_errors = 0
         self._accept_backoffs = 0
+        self._setup_errors = 0
         self._running = False
 
     @property
@@ -267,6 +270,7 @@ class Server:
             connections_accepted=self._connections_accepted,
             handler_errors=self._handler_errors,
             accept_backoffs=self._accept_backoffs,
+            setup_errors=self._setup_errors,
         )
 
     async def run(
@@ -308,17 +312,11 @@ class Server:
         pool: BufferPool | None,
         nursery: trio.Nursery,
     ) -> None:
-        accept = registration.sock.accept
-        start_soon = nursery.start_soon
-        run_connection = self._run_connection
+        accept = registration.accept
         accepted_in_a_row = 0
         while True:
-            registration.readable = False
-            backoff = False
             try:
-                sock, _address = accept()
-            except BlockingIOError:
-                sock = None
+                accepted = accept()  # None: EAGAIN, and the registration parks next
             except OSError as exc:
                 if exc.errno in ACCEPT_IGNORED_ERRNOS:
                     continue
@@ -330,32 +328,38 @@ class Server:
                     errno.errorcode.get(exc.errno or 0, exc.errno),
                     ACCEPT_BACKOFF_SECONDS * 1000,
                 )
-                sock = None
-                backoff = True
-            if sock is None:
+                # The backlog still holds its edge: nothing consumed it.
                 accepted_in_a_row = 0
-                if backoff:
-                    await trio.sleep(ACCEPT_BACKOFF_SECONDS)
-                else:
-                    await registration.wait_readable()
+                await trio.sleep(ACCEPT_BACKOFF_SECONDS)
+                continue
+            if accepted is None:
+                accepted_in_a_row = 0
+                await registration.wait_readable()
                 continue
             self._connections_accepted += 1
-            try:
-                connection = Connection(
-                    sock, poller=poller, pool=pool, read_sizes=self._read_sizes
-                )
-            except OSError as exc:
-                # The client went away between accept and setup.
-                sock.close()
-                logger.info("dropped a connection during setup: %s", exc)
-                continue
-            # A constant task name: Trio would otherwise format a new string
-            # per connection, and an idle connection should cost little.
-            start_soon(run_connection, connection, name=CONNECTION_TASK_NAME)
+            self._start_connection(accepted[0], poller, pool, nursery)
             accepted_in_a_row += 1
             if accepted_in_a_row >= ACCEPT_BATCH:
                 accepted_in_a_row = 0
                 await trio.lowlevel.checkpoint()
+
+    def _start_connection(
+        self, sock: socket.socket, poller: Poller, pool: BufferPool | None, nursery: trio.Nursery
+    ) -> None:
+        """Wrap an accepted socket and start its handler; a failure costs only this socket."""
+        try:
+            connection = Connection(sock, poller=poller, pool=pool, read_sizes=self._read_sizes)
+        except Exception as exc:
+            # Whatever it is (the client reset before setup, a budget or a
+            # pool refusing, a bug in a constructor), it concerns this one
+            # connection: the accept loop must go on serving the others.
+            sock.close()
+            self._setup_errors += 1
+            logger.warning("dropped a connection during setup: %r", exc)
+            return
+        # A constant task name: Trio would otherwise format a new string per
+        # connection, and an idle connection should cost little.
+        nursery.start_soon(self._run_connection, connection, name=CONNECTION_TASK_NAME)
 
     async def _run_connection(self, connection: Connection) -> None:
         self._connections_active += 1

@@ -30,18 +30,10 @@ import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from .buffers import Buffer, BufferPool
-from .ledger import Pressure, return_read, take_read
-from .limiter import BufferLimiter
+from .ledger import keep_read, read_request, return_read, take_read
 from .poller import Poller, Registration, get_poller
-from .readsize import (
-    DEFAULT_READ_SIZES,
-    MAX_READ_BYTES,
-    READ_SIZE_CLASSES,
-    ReadSizes,
-    adapt,
-    largest_class_index,
-)
-from .sizeclasses import MAX_CLASS_BYTES
+from .readsize import DEFAULT_READ_SIZES, MAX_READ_BYTES, READ_SIZE_CLASSES, ReadSizes, adapt
+from .sizeclasses import MAX_CLASS_BYTES, capacity_for
 from .traps import SCHEDULE_POINT
 
 T = TypeVar("T")
@@ -91,24 +83,21 @@ def check_memory_arguments(pool: object, read_sizes: object) -> None:
         raise TypeError(f"read_sizes must be a ReadSizes or None, not {type(read_sizes).__name__}")
 
 
-def fit_read_sizes(read_sizes: ReadSizes | None, limiter: BufferLimiter | None) -> ReadSizes:
-    """The read sizes of a connection whose reads are charged to ``limiter``.
-
-    ``None`` means the defaults, lowered to fit a budget too small for them;
-    explicit sizes must fit: ``ValueError`` if one maximum read could never
-    be granted (it would wait forever).
-    """
-    if limiter is None:
-        return DEFAULT_READ_SIZES if read_sizes is None else read_sizes
-    ordinary_bytes = limiter.ordinary_bytes
-    if read_sizes is None:
-        read_sizes = DEFAULT_READ_SIZES.capped(ordinary_bytes)
-    if ordinary_bytes < read_sizes.maximum:
-        raise ValueError(
-            "limiter must allow at least one maximum read: total_bytes - reserved_bytes = "
-            f"{ordinary_bytes} < read_sizes.maximum = {read_sizes.maximum}"
-        )
-    return read_sizes
+def _check_connected_stream(sock: object) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``sock`` unless it is an open, connected
+    stream socket (one a ``Connection`` can own)."""
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+    if sock.fileno() < 0:
+        raise ValueError("sock is closed")
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError("sock must be a SOCK_STREAM socket")
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise ValueError("sock must be connected (or accepted) first") from None
+        raise
 
 
 def _broken(exc: OSError) -> trio.BrokenResourceError:
@@ -141,15 +130,14 @@ class Connection(trio.abc.HalfCloseableStream):
         "_poller",
         "_pool",
         "_preferred_read",
-        "_read_drained",
         "_read_index",
         "_read_maximum_index",
+        "_read_minimum",
         "_read_minimum_index",
         "_receive_memory_wait",
         "_receiving",
         "_registration",
         "_scratch",
-        "_send_memory_wait",
         "_sending",
         "_shrink_below",
         "_shrink_pending",
@@ -164,43 +152,37 @@ class Connection(trio.abc.HalfCloseableStream):
         pool: BufferPool | None = None,
         read_sizes: ReadSizes | None = None,
     ) -> None:
-        if not isinstance(sock, socket.socket):
-            raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError("sock must be a SOCK_STREAM socket")
+        # Validate and prepare everything first, register last: a failure
+        # leaves nothing registered, and the socket is still the caller's.
+        _check_connected_stream(sock)
         if isinstance(poller, str):
             poller = get_poller(poller)
         elif not isinstance(poller, Poller):
             raise TypeError(f"poller must be a Poller or a name, not {type(poller).__name__}")
         check_memory_arguments(pool, read_sizes)
+        if read_sizes is None:
+            read_sizes = DEFAULT_READ_SIZES
+        # Receive memory: with a pool, every read is charged to the pool's
+        # limiter only once the socket is readable, so an idle connection
+        # holds nothing. The read size adapts (see readsize.py) and follows
+        # the budget as it is at each read (ledger.read_request).
+        limiter = None if pool is None else pool.limiter
+        # The limiter's bookkeeping, reached directly: the receive path
+        # charges reads with one plain call each way (ledger.py's read rules).
+        self._ledger = None if limiter is None else limiter.read_ledger()
+        self._scratch = None if pool is None else pool.scratch()
         configure_socket(sock)
+        self._registration: Registration = poller.register(sock)
         self._sock = sock
         self._poller = poller
-        self._registration: Registration = poller.register(sock)
+        self._pool = pool
+        self._limiter = limiter
         self._closed = False
         self._receiving = False
         self._sending = False
         self._eof_sent = False
-        # True after a short read: the kernel queue was empty, so the next
-        # receive parks first instead of paying a recv that says EAGAIN.
-        # A fresh registration starts "drained": EPOLL_CTL_ADD reports data
-        # that is already queued as an edge, and a level-triggered poller
-        # never parks on a readable socket. Skipping that first failed recv
-        # also keeps an idle connection's frame from being materialised by
-        # the BlockingIOError traceback (240 bytes each).
-        self._read_drained = True
-        # Receive memory: with a pool, every read leases a buffer (charged to
-        # the pool's limiter) only once the socket is readable, so an idle
-        # connection holds none. The read size adapts (see readsize.py).
-        self._pool = pool
-        # Looked up once: the receive hot path uses them on every read.
-        self._limiter = None if pool is None else pool.limiter
-        # The limiter's bookkeeping, when this thread may touch it directly:
-        # the receive path then charges reads with one plain call each way.
-        self._ledger = None if self._limiter is None else self._limiter.read_ledger()
-        self._scratch = None if pool is None else pool.scratch()
-        read_sizes = fit_read_sizes(read_sizes, self._limiter)
         self._read_minimum_index = read_sizes.minimum_index
+        self._read_minimum = read_sizes.minimum
         self._read_maximum_index = read_sizes.maximum_index
         self._read_index = read_sizes.initial_index
         self._shrink_pending = False
@@ -211,10 +193,9 @@ class Connection(trio.abc.HalfCloseableStream):
         # limiter: the handler holds them until it asks for more (see
         # _receive), so they count against the budget until then.
         self._held_read = 0
-        # Cancel scopes around waits for memory, so that close() can end them
-        # (a task waiting in the limiter is not parked on the socket).
+        # The cancel scope around a wait for memory, so that close() can end
+        # it (a task waiting in the limiter is not parked on the socket).
         self._receive_memory_wait: trio.CancelScope | None = None
-        self._send_memory_wait: trio.CancelScope | None = None
 
     @property
     def socket(self) -> socket.socket:
@@ -274,7 +255,7 @@ class Connection(trio.abc.HalfCloseableStream):
             max_bytes = self._start_receiving(max_bytes)
         try:
             registration = self._registration
-            if not self._read_drained or registration.readable or registration.hangup:
+            if registration.readable:
                 # Not about to park (a park is a cancel point of its own).
                 await checkpoint_if_cancelled()
             parked = False
@@ -282,15 +263,13 @@ class Connection(trio.abc.HalfCloseableStream):
             while True:
                 # Wait for readiness first, memory second: an idle connection
                 # holds no buffer, and bytes stay in the kernel until we can
-                # afford them (a cancelled wait loses nothing).
-                if self._read_drained and not (registration.readable or registration.hangup):
+                # afford them. A wake-up does not consume the edge (poller.py,
+                # rule 3): only the read's EAGAIN does, so stopping anywhere
+                # between the two (a cancelled wait for memory) loses nothing.
+                if not registration.readable:
                     if self._held_read:  # a parked connection holds nothing
-                        # _release_held_read() with the ledger's fast path
-                        # inlined: one call per park instead of three. When
-                        # it declines (waiters), the helper asks it once more.
-                        if self._ledger is not None and return_read(
-                            self._ledger, self, self._held_read
-                        ):
+                        ledger = self._ledger
+                        if ledger is not None and return_read(ledger, self, self._held_read):
                             self._held_read = 0
                         else:
                             self._release_held_read()
@@ -301,14 +280,14 @@ class Connection(trio.abc.HalfCloseableStream):
                 data = self._read_now(max_bytes, granted)
                 if isinstance(data, bytes):
                     break
-                granted = data
-                if granted:
-                    await self._wait_for_memory(granted)
+                granted = 0
+                if data:
+                    granted = await self._wait_for_memory(data)
                     parked = True
             if not parked:
                 await SCHEDULE_POINT
         except BaseException:
-            if self._held_read:  # cancelled before the read: hold nothing meanwhile
+            if self._held_read:  # stopped before the read: hold nothing meanwhile
                 self._release_held_read()
             raise
         finally:
@@ -323,101 +302,71 @@ class Connection(trio.abc.HalfCloseableStream):
     def _read_now(self, max_bytes: int, granted: int) -> bytes | int:
         """One read without waiting: the bytes (``b""`` at EOF) or, as an int, what to wait for.
 
-        ``0`` means the kernel said EAGAIN (the socket is now "drained": park
-        before trying again); a positive int is the bytes the limiter must
-        grant first (``granted`` then says they were). Every byte returned
+        ``0`` means the kernel said EAGAIN (the registration now parks the
+        next receive); a positive int is the bytes the limiter must grant
+        first (``granted`` then says how many it did). Every byte returned
         stays charged (``_held_read``) until the next receive.
         """
-        pool = self._pool
-        limiter = self._limiter
-        if pool is None:
-            self._registration.readable = False
+        registration = self._registration
+        ledger = self._ledger
+        if self._pool is None:
             try:
-                data = self._sock.recv(max_bytes)
-            except BlockingIOError:
-                self._read_drained = True
-                return 0
+                data = registration.recv(max_bytes)
             except OSError as exc:
                 raise self._stream_error(exc) from exc
-            # An empty read is EOF: reading again returns b"" at once, so EOF
-            # never counts as "drained".
-            self._read_drained = 0 < len(data) < max_bytes
-            return data
-        # Hot path: sizes kept in slots by _adapt(), the limiter's
-        # bookkeeping reached with one plain call, adapt() called only when
-        # it would act.
+            return 0 if data is None else data
+        # Hot path: sizes kept in slots by _adapt(), the ledger's read rules
+        # called directly, adapt() called only when it would act.
         size = granted
         if not size:
             preferred = self._preferred_read
-            minimum = READ_SIZE_CLASSES[self._read_minimum_index]
+            minimum = self._read_minimum
             if max_bytes < preferred:
                 preferred = max_bytes
                 if max_bytes < minimum:
                     minimum = max_bytes
-            # The last chunk's charge becomes this read's when it is the same
-            # size, nobody waits and there is no pressure: giving it back and
-            # taking it again would change nothing.
             held = self._held_read
             if held:
                 self._held_read = 0
-                ledger = self._ledger
-                if not (
-                    held == preferred
-                    and ledger is not None
-                    and not (ledger.privileged or ledger.ordinary)
-                    and ledger.in_use < ledger.pressure_bytes
-                ):
+                if ledger is not None and keep_read(ledger, held, preferred):
+                    size = held
+                else:
                     self._give_back_read(held)
-                    held = 0
-            if held:
-                size = held
-            elif (ledger := self._ledger) is not None:
-                size = take_read(ledger, self, preferred, minimum)
-            elif limiter is None:
-                size = preferred
-            else:
-                size = limiter.acquire_read_nowait(self, preferred, minimum)
             if not size:
-                return minimum
+                if ledger is None:  # a pool that charges no limiter
+                    size = preferred
+                else:
+                    size = take_read(ledger, self, preferred, minimum)
+                    if not size:
+                        return minimum
         # The lease of the pool's scratch buffer lasts one syscall: the bytes
         # are copied out before anything else can run (see
         # BufferPool.scratch). The charge stays (_held_read).
         scratch = self._scratch
-        self._registration.readable = False
         try:
             if size <= MAX_CLASS_BYTES:
-                received = self._sock.recv_into(scratch, size)  # type: ignore[arg-type]
+                received = registration.recv_into(scratch, size)  # type: ignore[arg-type]
             else:
                 # Beyond the scratch buffer (a bulk stream's large reads):
                 # straight into the bytes returned, no copy.
-                data = self._sock.recv(size)
-                received = len(data)
-        except BlockingIOError:
-            received = -1
+                large = registration.recv(size)
+                received = -1 if large is None else len(large)
         except OSError as exc:
-            if limiter is not None:
-                self._give_back_read(size)
+            self._give_back_read(size)
             raise self._stream_error(exc) from exc
         if received > 0:
-            if size <= MAX_CLASS_BYTES:
-                data = scratch[:received]  # type: ignore[index]
-            if limiter is not None:
+            data = scratch[:received] if size <= MAX_CLASS_BYTES else large  # type: ignore[index]
+            if ledger is not None:
                 self._held_read = size
-            self._read_drained = received < size
             if size == self._preferred_read and (
                 received >= size or received < self._shrink_below
             ):
                 self._adapt(received)
             elif self._shrink_pending:
                 self._shrink_pending = False
-            return data
-        if limiter is not None:  # EAGAIN or EOF: nothing is held after all
-            self._give_back_read(size)
-        if received < 0:
-            self._read_drained = True
-            return 0
-        self._read_drained = False  # EOF: reading again returns b"" at once
-        return b""
+            return data  # type: ignore[return-value]
+        self._give_back_read(size)  # EAGAIN or EOF: nothing is held after all
+        return 0 if received < 0 else b""
 
     @asynccontextmanager
     async def receive_buffer(self, max_bytes: int | None = None) -> AsyncIterator[Buffer]:
@@ -437,26 +386,28 @@ class Connection(trio.abc.HalfCloseableStream):
         if pool is None:
             raise RuntimeError("receive_buffer() needs a Connection made with a BufferPool")
         max_bytes = self._start_receiving(max_bytes)
-        if self._held_read:
-            self._release_held_read()
         try:
+            if self._held_read:
+                self._release_held_read()
             await checkpoint_if_cancelled()
             registration = self._registration
             parked = False
             while True:
-                if self._read_drained and not (registration.readable or registration.hangup):
+                if not registration.readable:
                     await registration.park_readable()
                     if registration.read_failure is not None:
                         registration.raise_read_failure()
                     parked = True
                 size = self._read_size(max_bytes)
                 try:
+                    if not size:
+                        raise trio.WouldBlock
                     buffer = pool.lease_nowait(size, owner=self)
                 except trio.WouldBlock:
-                    buffer = await self._unless_closed(pool.lease(size, owner=self))
+                    buffer = await self._lease_waiting(max_bytes)
                     parked = True
                 try:
-                    received = self._read_into(buffer.view, size)
+                    received = self._read_into(buffer.view, buffer.nbytes)
                 except BaseException:
                     buffer.release()
                     raise
@@ -475,12 +426,30 @@ class Connection(trio.abc.HalfCloseableStream):
         with buffer:
             yield buffer
 
-    async def _wait_for_memory(self, nbytes: int) -> None:
+    async def _wait_for_memory(self, minimum: int) -> int:
         # The budget is spent or others wait first: queue (FIFO, cancellable;
-        # the bytes wait in the kernel meanwhile) until nbytes are charged.
-        await self._unless_closed(
-            self._limiter.acquire_on_behalf_of(self, nbytes)  # type: ignore[union-attr]
+        # the bytes wait in the kernel meanwhile) until a read is charged.
+        return await self._unless_closed(
+            self._limiter.acquire_read(self, minimum)  # type: ignore[union-attr]
         )
+
+    async def _lease_waiting(self, max_bytes: int) -> Buffer:
+        """Lease receive_buffer's next buffer, waiting for memory (and for a budget that
+        can hold one at all, if total_bytes shrank below the smallest size class)."""
+        pool, limiter = self._pool, self._limiter
+        assert pool is not None
+        while True:
+            size = self._read_size(max_bytes)
+            if not size:
+                assert limiter is not None
+                await self._unless_closed(limiter._wait_for_resize())
+                continue
+            try:
+                return await self._unless_closed(pool.lease(size, owner=self))
+            except ValueError:
+                # total_bytes shrank below the request while it waited: ask again.
+                if limiter is None or capacity_for(size) <= limiter.ordinary_bytes:
+                    raise
 
     async def _unless_closed(self, waiting: Awaitable[T]) -> T:
         """Await a wait for memory that ``close()`` can end (it cancels the scope)."""
@@ -499,38 +468,29 @@ class Connection(trio.abc.HalfCloseableStream):
     def _give_back_read(self, nbytes: int) -> None:
         """Return a read's charge: the ledger's fast path when nobody waits."""
         ledger = self._ledger
-        if ledger is None or not return_read(ledger, self, nbytes):
-            # Waiters to serve (or another thread): the general release, not
-            # release_read(), which would try return_read() again first.
+        if ledger is not None and not return_read(ledger, self, nbytes):
+            # Waiters to serve: the general release, which hands the bytes on.
             self._limiter.release_on_behalf_of(self, nbytes)  # type: ignore[union-attr]
 
     def _read_size(self, max_bytes: int) -> int:
-        # Under memory pressure every read is the minimum class; a read the
-        # budget could never grant (total_bytes shrank at run time) steps down
-        # until it fits, as take_read does for receive_some.
-        minimum_index = self._read_minimum_index
-        limiter = self._limiter
-        index = self._read_index
-        if limiter is not None:
-            if limiter.pressure is not Pressure.NONE:
-                index = minimum_index
-            index = min(index, max(largest_class_index(limiter.ordinary_bytes), minimum_index))
-        size = READ_SIZE_CLASSES[index]
+        """Size of receive_buffer's next lease: a size class the budget can grant now
+        (ledger.read_request), at most ``max_bytes``; 0 if no class fits the budget."""
+        size = READ_SIZE_CLASSES[self._read_index]
+        ledger = self._ledger
+        if ledger is not None:
+            size = read_request(ledger, size, self._read_minimum)
+            if capacity_for(size) > ledger.ordinary_limit:  # a lease is charged its class
+                return 0
         return max_bytes if max_bytes < size else size
 
     def _read_into(self, view: memoryview, size: int) -> int:
-        """One ``recv_into``, adapting the read size; -1 (now "drained") on EAGAIN."""
-        self._registration.readable = False
+        """One ``recv_into``, adapting the read size; -1 if the kernel said EAGAIN."""
         try:
-            received = self._sock.recv_into(view, size)
-        except BlockingIOError:
-            self._read_drained = True
-            return -1
+            received = self._registration.recv_into(view, size)
         except OSError as exc:
             raise self._stream_error(exc) from exc
-        self._read_drained = 0 < received < size
-        if size == READ_SIZE_CLASSES[self._read_index]:  # not shrunk by pressure or max_bytes
-            self._adapt(received)
+        if received > 0 and size == READ_SIZE_CLASSES[self._read_index]:
+            self._adapt(received)  # a full-size read, not one shrunk by the budget
         return received
 
     def _adapt(self, received: int) -> None:
@@ -570,11 +530,8 @@ class Connection(trio.abc.HalfCloseableStream):
             # Hot path: bytes or a bytearray the kernel takes whole, as a
             # small message does: one send(), then the schedule point.
             if type(data) is bytes or type(data) is bytearray:
-                self._registration.writable = False
                 try:
-                    sent = self._sock.send(data)
-                except BlockingIOError:
-                    sent = 0
+                    sent = self._registration.send(data)
                 except OSError as exc:
                     raise self._stream_error(exc) from exc
                 if sent == len(data):
@@ -603,26 +560,24 @@ class Connection(trio.abc.HalfCloseableStream):
         Ends with a schedule point if it never parked (send_all's contract).
         """
         registration = self._registration
-        send = self._sock.send
         total = len(data)
         remaining = memoryview(data).cast("B")[sent:] if sent else data
         parked = False
         charged = 0
         try:
             while sent < total:
-                registration.writable = False
                 try:
-                    sent += send(remaining)
-                except BlockingIOError:
-                    pass
+                    just_sent = registration.send(remaining)
                 except OSError as exc:
                     raise self._stream_error(exc) from exc
-                else:
+                if just_sent:
+                    sent += just_sent
                     if sent < total:
                         remaining = memoryview(data).cast("B")[sent:]
                     continue
-                if not charged and self._pool is not None:
-                    charged = await self._charge_unsent(total - sent)
+                # EAGAIN: the tail waits in memory until the peer reads.
+                if not charged and self._limiter is not None:
+                    charged = self._charge_unsent(total - sent)
                 await registration.park_writable()
                 if registration.write_failure is not None:
                     registration.raise_write_failure()
@@ -633,37 +588,26 @@ class Connection(trio.abc.HalfCloseableStream):
         if not parked:
             await SCHEDULE_POINT
 
-    async def _charge_unsent(self, unsent: int) -> int:
-        """Charge the bytes a blocked ``send_all`` holds to the limiter; returns the charge.
+    def _charge_unsent(self, unsent: int) -> int:
+        """Count the unsent tail of a blocked ``send_all`` against the budget; returns the charge.
 
-        The unsent tail stays in memory until the peer reads, so it counts
-        against the budget like a receive buffer, up to one maximum read's
-        worth: what a handler builds beyond that is its own memory. Waits
-        (FIFO, cancellable) when the budget is spent, which is backpressure
-        on a handler whose peer does not read.
+        The tail stays in memory until the peer reads, so it counts like a
+        receive buffer, up to one maximum read's worth (what a handler builds
+        beyond that is its own memory), minus what this connection already
+        holds in the budget: an echo's tail *is* its held chunk, and a
+        ``receive_buffer`` echo's is its leased buffer. The charge never
+        waits (``BufferLimiter.charge_on_behalf_of``): the memory exists
+        already, and a sender that queued for it could deadlock with the
+        readers whose chunks it is sending (a proxy); it makes new reads
+        wait instead, until the peer has taken the tail.
         """
         limiter = self._limiter
-        if limiter is None:
-            return 0
-        # The tail of a chunk this connection read is already charged; never
-        # more than the budget could grant (total_bytes may have shrunk).
-        cap = min(READ_SIZE_CLASSES[self._read_maximum_index], limiter.ordinary_bytes)
-        charge = min(unsent, cap) - self._held_read
+        assert limiter is not None
+        charge = min(unsent, READ_SIZE_CLASSES[self._read_maximum_index]) - limiter.held_by(self)
         if charge <= 0:
             return 0
-        try:
-            limiter.acquire_on_behalf_of_nowait(self, charge)
-            return charge
-        except trio.WouldBlock:
-            pass
-        scope = self._send_memory_wait = trio.CancelScope()
-        try:
-            with scope:
-                await limiter.acquire_on_behalf_of(self, charge)
-                return charge
-        finally:
-            self._send_memory_wait = None
-        raise trio.ClosedResourceError("this connection was closed")
+        limiter.charge_on_behalf_of(self, charge)
+        return charge
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return when ``send_all`` would probably not have to wait."""
@@ -674,10 +618,9 @@ class Connection(trio.abc.HalfCloseableStream):
         self._sending = True
         try:
             registration = self._registration
-            # A remembered edge may be stale (sends since then may have
-            # filled the queue): ask the kernel, and park only on a "no",
-            # which also arms the edge that will wake us.
-            registration.writable = False
+            # An edge may be stale (sends since then may have filled the
+            # queue): ask the kernel. A "no" clears the edge and arms the
+            # next one, which wakes the park.
             if registration.writable_now():
                 await checkpoint()
             else:
@@ -715,9 +658,8 @@ class Connection(trio.abc.HalfCloseableStream):
         if self._closed:
             return
         self._closed = True
-        for memory_wait in (self._receive_memory_wait, self._send_memory_wait):
-            if memory_wait is not None:
-                memory_wait.cancel()
+        if self._receive_memory_wait is not None:
+            self._receive_memory_wait.cancel()
         if self._held_read:
             self._release_held_read()
         self._poller.unregister(self._registration)

@@ -1,0 +1,187 @@
+"""No lost edge: whatever stops a receive between wake-up and read, the bytes stay reachable.
+
+Every test here ends the same way: the peer sends nothing more, and the next
+receive must still return what was sent before. On the epoll poller a wake-up
+used to consume the edge; a receive that then stopped before reading (a
+timeout while it queued for memory, a refused request) left the bytes in the
+kernel with nothing left to announce them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from conftest import socket_pair
+
+import millpond
+
+KIB = 1024
+HOG = "another part of the program"
+
+
+async def receive_exactly(stream: millpond.Connection, nbytes: int) -> bytes:
+    """Receive until ``nbytes`` arrived; fails (instead of hanging) if they never do."""
+    received = b""
+    with trio.fail_after(5):
+        while len(received) < nbytes:
+            chunk = await stream.receive_some()
+            assert chunk, "EOF before every byte arrived"
+            received += chunk
+    return received
+
+
+class BackgroundReceive:
+    """A ``receive_some`` running in a task of its own."""
+
+    def __init__(self, stream: millpond.Connection) -> None:
+        self.stream = stream
+        self.done = trio.Event()
+        self.data = b""
+
+    async def run(self) -> None:
+        self.data = await self.stream.receive_some()
+        self.done.set()
+
+    async def result(self) -> bytes:
+        """What it received; fails (instead of hanging) if it never returns."""
+        with trio.fail_after(5):
+            await self.done.wait()
+        return self.data
+
+
+async def receive_in_background(
+    nursery: trio.Nursery, stream: millpond.Connection
+) -> BackgroundReceive:
+    """Start a receive and return once it is parked."""
+    pending = BackgroundReceive(stream)
+    nursery.start_soon(pending.run)
+    await trio.testing.wait_all_tasks_blocked()
+    return pending
+
+
+async def starved_pair(
+    poller_name: str, budget: int = 64 * KIB
+) -> tuple[millpond.Connection, millpond.Connection, millpond.BufferLimiter]:
+    """A connected pair whose reading side has a budget that HOG holds entirely."""
+    limiter = millpond.BufferLimiter(budget)
+    left, right = await socket_pair(poller_name, millpond.BufferPool(limiter))
+    limiter.acquire_on_behalf_of_nowait(HOG, budget)
+    return left, right, limiter
+
+
+async def test_receive_woken_then_cancelled_in_the_memory_queue_keeps_the_edge(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    left, right, limiter = await starved_pair(poller_name)
+    scope = trio.CancelScope()
+
+    async def receive_until_cancelled() -> None:
+        with scope:
+            await right.receive_some()
+        assert scope.cancelled_caught
+
+    nursery.start_soon(receive_until_cancelled)
+    await trio.testing.wait_all_tasks_blocked()  # parked on the socket: idle
+    await left.send_all(b"request")  # wakes it; it queues for memory
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.statistics().tasks_waiting == 1
+    scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    limiter.release_on_behalf_of(HOG, 64 * KIB)
+    assert await receive_exactly(right, 7) == b"request"
+
+
+async def test_receive_granted_and_cancelled_in_the_same_tick_keeps_the_edge(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    left, right, limiter = await starved_pair(poller_name)
+    scope = trio.CancelScope()
+    nursery.start_soon(_receive_in, scope, right)
+    await trio.testing.wait_all_tasks_blocked()
+    await left.send_all(b"request")
+    await trio.testing.wait_all_tasks_blocked()
+    limiter.release_on_behalf_of(HOG, 64 * KIB)  # grants the queued read...
+    scope.cancel()  # ...which is cancelled before it resumes
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.bytes_in_use == 0  # the grant went back
+    assert await receive_exactly(right, 7) == b"request"
+
+
+async def _receive_in(scope: trio.CancelScope, stream: millpond.Connection) -> None:
+    with scope:
+        await stream.receive_some()
+
+
+async def test_receive_woken_then_timed_out_in_a_read_loop_answers_once_memory_is_back(
+    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The issue's own scenario, with one client: a handler polls under a timeout.
+    left, right, limiter = await starved_pair(poller_name)
+    answered = trio.Event()
+
+    async def handler() -> None:
+        while True:
+            with trio.move_on_after(0.3):
+                request = await right.receive_some()
+                await right.send_all(request.upper())
+                answered.set()
+                return
+
+    nursery.start_soon(handler)
+    await trio.testing.wait_all_tasks_blocked()
+    await left.send_all(b"ping")
+    await trio.sleep(1)  # several timeouts while the budget is held
+    assert not answered.is_set()
+    limiter.release_on_behalf_of(HOG, 64 * KIB)
+    assert await receive_exactly(left, 4) == b"PING"
+
+
+async def test_receive_granted_memory_reads_at_once_instead_of_parking_again(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    left, right, limiter = await starved_pair(poller_name)
+    pending = await receive_in_background(nursery, right)
+    await left.send_all(b"hello")
+    await trio.testing.wait_all_tasks_blocked()
+    limiter.release_on_behalf_of(HOG, 64 * KIB)
+    assert await pending.result() == b"hello"
+
+
+async def test_receive_buffer_woken_then_cancelled_in_the_memory_queue_keeps_the_edge(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    left, right, limiter = await starved_pair(poller_name)
+    scope = trio.CancelScope()
+
+    async def receive_buffer_until_cancelled() -> None:
+        with scope:
+            async with right.receive_buffer():
+                raise AssertionError("received without memory")
+
+    nursery.start_soon(receive_buffer_until_cancelled)
+    await trio.testing.wait_all_tasks_blocked()
+    await left.send_all(b"request")
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
+    await trio.testing.wait_all_tasks_blocked()
+    limiter.release_on_behalf_of(HOG, 64 * KIB)
+    with trio.fail_after(5):
+        async with right.receive_buffer() as buf:
+            assert bytes(buf.view) == b"request"
+
+
+@pytest.mark.parametrize("total", [16 * KIB, 2 * KIB, 600])
+async def test_budget_shrinking_under_a_queued_read_neither_raises_nor_loses_the_edge(
+    poller_name: str, nursery: trio.Nursery, total: int
+) -> None:
+    left, right, limiter = await starved_pair(poller_name)
+    pending = await receive_in_background(nursery, right)
+    await left.send_all(b"x" * 5000)
+    await trio.testing.wait_all_tasks_blocked()
+    limiter.total_bytes = total  # refuses every queued request that cannot fit any more
+    await trio.testing.wait_all_tasks_blocked()
+    limiter.release_on_behalf_of(HOG, 64 * KIB)
+    first = await pending.result()
+    assert 0 < len(first) <= min(total, 4 * KIB)
+    assert first + await receive_exactly(right, 5000 - len(first)) == b"x" * 5000
