@@ -41,6 +41,7 @@ import trio
 
 from .leaks import _LEAK_LEVELS, _SAMPLE_BITS, BufferLeakWarning, LeakReport, _Site
 from .limiter import BufferLimiter, _run_is_over
+from .needs_trio import require_trio_run
 from .sizeclasses import (
     _MIN_SHIFT,
     MAX_CLASS_BYTES,
@@ -450,6 +451,7 @@ class BufferPool:
             self._drain()  # queued returns may hold the capacity we are about to wait for
         limiter = self._limiter
         if limiter is None:
+            require_trio_run("BufferPool.lease")
             await trio.lowlevel.checkpoint()
         else:
             await limiter.acquire_on_behalf_of(owner, capacity)

@@ -46,6 +46,8 @@ async def open_connection(
     check_memory_arguments(pool, read_sizes)
     if isinstance(poller, str):
         poller = get_poller(poller)
+    elif not isinstance(poller, Poller):
+        raise TypeError(f"poller must be a Poller or a name, not {type(poller).__name__}")
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     if not infos:
         raise OSError(f"no addresses for {host!r}")
@@ -62,7 +64,11 @@ async def open_connection(
         except BaseException:
             sock.close()
             raise
-        return Connection(sock, poller=poller, pool=pool, read_sizes=read_sizes)
+        try:
+            return Connection(sock, poller=poller, pool=pool, read_sizes=read_sizes)
+        except BaseException:
+            sock.close()  # Connection registers nothing when it fails
+            raise
     assert last_error is not None
     raise last_error
 

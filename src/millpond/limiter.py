@@ -37,6 +37,7 @@ from .ledger import (
     return_read,
     take_read,
 )
+from .needs_trio import require_trio_run
 
 __all__ = ["BufferLimiter", "BufferLimiterStatistics", "Pressure"]
 
@@ -414,6 +415,7 @@ class BufferLimiter:
 
         See :meth:`acquire_on_behalf_of`.
         """
+        require_trio_run("BufferLimiter.acquire")
         await self.acquire_on_behalf_of(trio.lowlevel.current_task(), nbytes)
 
     @trio.lowlevel.enable_ki_protection
@@ -438,7 +440,11 @@ class BufferLimiter:
         """
         if type(nbytes) is not int or nbytes <= 0:
             nbytes = _checked_nbytes(nbytes)
-        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            await trio.lowlevel.checkpoint_if_cancelled()
+        except RuntimeError:
+            require_trio_run("BufferLimiter.acquire")
+            raise
         if threading.get_ident() != self._home or not self._ledger.in_use:
             self._at_home()  # inside Trio this binds the limiter to this run, or raises
         ledger = self._ledger

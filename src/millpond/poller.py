@@ -97,6 +97,7 @@ from trio.lowlevel import (
 )
 
 from . import traps
+from .needs_trio import require_trio_run
 from .traps import WOKEN, Park
 
 if TYPE_CHECKING:
@@ -690,6 +691,7 @@ class TrioPoller(Poller):
 _RUN_POLLERS: RunVar[dict[str, Poller]] = RunVar("millpond_pollers")
 
 
+
 def resolve_poller_name(name: object) -> str:
     """Validate a poller name and resolve ``"auto"`` to a concrete one.
 
@@ -712,8 +714,13 @@ def resolve_poller_name(name: object) -> str:
 
 
 def get_poller(name: str = "auto") -> Poller:
-    """Return the current Trio run's poller of that kind, creating it once."""
+    """Return the current Trio run's poller of that kind, creating it once.
+
+    Raises ``RuntimeError`` outside a Trio run: millpond runs on Trio only
+    (anyio users: the ``trio`` backend).
+    """
     resolved = resolve_poller_name(name)
+    require_trio_run("millpond (a Connection, a server, a poller)")
     try:
         pollers = _RUN_POLLERS.get()
     except LookupError:

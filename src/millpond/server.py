@@ -9,6 +9,8 @@ does not parse application protocols.
 from __future__ import annotations
 
 import errno
+import functools
+import inspect
 import logging
 import socket
 import sys
@@ -95,6 +97,27 @@ class ServerStatistics:
     handler_errors: int
     accept_backoffs: int
     setup_errors: int
+
+
+def _is_async_callable(handler: object) -> bool:
+    # An async def function or method, through functools.partial and
+    # decorators that set __wrapped__, or an object whose __call__ is one.
+    while isinstance(handler, functools.partial):
+        handler = handler.func
+    if inspect.iscoroutinefunction(inspect.unwrap(handler)):  # type: ignore[arg-type]
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - we need the method itself
+    return call is not None and inspect.iscoroutinefunction(inspect.unwrap(call))
+
+
+def _check_handler(handler: object) -> None:
+    if not callable(handler):
+        raise TypeError(f"handler must be an async function, not {type(handler).__name__}")
+    if not _is_async_callable(handler):
+        raise TypeError(
+            f"handler must be an async function (async def handler(stream)), not {handler!r}: "
+            "it is called once per connection and its result awaited"
+        )
 
 
 def _check_port(port: object) -> int:
@@ -207,8 +230,7 @@ class Server:
         read_sizes: ReadSizes | None = None,
         pooled: bool = True,
     ) -> None:
-        if not callable(handler):
-            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        _check_handler(handler)
         _check_port(port)
         _check_host(host)
         _check_backlog(backlog)
