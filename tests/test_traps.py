@@ -7,6 +7,11 @@ do, and check that a connection still works when the fast path is off.
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -24,6 +29,7 @@ from trio.lowlevel import (
     reschedule,
 )
 
+import millpond
 from millpond import traps
 from millpond.traps import SCHEDULE_POINT, WOKEN, Park, TrioScheduleYield
 
@@ -74,17 +80,149 @@ class Sleeper:
         self.wake()
 
 
+fast_only = pytest.mark.skipif(
+    not traps.FAST_TRAPS, reason=f"fast traps are off: {traps.FAST_TRAPS_REASON}"
+)
+
+
+@pytest.fixture
+def unproven(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process as it is before any run has proven the fast path (restored after)."""
+    monkeypatch.setattr(traps, "PROVEN", False)
+    monkeypatch.setattr(traps, "_FAILED", False)
+    monkeypatch.setattr(SCHEDULE_POINT, "__class__", TrioScheduleYield)
+
+
+async def prove_now() -> None:
+    """Ask for the proof and give the probe the scheduler passes it needs."""
+    traps.start_proof()
+    for _ in range(4 * traps.PROBE_PASSES):
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+async def echo_once(poller_name: str, message: bytes) -> None:
+    left, right = await socket_pair(poller_name)
+    async with left, right:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await left.send_all(message)
+            assert await right.receive_some() == message
+
+
+@fast_only
 def test_this_trio_gets_the_fast_path() -> None:
     # The suite exercises the fast objects only if Trio's messages were recognised.
     assert traps.FAST_TRAPS
+    trio.run(prove_now)
+    assert traps.PROVEN
     assert isinstance(SCHEDULE_POINT, traps.ScheduleYield)
 
 
+def nonblocking_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setblocking(False)
+    return sock
+
+
+@fast_only
+async def test_registrations_park_through_trio_until_the_proof_is_in(unproven: None) -> None:
+    before = millpond.get_poller("epoll").register(nonblocking_socket())
+    assert before.read_park is None  # type: ignore[attr-defined]
+    assert type(SCHEDULE_POINT) is TrioScheduleYield
+    await prove_now()
+    assert traps.PROVEN
+    assert type(SCHEDULE_POINT) is traps.ScheduleYield
+    after = millpond.get_poller("epoll").register(nonblocking_socket())
+    assert isinstance(after.read_park, Park)  # type: ignore[attr-defined]
+    for registration in (before, after):
+        millpond.get_poller("epoll").unregister(registration)
+        registration.sock.close()
+    await echo_once("epoll", b"after the proof")
+
+
+@fast_only
+async def test_a_trio_that_resumes_parked_tasks_with_none_keeps_trios_functions(
+    unproven: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(traps, "_probe_wake_value", None)
+    with caplog.at_level(logging.WARNING, logger="millpond.traps"):
+        await prove_now()
+    assert not traps.PROVEN and traps._FAILED
+    assert "send(None)" in caplog.text
+    assert type(SCHEDULE_POINT) is TrioScheduleYield
+    left, right = await socket_pair("epoll")
+    assert left._registration.read_park is None  # type: ignore[attr-defined]
+    await left.aclose()
+    await right.aclose()
+    await echo_once("epoll", b"on Trio's functions")
+
+
+@fast_only
+async def test_a_probe_that_raises_keeps_trios_functions(
+    unproven: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken_round_trip() -> str | None:
+        raise AttributeError("a Trio without something the probe needs")
+
+    monkeypatch.setattr(traps, "_round_trip", broken_round_trip)
+    with caplog.at_level(logging.WARNING, logger="millpond.traps"):
+        await prove_now()
+    assert not traps.PROVEN and traps._FAILED
+    assert "a Trio without something the probe needs" in caplog.text
+
+
+@fast_only
+def test_the_observer_records_a_throw_instead_of_passing_it_on() -> None:
+    observed = traps._Observed(Park(lambda raise_cancel: Abort.FAILED))
+    steps = observed.__await__()
+    assert type(steps.send(None)).__name__ == "WaitTaskRescheduled"
+    with pytest.raises(StopIteration):
+        steps.throw(RuntimeError("what a Trio cancelling by throw() would do"))
+    assert observed.how == "resumed by throw(RuntimeError)"
+
+
+@fast_only
+def test_the_observer_records_send_none() -> None:
+    observed = traps._Observed(Park(lambda raise_cancel: Abort.FAILED))
+    steps = observed.__await__()
+    steps.send(None)
+    with pytest.raises(StopIteration):
+        steps.send(None)
+    assert "send(None)" in observed.how
+
+
+def test_asking_trio_for_its_messages_may_fail_without_failing_the_import(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def raising(*args: object) -> NoReturn:
+        raise RuntimeError("outside a run")
+
+    monkeypatch.delenv(traps.FAST_TRAPS_ENV_VAR, raising=False)
+    monkeypatch.setattr(traps, "wait_task_rescheduled", raising)
+    message, reason = traps._recognise_trio()
+    assert message is None and reason is not None and "outside a run" in reason
+
+
+@pytest.mark.parametrize(("value", "fast"), [("0", False), ("1", True)])
+def test_the_environment_can_turn_the_fast_traps_off(value: str, fast: bool) -> None:
+    environment = {**os.environ, traps.FAST_TRAPS_ENV_VAR: value}
+    printed = subprocess.run(
+        [sys.executable, "-c", "import millpond.traps as t; print(t.FAST_TRAPS)"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert printed.strip() == str(fast)
+
+
+@fast_only
 def test_park_needs_a_callable_abort() -> None:
     with pytest.raises(TypeError, match="abort_func must be callable"):
         Park(None)  # type: ignore[arg-type]
 
 
+@fast_only
 async def test_one_park_serves_many_sleeps_woken_by_the_shared_outcome() -> None:
     sleeper = Sleeper()
     woken = 0
@@ -105,6 +243,7 @@ async def test_one_park_serves_many_sleeps_woken_by_the_shared_outcome() -> None
     assert woken == 3
 
 
+@fast_only
 async def test_a_park_ends_whatever_it_is_sent() -> None:
     # The contract that makes a Park fast: it never looks at the outcome, so
     # an error sent to it is not raised. Failures must travel beside it.
@@ -116,6 +255,7 @@ async def test_a_park_ends_whatever_it_is_sent() -> None:
             sleeper.wake(outcome.Error(trio.ClosedResourceError("closed")))
 
 
+@fast_only
 async def test_a_failure_stored_beside_the_park_is_raised_by_the_woken_task() -> None:
     sleeper = Sleeper()
     raised: list[BaseException] = []
@@ -135,6 +275,7 @@ async def test_a_failure_stored_beside_the_park_is_raised_by_the_woken_task() ->
     assert sleeper.failure is None
 
 
+@fast_only
 async def test_cancelled_sleeper_is_aborted_and_can_park_again() -> None:
     sleeper = Sleeper()
     with trio.move_on_after(0) as scope:
@@ -166,9 +307,12 @@ async def test_schedule_point_completes_a_checkpoint_and_ignores_cancellation(
     assert not scope.cancelled_caught
 
 
-async def test_connection_works_without_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What a Trio whose messages are not recognised gets: Trio's own waits,
-    # and the dispatcher waking with a fresh outcome each time.
+async def test_connection_works_without_the_fast_path(
+    unproven: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a Trio whose messages are not recognised (or not proven) gets:
+    # Trio's own waits, and the dispatcher waking with a fresh outcome each time.
+    monkeypatch.setattr(traps, "_FAILED", True)  # no proof in this run
     monkeypatch.setattr(traps, "FAST_TRAPS", False)
     a, b = await socket_pair("epoll")
     async with a, b:

@@ -427,7 +427,10 @@ class _EpollRegistration(Registration):
         # allocates nothing, and a parked idle connection keeps no coroutine.
         # Writes park rarely (only under backpressure): theirs is made at the
         # first one, which keeps it off every idle connection.
-        self.read_park: Park | None = Park(self._abort_read) if traps.FAST_TRAPS else None
+        # Until the fast path has proven itself in a run (traps.start_proof),
+        # registrations park through Trio's own wait_task_rescheduled; the
+        # dispatcher tells the two apart by the park slot.
+        self.read_park: Park | None = Park(self._abort_read) if traps.PROVEN else None
         self.write_park: Park | None = None
 
     # A Park ignores the outcome it is sent (traps.Park), so cancellation
@@ -480,7 +483,7 @@ class _EpollRegistration(Registration):
         self.write_task = current_task()
         park = self.write_park
         if park is None:
-            if not traps.FAST_TRAPS:
+            if not traps.PROVEN:
                 return wait_task_rescheduled(self._abort_write)
             park = self.write_park = Park(self._abort_write)
         return park
@@ -564,8 +567,8 @@ class EpollPoller(Poller):
         read_events = _READ_EVENTS
         write_events = _WRITE_EVENTS
         hangup_events = _HANGUP_EVENTS
-        # Tasks parked on a traps.Park are woken with one shared outcome.
-        fast = traps.FAST_TRAPS
+        # Tasks parked on a traps.Park are woken with one shared outcome;
+        # those in Trio's wait_task_rescheduled (no Park) need a fresh one.
         woken = WOKEN
         try:
             while True:
@@ -590,10 +593,10 @@ class EpollPoller(Poller):
                                 remembered += 1
                             else:
                                 registration.read_task = None
-                                if fast:
-                                    reschedule(task, woken)
-                                else:
+                                if registration.read_park is None:
                                     reschedule(task)
+                                else:
+                                    reschedule(task, woken)
                         if flags & write_events:
                             registration.writable = True
                             task = registration.write_task
@@ -601,10 +604,10 @@ class EpollPoller(Poller):
                                 remembered += 1
                             else:
                                 registration.write_task = None
-                                if fast:
-                                    reschedule(task, woken)
-                                else:
+                                if registration.write_park is None:
                                     reschedule(task)
+                                else:
+                                    reschedule(task, woken)
                     self._events_dispatched += len(events)
                     self._edges_remembered += remembered
                     if len(events) < MAX_EVENTS_PER_POLL:
@@ -721,6 +724,7 @@ def get_poller(name: str = "auto") -> Poller:
     """
     resolved = resolve_poller_name(name)
     require_trio_run("millpond (a Connection, a server, a poller)")
+    traps.start_proof()
     try:
         pollers = _RUN_POLLERS.get()
     except LookupError:

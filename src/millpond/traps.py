@@ -33,7 +33,29 @@ The schedule point's ``__await__`` is a two-line generator, and one
 The messages are not built from Trio's private classes: they are captured
 from Trio's own public functions at import (start the coroutine, take what
 it yields, close it). If a future Trio yields something this module does not
-recognise, ``FAST_TRAPS`` is ``False`` and callers use Trio's functions.
+recognise (or raises while it is asked), ``FAST_TRAPS`` is ``False`` and
+callers use Trio's functions. ``MILLPOND_FAST_TRAPS=0`` in the environment
+forces that too (CI runs the whole suite once that way).
+
+Proving it, not assuming it
+---------------------------
+The messages looking right says nothing about how Trio *resumes* a task, and
+a ``Park`` depends on that: it ends its await only when the run loop
+sends it a value. A Trio that resumed with ``send(None)`` would make
+the coroutine call ``next()`` on the Park instead, which parks again (a
+hang); one that cancelled by ``throw()`` would raise through the Park while
+the registration still named the task (a later wake-up of a task that is not
+parked). So the fast path proves itself in the first Trio run that uses
+millpond (``start_proof``, called by ``get_poller``): a system task parks a
+probe task on a real ``Park`` and drives it through a wake-up, a
+cancellation, a close and a schedule point, watching how the run loop
+resumes it. Until that round trip has passed, everything uses Trio's own
+functions (``PROVEN`` is False and ``SCHEDULE_POINT`` is Trio's); if it
+differs anywhere, millpond keeps Trio's functions for good and logs why
+(logger ``millpond.traps``). The probe cannot hang the run: it awaits the
+Park's first step through an observer that yields exactly once, whatever the
+run loop does, and the driver gives up after a bounded number of scheduler
+passes.
 
 ``WOKEN`` is one ``outcome.Value(None)`` that the dispatcher sends to every
 task it wakes from a ``Park``, so a wake makes no new outcome. Pass it only
@@ -44,15 +66,42 @@ what it is sent, and an outcome can be unwrapped once.
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import outcome
-from trio.lowlevel import Abort, RaiseCancelT, cancel_shielded_checkpoint, wait_task_rescheduled
+import trio
+from trio.lowlevel import (
+    Abort,
+    RaiseCancelT,
+    Task,
+    cancel_shielded_checkpoint,
+    current_task,
+    reschedule,
+    spawn_system_task,
+    wait_task_rescheduled,
+)
 
-__all__ = ["FAST_TRAPS", "SCHEDULE_POINT", "WOKEN", "Park", "ScheduleYield", "TrioScheduleYield"]
+__all__ = [
+    "FAST_TRAPS",
+    "FAST_TRAPS_ENV_VAR",
+    "SCHEDULE_POINT",
+    "WOKEN",
+    "Park",
+    "ScheduleYield",
+    "TrioScheduleYield",
+    "start_proof",
+]
+
+logger = logging.getLogger("millpond.traps")
 
 AbortFunc = Callable[[RaiseCancelT], Abort]
+
+# Set to "0" to use Trio's own functions everywhere (for comparison, and for
+# the CI run that checks the fallback).
+FAST_TRAPS_ENV_VAR: Final = "MILLPOND_FAST_TRAPS"
 
 
 def _first_yield(coro: Coroutine[Any, Any, Any]) -> object:
@@ -69,17 +118,38 @@ def _abort_unused(_raise_cancel: RaiseCancelT) -> Abort:  # pragma: no cover - n
     return Abort.SUCCEEDED
 
 
-_SAMPLE_WAIT: Final = _first_yield(wait_task_rescheduled(_abort_unused))
-_SCHEDULE_MESSAGE: Final = _first_yield(cancel_shielded_checkpoint())
+def _recognise_trio() -> tuple[object, str | None]:
+    """The schedule message, and why the fast path is off (None: it may be on).
 
-# True when Trio's trap messages look as this module expects: a wait message
-# carries the abort function it was made with, and the schedule message is a
-# constant (the same object from every call).
-FAST_TRAPS: Final = (
-    getattr(_SAMPLE_WAIT, "abort_func", None) is _abort_unused
-    and _SCHEDULE_MESSAGE is not None
-    and _first_yield(cancel_shielded_checkpoint()) is _SCHEDULE_MESSAGE
-)
+    Any failure of the check itself means "off": importing millpond must
+    never fail because a Trio behaves differently here.
+    """
+    if os.environ.get(FAST_TRAPS_ENV_VAR, "1") == "0":
+        return None, f"{FAST_TRAPS_ENV_VAR}=0"
+    try:
+        sample_wait = _first_yield(wait_task_rescheduled(_abort_unused))
+        schedule = _first_yield(cancel_shielded_checkpoint())
+        again = _first_yield(cancel_shielded_checkpoint())
+    except Exception as exc:  # any failure: Trio's functions it is
+        return None, f"asking Trio for its trap messages raised {exc!r}"
+    if getattr(sample_wait, "abort_func", None) is not _abort_unused:
+        return None, "Trio's wait message does not carry its abort function"
+    if schedule is None or again is not schedule:
+        return None, "Trio's schedule message is not one constant object"
+    return schedule, None
+
+
+_SCHEDULE_MESSAGE, FAST_TRAPS_REASON = _recognise_trio()
+
+# True when Trio's trap messages look as this module expects (and the
+# environment does not forbid it). Necessary, not sufficient: see PROVEN.
+FAST_TRAPS: Final = FAST_TRAPS_REASON is None
+
+# True once the round trip (start_proof) passed in a real run: only then do
+# new registrations park on a Park and does SCHEDULE_POINT skip Trio's
+# function. False until then, and for good if the round trip failed.
+PROVEN = False
+_FAILED = False
 
 # The outcome the dispatcher sends to wake a task parked on a Park.
 WOKEN: Final[outcome.Value[None]] = outcome.Value(None)
@@ -160,8 +230,9 @@ class ScheduleYield:
     def __await__(self) -> Generator[Any, Any, None]:
         yield _SCHEDULE_MESSAGE
 
+
 class TrioScheduleYield:
-    """The same schedule point through Trio's own function (when ``FAST_TRAPS`` is false)."""
+    """The same schedule point through Trio's own function (until the fast one is proven)."""
 
     __slots__ = ()
 
@@ -170,6 +241,206 @@ class TrioScheduleYield:
 
 
 # ``await SCHEDULE_POINT`` is ``await trio.lowlevel.cancel_shielded_checkpoint()``.
-SCHEDULE_POINT: Final[ScheduleYield | TrioScheduleYield] = (
-    ScheduleYield() if FAST_TRAPS else TrioScheduleYield()
-)
+# One object for everybody; the proof switches its class to ScheduleYield
+# (both are empty-slotted, so the switch is allowed and atomic), which lets
+# hot paths keep it in a local name.
+SCHEDULE_POINT: Final[ScheduleYield | TrioScheduleYield] = TrioScheduleYield()
+
+
+# -- the proof -------------------------------------------------------------------------------
+
+# How many scheduler passes the driver waits for the probe task to take one
+# step. A step needs one pass; the margin covers other tasks scheduled in
+# between (the run loop shuffles each batch), and stays a small constant.
+PROBE_PASSES: Final = 64
+
+# What the driver wakes the probe with: the dispatcher's WOKEN. A test sets
+# it to None to stand for a Trio that resumes parked tasks with send(None).
+_probe_wake_value: object = WOKEN
+
+_PROOF_STARTED: trio.lowlevel.RunVar[bool] = trio.lowlevel.RunVar("millpond_traps_proof")
+
+
+def start_proof() -> None:
+    """Prove the fast path in this Trio run, once per process (see the module docstring).
+
+    Cheap to call often: it does nothing once the proof is in (or failed),
+    and starts at most one probe per run. Call it from inside a Trio run.
+    """
+    if PROVEN or _FAILED or not FAST_TRAPS:
+        return
+    try:
+        if _PROOF_STARTED.get():
+            return
+    except LookupError:
+        pass
+    _PROOF_STARTED.set(True)
+    spawn_system_task(_prove, name="millpond.traps.proof")
+
+
+async def _prove() -> None:
+    # A system task: nothing may escape it (Trio would call that an internal
+    # error). A run that ends before the proof did proves nothing either way.
+    try:
+        reason = await _round_trip()
+    except BaseException as exc:
+        if _cancellation_in(exc):
+            return
+        reason = f"the probe raised {exc!r}"
+    _conclude(reason)
+
+
+def _cancellation_in(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(trio.Cancelled) is not None
+    return isinstance(exc, trio.Cancelled)
+
+
+def _conclude(reason: str | None) -> None:
+    global PROVEN, _FAILED
+    if reason is None:
+        PROVEN = True
+        SCHEDULE_POINT.__class__ = ScheduleYield
+    else:
+        _FAILED = True
+        logger.warning("millpond keeps Trio's own park and checkpoint functions: %s", reason)
+
+
+class _Observed:
+    """Awaits a ``Park``'s step itself and records how the run loop resumes it.
+
+    It yields the Park's message exactly once, so whatever the run loop does
+    (send a value, send None, throw), the await ends: the probe cannot hang.
+    """
+
+    __slots__ = ("how", "park")
+
+    def __init__(self, park: Park) -> None:
+        self.park = park
+        self.how = "not resumed"
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        message = next(self.park)
+        try:
+            value = yield message
+        except BaseException as exc:  # noqa: B036 - recorded, not swallowed: see _round_trip
+            self.how = f"resumed by throw({type(exc).__name__})"
+            return
+        if value is None:
+            self.how = "resumed by send(None), which would park a Park again"
+            return
+        try:
+            self.park.send(value)
+        except StopIteration:
+            self.how = "sent"
+            return
+        self.how = "a Park did not end its await when sent its wake-up"  # pragma: no cover
+
+
+def _raise_closed() -> NoReturn:
+    raise trio.ClosedResourceError("probe: closed")
+
+
+class _ProbeSlot:
+    """What a registration's read side is to a Park: a task, a failure, an abort."""
+
+    def __init__(self) -> None:
+        self.task: Task | None = None
+        self.failure: Callable[[], NoReturn] | None = None
+        self.aborts = 0
+        self.park = Park(self._abort)
+        self.step = 0
+        self.results: list[str] = []
+        self.scope = trio.CancelScope()
+
+    def _abort(self, raise_cancel: RaiseCancelT) -> Abort:
+        self.aborts += 1
+        self.fail(raise_cancel)
+        return Abort.FAILED
+
+    def wake(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:  # else Trio's abort woke it already (the run is ending)
+            reschedule(task, _probe_wake_value)  # type: ignore[arg-type]
+
+    def fail(self, failure: Callable[[], NoReturn]) -> None:
+        self.failure = failure
+        self.wake()
+
+    def close(self) -> None:
+        self.fail(_raise_closed)
+
+    async def park_as(self, step: int) -> str:
+        self.task = current_task()
+        self.step = step
+        observed = _Observed(self.park)
+        await observed
+        return observed.how
+
+    def raise_failure(self) -> None:
+        failure, self.failure = self.failure, None
+        if failure is not None:
+            failure()
+
+    async def run(self) -> None:
+        # Step 1: the fast schedule point returns.
+        await ScheduleYield()
+        self.results.append("schedule point passed")
+        # Step 2: a wake-up.
+        how = await self.park_as(2)
+        self.results.append(f"wake: {how}, failure {self.failure is not None}")
+        # Step 3: a cancellation, which must arrive through the abort.
+        with self.scope:
+            how = await self.park_as(3)
+            self.results.append(f"cancel: {how}, aborts {self.aborts}")
+            self.raise_failure()
+        self.results.append(f"cancel raised: {self.scope.cancelled_caught}")
+        # Step 4: a close, travelling beside the park.
+        how = await self.park_as(4)
+        self.results.append(f"close: {how}")
+        try:
+            self.raise_failure()
+        except trio.ClosedResourceError:
+            self.results.append("close raised: True")
+        self.step = 5
+
+
+_EXPECTED: Final = [
+    "schedule point passed",
+    "wake: sent, failure False",
+    "cancel: sent, aborts 1",
+    "cancel raised: True",
+    "close: sent",
+    "close raised: True",
+]
+
+
+async def _round_trip() -> str | None:
+    """Drive a probe task through wake, cancel, close; None if all went as a Park needs."""
+    slot = _ProbeSlot()
+
+    async def until_step(step: int) -> bool:
+        for _ in range(PROBE_PASSES):
+            await cancel_shielded_checkpoint()
+            if slot.step >= step:
+                return True
+        return False
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slot.run)
+        actions: dict[int, Callable[[], None]] = {
+            2: slot.wake,
+            3: slot.scope.cancel,
+            4: slot.close,
+        }
+        for step, act in actions.items():
+            if not await until_step(step):
+                nursery.cancel_scope.cancel()
+                return f"the probe task never parked for step {step} ({slot.results})"
+            act()
+        if not await until_step(5):
+            nursery.cancel_scope.cancel()
+            return f"the probe task did not finish ({slot.results})"
+    if slot.results != _EXPECTED:
+        return f"the round trip went {slot.results}, expected {_EXPECTED}"
+    return None
