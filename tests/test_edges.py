@@ -185,3 +185,38 @@ async def test_budget_shrinking_under_a_queued_read_neither_raises_nor_loses_the
     first = await pending.result()
     assert 0 < len(first) <= min(total, 4 * KIB)
     assert first + await receive_exactly(right, 5000 - len(first)) == b"x" * 5000
+
+
+async def test_receive_woken_and_cancelled_in_the_same_tick_keeps_the_bytes(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    pool = millpond.BufferPool(millpond.BufferLimiter(1 << 20))
+    left, right = await socket_pair(poller_name, pool)
+    scope = trio.CancelScope()
+    nursery.start_soon(_receive_in, scope, right)
+    await trio.testing.wait_all_tasks_blocked()
+    left.socket.send(b"request")  # the edge is on its way...
+    scope.cancel()  # ...and the receive is told to stop before it is delivered
+    await trio.testing.wait_all_tasks_blocked()
+    assert await receive_exactly(right, 7) == b"request"
+
+
+async def test_wait_send_all_might_not_block_after_a_cancelled_wait_sees_the_drain(
+    poller_name: str,
+) -> None:
+    left, right = await socket_pair(poller_name)
+    registration = left.poller.registration(left.socket)
+    filled = 0
+    while sent := registration.send(b"f" * 65536):  # until the kernel says EAGAIN
+        filled += sent
+    # A wait cancelled while the queue is full, before the peer drains it,
+    # must leave nothing to lose: the next wait sees the drain.
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await left.wait_send_all_might_not_block()
+    assert scope.cancelled_caught
+    drained = 0
+    with trio.fail_after(5):
+        while drained < filled:
+            drained += len(await right.receive_some())
+        await left.wait_send_all_might_not_block()
