@@ -28,6 +28,7 @@ def all_tasks() -> Iterator[trio.lowlevel.Task]:
             stack.extend(nursery.child_tasks)
 
 
+@pytest.mark.time_limit(150)
 async def test_thousand_concurrent_connections_echo_every_byte(
     poller_name: str, start_server
 ) -> None:  # type: ignore[no-untyped-def]
@@ -73,6 +74,7 @@ async def _send_then_eof(stream: millpond.Connection, payload: bytes) -> None:
     await stream.send_eof()
 
 
+@pytest.mark.time_limit(60)
 async def test_cancelling_serve_mid_transfer_leaves_nothing_behind(poller_name: str) -> None:
     fds_before = open_fds()
     poller = millpond.get_poller(poller_name)
@@ -215,6 +217,7 @@ async def test_unexpected_accept_error_propagates(
                 await trio.sleep_forever()
 
 
+@pytest.mark.time_limit(90)
 async def test_flooding_connection_does_not_starve_interactive_one(
     poller_name: str, start_server
 ) -> None:  # type: ignore[no-untyped-def]
