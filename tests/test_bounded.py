@@ -361,6 +361,7 @@ async def test_bad_memory_arguments_raise_naming_the_argument(poller_name: str) 
     await right.aclose()
 
 
+@pytest.mark.time_limit(150)
 async def test_flooding_clients_stay_within_budget_and_others_are_served(
     poller_name: str, nursery: trio.Nursery
 ) -> None:

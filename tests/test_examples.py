@@ -52,6 +52,7 @@ def echo_round_trip(port: int, payload: bytes) -> bytes:
     return bytes(received)
 
 
+@pytest.mark.time_limit(60)
 async def test_echo_example_echoes_and_exits_cleanly_on_sigint(poller_name: str) -> None:
     payload = b"hello millpond\n" * 1000
     process = await trio.lowlevel.open_process(

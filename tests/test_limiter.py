@@ -535,6 +535,18 @@ async def test_pressure_levels() -> None:
     ]
 
 
+async def test_read_takes_the_minimum_from_exactly_pressure_bytes_in_use() -> None:
+    limiter = BufferLimiter(100, pressure_bytes=60)
+    limiter.acquire_on_behalf_of_nowait("others", 59)
+    below = limiter.acquire_read_nowait("reader", 20, 5)
+    limiter.release_read("reader", below)
+    limiter.acquire_on_behalf_of_nowait("others", 1)
+    assert limiter.bytes_in_use == limiter.pressure_bytes
+    at_the_mark = limiter.acquire_read_nowait("reader", 20, 5)
+    assert (below, at_the_mark) == (20, 5)
+    assert limiter.held_by("reader") == 5
+
+
 async def test_pressure_levels_are_ordered() -> None:
     assert Pressure.NONE < Pressure.PRESSURE < Pressure.HARD
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import hypothesis.strategies as st
+import pytest
 import trio
 import trio.testing
 from hypothesis import HealthCheck, settings
@@ -428,4 +429,5 @@ LimiterMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-test_limiter_state_machine = LimiterMachine.TestCase
+# About 6 s here, by far the slowest test: room for CI's slow cores past the default limit.
+test_limiter_state_machine = pytest.mark.time_limit(120)(LimiterMachine.TestCase)

@@ -7,6 +7,7 @@ Linux-only; the rest run against both pollers.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -568,6 +569,31 @@ async def test_reader_count_tracks_parked_tasks_across_registrations(
             peer.close()
 
 
+@linux_only
+async def test_dispatcher_counts_one_wakeup_for_a_batch_and_one_event_per_ready_socket(
+    listener: socket.socket,
+) -> None:
+    poller = get_poller("epoll")
+    pairs = [tcp_pair(listener) for _ in range(3)]
+    registrations = [poller.register(sock) for sock, _ in pairs]
+    try:
+        await trio.testing.wait_all_tasks_blocked()  # the first (writable) edges are in
+        before = poller.statistics()
+        # No checkpoint between the sends: one epoll_wait finds all three.
+        for _, peer in pairs:
+            peer.send(b"ready")
+        await trio.testing.wait_all_tasks_blocked()
+        after = poller.statistics()
+        assert after.dispatcher_wakeups - before.dispatcher_wakeups == 1
+        assert after.events_dispatched - before.events_dispatched == 3
+    finally:
+        for registration in registrations:
+            poller.unregister(registration)
+        for sock, peer in pairs:
+            sock.close()
+            peer.close()
+
+
 # -- remembered edges (epoll) ------------------------------------------------------------
 
 
@@ -773,6 +799,33 @@ async def test_remembered_edge_of_old_socket_does_not_pass_to_reused_fd(
         old_peer.close()
         for sock in others:
             sock.close()
+
+
+@linux_only
+async def test_closed_connection_leaves_the_epoll_set_while_a_dup_keeps_its_socket_open(
+    listener: socket.socket,
+) -> None:
+    # The kernel drops a socket from an epoll set only when its last fd
+    # closes. Closed before EPOLL_CTL_DEL, a socket that another fd keeps open
+    # (a dup, a forked child's copy) would stay in the set, and its events
+    # would go to whichever socket reuses the number. Close unregisters first.
+    poller = get_poller("epoll")
+    sock, peer = tcp_pair(listener)
+    with peer:
+        connection = millpond.Connection(sock, poller=poller)
+        duplicate = os.dup(sock.fileno())
+        try:
+            await trio.testing.wait_all_tasks_blocked()
+            before = poller.statistics().events_dispatched
+            peer.send(b"seen while open")
+            await trio.testing.wait_all_tasks_blocked()
+            assert poller.statistics().events_dispatched == before + 1
+            await connection.aclose()
+            peer.send(b"sent after the close")
+            await trio.testing.wait_all_tasks_blocked()
+            assert poller.statistics().events_dispatched == before + 1
+        finally:
+            os.close(duplicate)
 
 
 # -- regressions -------------------------------------------------------------------------

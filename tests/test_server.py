@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import socket
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,17 @@ import trio.testing
 from conftest import connect, echo, open_fds
 
 import millpond
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="EpollPoller needs Linux")
+
+# Hang guard only, never a timing assertion: on loopback every step here
+# takes microseconds, so reaching this means something parked for ever.
+HANG_GUARD_SECONDS = 10
+
+# Connections opened in one go by the connect-flood test: several accept
+# batches' worth, and well below the smallest listen backlog Linux clamps to
+# (net.core.somaxconn was 128 before 5.4).
+CONNECT_FLOOD = 100
 
 
 def all_tasks() -> Iterator[trio.lowlevel.Task]:
@@ -28,6 +40,7 @@ def all_tasks() -> Iterator[trio.lowlevel.Task]:
             stack.extend(nursery.child_tasks)
 
 
+@pytest.mark.time_limit(150)
 async def test_thousand_concurrent_connections_echo_every_byte(
     poller_name: str, start_server
 ) -> None:  # type: ignore[no-untyped-def]
@@ -68,11 +81,25 @@ async def test_thousand_concurrent_connections_echo_every_byte(
     assert verified == len(payloads)
 
 
+async def test_connections_accepted_counts_each_connection_once(
+    poller_name: str, start_server
+) -> None:  # type: ignore[no-untyped-def]
+    server = await start_server(echo)
+    for _ in range(3):
+        stream = await connect(server, poller_name)
+        async with stream:
+            await stream.send_all(b"x")
+            with trio.fail_after(HANG_GUARD_SECONDS):
+                assert await stream.receive_some() == b"x"
+    assert server.statistics().connections_accepted == 3
+
+
 async def _send_then_eof(stream: millpond.Connection, payload: bytes) -> None:
     await stream.send_all(payload)
     await stream.send_eof()
 
 
+@pytest.mark.time_limit(60)
 async def test_cancelling_serve_mid_transfer_leaves_nothing_behind(poller_name: str) -> None:
     fds_before = open_fds()
     poller = millpond.get_poller(poller_name)
@@ -123,6 +150,30 @@ def _epoll_fds(poller_name: str) -> set[int]:
         return set()
     poller = millpond.get_poller("epoll")
     return {poller._epoll.fileno()}  # type: ignore[attr-defined]
+
+
+@linux_only
+async def test_stopped_server_leaves_no_listener_in_the_epoll_set() -> None:
+    # The kernel drops a socket from an epoll set only when its last fd
+    # closes. A listener closed before EPOLL_CTL_DEL while another fd keeps it
+    # open (a dup, a forked worker's copy) would stay in the set, and every
+    # connect to it would be an event for whichever socket reuses the number.
+    poller = millpond.get_poller("epoll")
+    server = millpond.Server(echo, 0, host="127.0.0.1", poller="epoll")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        [listener_fd] = poller.registered_fds()
+        duplicate = os.dup(listener_fd)
+        nursery.cancel_scope.cancel()
+    try:
+        await trio.testing.wait_all_tasks_blocked()
+        before = poller.statistics().events_dispatched
+        # The dup still listens: the connect completes into its backlog.
+        with socket.create_connection(server.addresses[0][:2]):
+            await trio.testing.wait_all_tasks_blocked()
+        assert poller.statistics().events_dispatched == before
+    finally:
+        os.close(duplicate)
 
 
 async def _flood_and_drain(stream: millpond.Connection) -> None:
@@ -196,6 +247,39 @@ def _is_listener(sock: socket.socket) -> bool:
     return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
 
 
+@pytest.mark.parametrize(
+    "error", [errno.ECONNABORTED, errno.EPROTO, errno.EPERM], ids=errno.errorcode.get
+)
+async def test_accept_error_about_one_connection_skips_it_and_serving_goes_on(
+    poller_name: str, start_server, monkeypatch: pytest.MonkeyPatch, error: int
+) -> None:  # type: ignore[no-untyped-def]
+    real_accept = socket.socket.accept
+    aborted: list[object] = []
+
+    def aborting_accept(self: socket.socket) -> tuple[socket.socket, object]:
+        # The kernel's view: the first client was gone (reset, refused by a
+        # firewall rule) by the time the server accepted it.
+        sock, address = real_accept(self)
+        if not aborted:
+            aborted.append(address)
+            sock.close()
+            raise OSError(error, os.strerror(error))
+        return sock, address
+
+    monkeypatch.setattr(socket.socket, "accept", aborting_accept)
+    server = await start_server(echo)
+    victim = await connect(server, poller_name)
+    await trio.testing.wait_all_tasks_blocked()
+    assert aborted, "the accept loop never met the error"
+    stream = await connect(server, poller_name)
+    async with victim, stream:
+        await stream.send_all(b"the next one is served")
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            assert await stream.receive_some() == b"the next one is served"
+    statistics = server.statistics()
+    assert (statistics.connections_accepted, statistics.accept_backoffs) == (1, 0)
+
+
 async def test_unexpected_accept_error_propagates(
     poller_name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -215,6 +299,7 @@ async def test_unexpected_accept_error_propagates(
                 await trio.sleep_forever()
 
 
+@pytest.mark.time_limit(90)
 async def test_flooding_connection_does_not_starve_interactive_one(
     poller_name: str, start_server
 ) -> None:  # type: ignore[no-untyped-def]
@@ -237,6 +322,32 @@ async def test_flooding_connection_does_not_starve_interactive_one(
     assert round_trips == 200
     await flooder.aclose()
     await interactive.aclose()
+
+
+async def test_connect_flood_is_accepted_in_batches_that_let_other_tasks_run(
+    poller_name: str, start_server
+) -> None:  # type: ignore[no-untyped-def]
+    accepted_when_handlers_ran: list[int] = []
+    all_handlers_ran = trio.Event()
+
+    async def note_accepted(stream: millpond.Connection) -> None:
+        accepted_when_handlers_ran.append(server.statistics().connections_accepted)
+        if len(accepted_when_handlers_ran) == CONNECT_FLOOD:
+            all_handlers_ran.set()
+
+    server = await start_server(note_accepted)
+    # Blocking connects to loopback complete into the listen backlog without
+    # a checkpoint: the accept loop wakes to find the whole flood queued.
+    clients = [socket.create_connection(server.addresses[0][:2]) for _ in range(CONNECT_FLOOD)]
+    try:
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await all_handlers_ran.wait()
+    finally:
+        for client in clients:
+            client.close()
+    # A handler can only run once the accept loop yields; had it accepted the
+    # whole flood first, the earliest handler would see all of it accepted.
+    assert accepted_when_handlers_ran[0] < CONNECT_FLOOD, accepted_when_handlers_ran[:3]
 
 
 async def test_nursery_start_returns_bound_addresses(poller_name: str) -> None:

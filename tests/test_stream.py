@@ -23,6 +23,7 @@ async def test_round_trip_returns_the_same_bytes(poller_name: str, start_server)
         assert await client.receive_some() == b"ping"
 
 
+@pytest.mark.time_limit(120)
 @settings(
     max_examples=25,
     deadline=None,

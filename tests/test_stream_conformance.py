@@ -12,6 +12,7 @@ from __future__ import annotations
 import select
 import socket
 
+import pytest
 import trio
 import trio.testing
 from conftest import socket_pair
@@ -62,6 +63,7 @@ def kernel_says_writable(sock: socket.socket) -> bool:
     return bool(select.select([], [sock], [], 0)[1])
 
 
+@pytest.mark.time_limit(60)
 async def test_connection_passes_trio_suite_when_clogged_through_send_all(
     poller_name: str,
 ) -> None:
@@ -78,6 +80,7 @@ async def test_connection_passes_trio_suite_when_clogged_through_send_all(
         await trio.testing.check_half_closeable_stream(stream_maker, clogged_stream_maker)
 
 
+@pytest.mark.time_limit(60)
 async def test_connection_passes_trio_suite_when_clogged_through_raw_socket(
     poller_name: str,
 ) -> None:
