@@ -1,4 +1,4 @@
-"""The suite's time limit (conftest.py): a hung test fails saying so, and the run goes on.
+"""The suite's time limit (time_limits.py): a hung test fails saying so, and the run goes on.
 
 The hung tests run in a pytest of their own, in a subprocess with a timeout,
 so that a broken time limit fails this test instead of hanging the suite.
@@ -60,7 +60,8 @@ INNER_RUN_TIMEOUT_SECONDS = 20
 
 
 def test_hung_tests_fail_with_their_time_limit_and_the_run_goes_on(tmp_path: Path) -> None:
-    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path)
+    for helper in ("conftest.py", "time_limits.py"):
+        shutil.copy(Path(__file__).with_name(helper), tmp_path)
     (tmp_path / "pytest.ini").write_text("[pytest]\ntrio_mode = true\n")
     (tmp_path / "test_hung.py").write_text(HUNG_TESTS)
     # Only the plugin the hung tests need: the inner run starts in half the time.
