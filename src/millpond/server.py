@@ -210,7 +210,12 @@ class Server:
     One nursery owns every connection task: when ``run`` is cancelled, every
     connection is closed and every handler has finished before it returns.
     A handler's exception is logged (logger ``millpond.server``, with the
-    peer's address) and closes that connection only. Most users call
+    peer's address) and closes that connection only; so does a failure while
+    a connection is set up (``statistics().setup_errors``). ``handler`` must
+    be an async function: an ``async def``, a bound async method, an object
+    with an ``async def __call__``, or a ``functools.partial`` of one (checked
+    here, so a wrong one is a ``TypeError`` now, not an error per
+    connection later). Most users call
     ``serve()``; keep a ``Server`` to read its statistics while it runs::
 
         server = millpond.Server(echo, 0, host="127.0.0.1")
