@@ -5,8 +5,11 @@ from __future__ import annotations
 import trio
 import trio.testing
 from conftest import socket_pair
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import millpond
+from millpond.ledger import _Ledger, read_request, take_read
 
 KIB = 1024
 
@@ -49,3 +52,63 @@ async def test_a_blocked_echo_is_charged_its_chunk_once(poller_name: str) -> Non
     await conn.aclose()
     assert limiter.bytes_in_use == 0
     await peer.aclose()
+
+
+# take_read carries read_request() and _Ledger.take() inlined for its hot path
+# (ledger.py says so); this holds the copy to the rules it stands in for.
+@settings(max_examples=300, deadline=None)
+@given(
+    total=st.integers(2, 200_000),
+    reserve_fraction=st.floats(0, 0.9),
+    pressure_fraction=st.none() | st.floats(0, 1),
+    others=st.integers(0, 250_000) | st.sampled_from(["at the pressure mark", "one below it"]),
+    own=st.integers(0, 50_000),
+    waiter=st.none() | st.tuples(st.booleans(), st.integers(1, 100_000)),
+    preferred_shift=st.integers(10, 20),
+    minimum_shift=st.integers(10, 20),
+)
+@example(100_000, 0.0, None, "at the pressure mark", 0, None, 12, 10)
+@example(100_000, 0.0, None, "one below it", 0, None, 12, 10)
+@example(100_000, 0.5, 0.5, "at the pressure mark", 4096, None, 12, 10)
+def test_take_read_agrees_with_the_rules_it_stands_in_for(
+    total: int,
+    reserve_fraction: float,
+    pressure_fraction: float | None,
+    others: int | str,
+    own: int,
+    waiter: tuple[bool, int] | None,
+    preferred_shift: int,
+    minimum_shift: int,
+) -> None:
+    minimum = 1 << min(preferred_shift, minimum_shift)
+    preferred = 1 << max(preferred_shift, minimum_shift)
+
+    def ledger() -> _Ledger:
+        reserved = min(int(total * reserve_fraction), total - 1)
+        pressure = None
+        if pressure_fraction is not None:
+            pressure = int((total - reserved) * pressure_fraction)
+        made = _Ledger(total, reserved, pressure)
+        in_use = others
+        if isinstance(others, str):  # the edges, which random sizes rarely hit
+            in_use = made.pressure_bytes - own - (others == "one below it")
+        if in_use > 0:
+            made.force("others", in_use)
+        if own:
+            made.force("reader", own)
+        if waiter is not None:
+            holder, nbytes = waiter
+            made.enqueue("reader" if holder and own else "somebody", nbytes)
+        return made
+
+    fast, reference = ledger(), ledger()
+    granted = take_read(fast, "reader", preferred, minimum)
+    nbytes = read_request(reference, preferred, minimum)
+    expected = nbytes if reference.take("reader", nbytes) else 0
+    assert granted == expected
+    assert (fast.in_use, fast.held, fast.peak, fast.grants) == (
+        reference.in_use,
+        reference.held,
+        reference.peak,
+        reference.grants,
+    )

@@ -349,7 +349,8 @@ def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> i
     bytes charged, or 0: queue for :func:`read_wait_bytes` instead."""
     in_use = ledger.in_use
     # Hot path: read_request() and _Ledger.take() inlined for the common case (no pressure,
-    # nobody waits, it fits); test_ledger_read_rules checks the two agree.
+    # nobody waits, it fits); test_take_read_agrees_with_the_rules_it_stands_in_for
+    # (tests/test_read_charges.py) checks the two agree.
     nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
     if ledger.privileged or ledger.ordinary:
         return _take_read_slowly(ledger, owner, preferred, minimum)
