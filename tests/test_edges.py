@@ -220,3 +220,45 @@ async def test_wait_send_all_might_not_block_after_a_cancelled_wait_sees_the_dra
         while drained < filled:
             drained += len(await right.receive_some())
         await left.wait_send_all_might_not_block()
+
+
+async def test_a_request_arriving_during_a_shortage_is_answered_once_memory_is_back(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    # The review's scenario through serve(): 40 clients hold the whole budget
+    # for a while; a handler that polls its client under a short timeout
+    # must still answer a request that arrived during the shortage.
+    limiter = millpond.BufferLimiter(64 * KIB)
+    holders_release = trio.Event()
+
+    async def handler(stream: millpond.Connection) -> None:
+        first = await stream.receive_some(1)
+        if first == b"H":  # a holder: keep a chunk (and its charge) for a while
+            await stream.receive_some()
+            await holders_release.wait()
+            return
+        while True:  # a requester: poll under a timeout, as handlers do
+            with trio.move_on_after(0.05):
+                request = await stream.receive_some()
+                await stream.send_all(b"reply to " + request)
+                return
+
+    server = millpond.Server(handler, 0, host="127.0.0.1", poller=poller_name, limiter=limiter)
+    await nursery.start(server.run)
+    port = server.addresses[0][1]
+    requester = await millpond.open_connection("127.0.0.1", port, poller=poller_name)
+    await requester.send_all(b"R")
+    await trio.testing.wait_all_tasks_blocked()  # its handler polls, holding nothing
+    holders = []
+    for _ in range(40):
+        holder = await millpond.open_connection("127.0.0.1", port, poller=poller_name)
+        await holder.send_all(b"H" + b"h" * 4000)
+        holders.append(holder)
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.pressure is millpond.Pressure.HARD
+    await requester.send_all(b"ping")  # arrives during the shortage
+    await trio.sleep(0.3)  # several timeouts go by
+    holders_release.set()
+    assert await receive_exactly(requester, 13) == b"reply to ping"
+    for stream in [*holders, requester]:
+        await stream.aclose()
