@@ -29,16 +29,13 @@ from millpond.traps import SCHEDULE_POINT
 async def bare(conn: millpond.Connection) -> None:
     """Echo with one schedule point per message."""
     registration = conn._registration
-    recv = conn.socket.recv
-    send = conn.socket.send
+    recv = registration.recv  # consumes readiness only on EAGAIN (poller.py, rule 3)
+    send = registration.send
     while True:
-        if not registration.readable and not registration.hangup:
+        if not registration.readable:
             await registration.park_readable()
-        registration.readable = False
-        try:
-            data = recv(65536)
-        except BlockingIOError:
-            await registration.park_readable()
+        data = recv(65536)
+        if data is None:
             continue
         if not data:
             return
@@ -49,23 +46,20 @@ async def bare(conn: millpond.Connection) -> None:
 async def checkpoints(conn: millpond.Connection) -> None:
     """Echo with a full checkpoint in every receive and every send."""
     registration = conn._registration
-    recv = conn.socket.recv
-    send = conn.socket.send
+    recv = registration.recv
+    send = registration.send
     while True:
         await checkpoint_if_cancelled()
         parked = False
         while True:
-            if not registration.readable and not registration.hangup:
+            if not registration.readable:
                 await registration.park_readable()
                 if registration.read_failure is not None:
                     registration.raise_read_failure()
                 parked = True
-            registration.readable = False
-            try:
-                data = recv(65536)
+            data = recv(65536)
+            if data is not None:
                 break
-            except BlockingIOError:
-                continue
         if not parked:
             await SCHEDULE_POINT
         if not data:
