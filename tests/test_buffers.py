@@ -6,6 +6,7 @@ import gc
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -509,3 +510,218 @@ async def test_freed_slots_of_partly_used_slabs_are_reused_before_mapping_a_new_
     assert pool.statistics().size_classes[5].slabs == 2
     for buf in (b, c, d, e):
         buf.release()
+
+
+# -- the memory bound, fragmentation included --------------------------------------------
+
+
+def _mapped(pool: BufferPool) -> int:
+    stats = pool.statistics()
+    return stats.bytes_reserved_by_slabs + stats.bytes_dedicated
+
+
+async def test_leases_of_mixed_classes_pin_no_more_memory_than_the_budget_plus_the_constant() -> (
+    None
+):
+    # Each class in turn takes what the budget grants, then keeps one lease per slab,
+    # as adaptive read sizes do when they move between classes (issue 11, point 8).
+    budget = 1 * MiB
+    limiter = BufferLimiter(budget)
+    pool = BufferPool(limiter, max_idle_bytes=0)
+    kept: list[Buffer] = []
+    for size in SIZE_CLASSES[:-1]:
+        leased: list[Buffer] = []
+        while True:
+            try:
+                leased.append(pool.lease_nowait(size))
+            except trio.WouldBlock:
+                break
+        per_slab = SLAB_BYTES // size
+        kept += leased[::per_slab]
+        for i, buf in enumerate(leased):
+            if i % per_slab:
+                buf.release()
+        assert _mapped(pool) <= budget + len(SIZE_CLASSES) * SLAB_BYTES
+    for buf in kept:
+        buf.release()
+    assert limiter.bytes_in_use == 0
+
+
+def _release_all(buffers: list[Buffer]) -> None:
+    for buf in buffers:
+        buf.release()
+
+
+def _one_partial_slab(pool: BufferPool, size: int = 1 * KiB) -> tuple[list[Buffer], Buffer]:
+    # A full slab of *size* that is no longer the class's current slab (one more lease
+    # moved on to a second slab): returns its leases, and that one more lease.
+    full = [pool.lease_nowait(size) for _ in range(SLAB_BYTES // size)]
+    return full, pool.lease_nowait(size)
+
+
+async def test_a_slot_freed_in_a_partly_used_slab_stays_charged_to_the_pool() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    in_use = limiter.bytes_in_use
+    full[0].release()
+    assert limiter.bytes_in_use == in_use
+    assert limiter.held_by(pool) == pool.statistics().bytes_fragmented == 1 * KiB
+    _release_all([newer, *full[1:]])
+
+
+async def test_a_lease_takes_over_a_paid_free_slot_even_when_the_budget_is_spent() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    full[0].release()
+    limiter.acquire_on_behalf_of_nowait("hog", limiter.bytes_available)
+    buf = pool.lease_nowait(1 * KiB, owner="conn")  # no WouldBlock: the memory is there
+    assert (limiter.held_by("conn"), limiter.held_by(pool)) == (1 * KiB, 0)
+    assert pool.statistics().bytes_fragmented == 0
+    _release_all([buf, newer, *full[1:]])
+
+
+async def test_a_slab_whose_last_lease_goes_gives_its_whole_charge_back() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    for buf in full:
+        buf.release()
+    assert limiter.held_by(pool) == pool.statistics().bytes_fragmented == 0
+    assert limiter.bytes_in_use == newer.capacity
+    newer.release()
+    assert limiter.bytes_in_use == 0
+
+
+@dataclass
+class _WaitingLease:
+    # A budget spent (by "hog"), a full 1 KiB slab that is no longer current, and a
+    # lease of 1 KiB for "conn" waiting in the limiter inside ``scope``.
+    limiter: BufferLimiter
+    pool: BufferPool
+    full: list[Buffer]
+    newer: Buffer
+    scope: trio.CancelScope
+    served: list[Buffer]
+
+
+async def _a_lease_waiting_for_a_spent_budget(nursery: trio.Nursery) -> _WaitingLease:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    limiter.acquire_on_behalf_of_nowait("hog", limiter.bytes_available)
+    waiting = _WaitingLease(limiter, pool, full, newer, trio.CancelScope(), [])
+
+    async def wait_for_buffer() -> None:
+        with waiting.scope:
+            waiting.served.append(await pool.lease(1 * KiB, owner="conn"))
+
+    nursery.start_soon(wait_for_buffer)
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.statistics().tasks_waiting == 1
+    return waiting
+
+
+async def test_a_slot_freed_in_a_partly_used_slab_goes_to_a_lease_waiting_for_its_class(
+    nursery: trio.Nursery,
+) -> None:
+    waiting = await _a_lease_waiting_for_a_spent_budget(nursery)
+    limiter, pool = waiting.limiter, waiting.pool
+    in_use = limiter.bytes_in_use
+    waiting.full[0].release()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(waiting.served) == 1 and limiter.statistics().tasks_waiting == 0
+    assert limiter.bytes_in_use == in_use  # the slot changed hands; nothing was freed
+    assert (limiter.held_by("conn"), limiter.held_by(pool)) == (1 * KiB, 0)
+    _release_all([*waiting.served, waiting.newer, *waiting.full[1:]])
+
+
+async def test_a_lease_handed_a_slot_and_cancelled_in_the_same_tick_passes_it_on(
+    nursery: trio.Nursery,
+) -> None:
+    waiting = await _a_lease_waiting_for_a_spent_budget(nursery)
+    limiter, pool = waiting.limiter, waiting.pool
+    leased = pool.statistics().bytes_leased
+    waiting.full[0].release()  # handed to the waiter...
+    waiting.scope.cancel()  # ...which is cancelled before it runs
+    await trio.testing.wait_all_tasks_blocked()
+    assert waiting.served == []
+    assert limiter.held_by("conn") == 0
+    assert limiter.held_by(pool) == pool.statistics().bytes_fragmented == 1 * KiB
+    assert pool.statistics().bytes_leased == leased - 1 * KiB
+    _release_all([waiting.newer, *waiting.full[1:]])
+    assert limiter.bytes_in_use == limiter.held_by("hog")
+
+
+class _ReleaseAfterFirstStep(trio.abc.Instrument):
+    # Releases a buffer right after a task's first step, before anything else runs.
+    def __init__(self, buf: Buffer) -> None:
+        self.buf: Buffer | None = buf
+        self.task: trio.lowlevel.Task | None = None
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task and self.buf is not None:
+            buf, self.buf = self.buf, None
+            buf.release()
+
+
+async def test_a_lease_granted_and_handed_a_slot_in_the_same_tick_keeps_only_the_slot(
+    nursery: trio.Nursery,
+) -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    instrument = _ReleaseAfterFirstStep(full[0])
+    served: list[Buffer] = []
+
+    async def lease_one() -> None:
+        instrument.task = trio.lowlevel.current_task()
+        # Granted at once; its first step ends in the grant's (shielded) checkpoint,
+        # and then full[0] is released, which hands this lease its slot as well.
+        served.append(await pool.lease(1 * KiB, owner="conn"))
+
+    in_use = limiter.bytes_in_use
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        nursery.start_soon(lease_one)
+        await trio.testing.wait_all_tasks_blocked()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert instrument.buf is None and len(served) == 1
+    assert limiter.held_by("conn") == 1 * KiB  # the slot's bytes; the grant went back
+    assert limiter.bytes_in_use == in_use
+    _release_all([*served, newer, *full[1:]])
+    assert limiter.bytes_in_use == 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(SIZE_CLASSES[:-1]), st.integers(0, 1 << 16)),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_what_the_pool_maps_stays_within_what_it_charges_plus_one_slab_per_class(
+    steps: list[tuple[int, int]],
+) -> None:
+    # Random leases of mixed classes and releases in random order, outside Trio.
+    limiter = BufferLimiter(4 * MiB)
+    pool = BufferPool(limiter, leak_detection="off", max_idle_bytes=0)
+    live: list[Buffer] = []
+    for size, choice in steps:
+        if live and choice % 3 == 0:
+            live.pop(choice % len(live)).release()
+        else:
+            try:
+                live.append(pool.lease_nowait(size))
+            except trio.WouldBlock:
+                live.pop(choice % len(live)).release()
+        stats = pool.statistics()
+        charged = stats.bytes_leased + stats.bytes_fragmented
+        assert limiter.bytes_in_use == charged
+        assert limiter.held_by(pool) == stats.bytes_fragmented
+        assert stats.bytes_reserved_by_slabs <= charged + len(SIZE_CLASSES) * SLAB_BYTES
+    for buf in live:
+        buf.release()
+    assert limiter.bytes_in_use == 0

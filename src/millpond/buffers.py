@@ -50,6 +50,7 @@ from .sizeclasses import (
     SLAB_BYTES,
     _SizeClass,
     _Slab,
+    _SlotWaiter,
     capacity_for,
     size_class_index,
 )
@@ -104,9 +105,13 @@ class BufferPoolStatistics:
     """A snapshot of a :class:`BufferPool`, from :meth:`BufferPool.statistics`.
 
     * ``size_classes``: one :class:`SizeClassStatistics` per entry of :data:`SIZE_CLASSES`.
-    * ``bytes_leased``: capacity of all live leases; what the limiter is charged.
+    * ``bytes_leased``: capacity of all live leases; what the limiter charges their owners.
+    * ``bytes_fragmented``: free slots of partly used slabs (not the current one of
+      their class), which the pool holds in the limiter as its own charge.
     * ``bytes_reserved_by_slabs``: bytes mapped by slabs (what the pool holds, RSS-ish);
-      ``bytes_reserved_by_slabs + bytes_dedicated - bytes_leased`` is the pool's slack.
+      ``bytes_reserved_by_slabs + bytes_dedicated - bytes_leased - bytes_fragmented``
+      is the pool's slack beyond what it is charged: at most one current slab per class
+      plus ``max_idle_bytes`` (docs/buffers.md, "The memory bound").
     * ``bytes_idle``: of those, bytes in slabs none of whose buffers is leased.
     * ``dedicated_buffers`` / ``bytes_dedicated``: live leases above 64 KiB, each its own mapping.
     * ``leases``, ``releases``: totals since the pool was made (a leak counts as a release).
@@ -133,6 +138,7 @@ class BufferPoolStatistics:
     leak_detection: str
     recent_leaks: tuple[LeakReport, ...]
     bytes_scratch: int = 0
+    bytes_fragmented: int = 0
 
 
 class Buffer:
@@ -294,7 +300,9 @@ class BufferPool:
     1 KiB to 64 KiB; bigger requests get a mapping of their own), carves them from
     slabs of anonymous memory, and charges every leased byte (the class size, not
     the requested size) to *limiter*, so a full budget makes ``lease()`` wait in
-    the limiter's FIFO queue::
+    the limiter's FIFO queue. A slot freed in a slab that other leases keep mapped
+    stays charged, to the pool itself, until the next lease of its class takes it
+    over: the limiter's budget bounds what the pool maps, fragmentation included::
 
         pool = millpond.BufferPool(millpond.BufferLimiter(64 * 1024 * 1024))
         with await pool.lease(65536) as buf:
@@ -360,6 +368,7 @@ class BufferPool:
         self._slab_bytes = 0
         self._scratch: mmap.mmap | None = None
         self._idle_bytes = 0  # slabs in the ``idle`` dicts (not idle current slabs)
+        self._bytes_fragmented = 0  # free slots of partial slabs: charged to the pool
         self._dedicated = 0
         self._dedicated_bytes = 0
         self._leases = 0
@@ -419,8 +428,10 @@ class BufferPool:
         """Lease a buffer of at least *nbytes* now, or raise :class:`trio.WouldBlock`.
 
         WouldBlock means the limiter has no room (or others are already queued for
-        it). *owner* is who the limiter charges; by default the current Trio task
-        (in a worker thread or outside Trio, the current thread).
+        it); a free slot of a partly used slab needs no room, its bytes are already
+        charged (to the pool, which hands the charge over). *owner* is who the
+        limiter charges; by default the current Trio task (in a worker thread or
+        outside Trio, the current thread).
         """
         index, capacity, owner, site = self._request(nbytes, owner)
         if _get_ident() != self._home and not self._enter():
@@ -432,6 +443,8 @@ class BufferPool:
     ) -> Buffer:
         if self._pending:
             self._drain()
+        if self._bytes_fragmented and index >= 0 and self._classes[index].partial:
+            return self._take_free_slot(self._classes[index], nbytes, capacity, owner, site)
         limiter = self._limiter
         if limiter is not None:
             limiter.acquire_on_behalf_of_nowait(owner, capacity)
@@ -451,9 +464,49 @@ class BufferPool:
         limiter = self._limiter
         if limiter is None:
             await trio.lowlevel.checkpoint()
-        else:
+            return self._lease_here(index, nbytes, capacity, owner, site)
+        if index < 0 or self._classes[index].slots == 1:
             await limiter.acquire_on_behalf_of(owner, capacity)
+        elif self._classes[index].partial:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            buffer = self._take_free_slot(self._classes[index], nbytes, capacity, owner, site)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return buffer
+        else:
+            return await self._wait_for_slot(index, nbytes, capacity, owner, site)
         return self._take(index, nbytes, capacity, owner, site)
+
+    async def _wait_for_slot(
+        self, index: int, nbytes: int, capacity: int, owner: Hashable, site: _Site | None
+    ) -> Buffer:
+        # Wait in the limiter for the bytes of a slot in the current or a new slab. A
+        # slot that a release frees meanwhile in a partly used slab of this class is
+        # already paid for: it is handed to the oldest such wait (_hand_over), which
+        # cancels the wait in the limiter through this scope.
+        limiter = self._limiter
+        assert limiter is not None
+        size_class = self._classes[index]
+        scope = trio.CancelScope()
+        waiter = _SlotWaiter(owner, scope.cancel)
+        size_class.waiters.append(waiter)
+        try:
+            with scope:
+                await limiter.acquire_on_behalf_of(owner, capacity)
+        except BaseException:
+            if waiter.slot is None:
+                size_class.waiters.remove(waiter)
+            else:  # handed a slot, then cancelled from outside before we could take it
+                self._give_back_here(*waiter.slot, capacity, owner)
+            raise
+        if waiter.slot is None:
+            size_class.waiters.remove(waiter)
+            return self._take(index, nbytes, capacity, owner, site)
+        if not scope.cancelled_caught:
+            # Granted in the same tick as handed a slot (the grant's checkpoint is
+            # shielded): the slot is charged to us already, the grant is spare.
+            limiter.release_on_behalf_of(owner, capacity)
+        slab, offset = waiter.slot
+        return Buffer(self, slab, offset, capacity, nbytes, owner, site)
 
     def _request(
         self, nbytes: int, owner: Hashable | None
@@ -492,6 +545,7 @@ class BufferPool:
     ) -> Buffer:
         # Home thread. The limiter already charged *capacity*: give it back if no
         # memory comes of it (mmap can fail).
+        limiter = self._limiter
         try:
             if index >= 0:
                 size_class = self._classes[index]
@@ -507,24 +561,50 @@ class BufferPool:
                 self._dedicated += 1
                 self._dedicated_bytes += capacity
         except BaseException:
-            if self._limiter is not None:
-                self._limiter.release_on_behalf_of(owner, capacity)
+            if limiter is not None:
+                limiter.release_on_behalf_of(owner, capacity)
             raise
         self._leases += 1
         self._bytes_leased += capacity
         return Buffer(self, slab, offset, capacity, nbytes, owner, site)
 
+    def _take_free_slot(
+        self,
+        size_class: _SizeClass,
+        nbytes: int,
+        capacity: int,
+        owner: Hashable,
+        site: _Site | None,
+    ) -> Buffer:
+        # A free slot of a partly used slab: the pool holds its charge, and the lease
+        # takes it over (limiter.transfer) instead of asking for new bytes; no wait,
+        # since the memory is already there. The slab that most recently had room
+        # first: leases gather in few slabs, so that the others can drain and go idle.
+        partial = size_class.partial
+        slab = next(reversed(partial))
+        free = slab.free
+        offset = free.pop()
+        if not free:
+            del partial[slab]
+        slab.leased += 1
+        size_class.leased += 1
+        self._bytes_fragmented -= capacity
+        self._leases += 1
+        self._bytes_leased += capacity
+        if self._limiter is not None:
+            self._limiter.transfer(self, owner, capacity)
+        return Buffer(self, slab, offset, capacity, nbytes, owner, site)
+
     def _next_slab(self, size_class: _SizeClass) -> _Slab:
-        # Lease slow path: the current slab is full. Prefer a partly used slab (packs
-        # leases into few slabs so the rest can go idle), then the most recently
-        # idled one (warm pages; the oldest stay to be trimmed), then a new one.
-        # Trim first, so that the slab chosen here is not unmapped under us.
+        # Lease slow path: the current slab is full and no partly used slab has room
+        # (the lease looked first, and while it waits freed slots are handed to it).
+        # Prefer the most recently idled slab (warm pages; the oldest
+        # stay to be trimmed), then a new one. Trim first, so that the slab chosen
+        # here is not unmapped under us.
         now = self._clock()
         if now >= self._trim_due:
             self._trim_here(now, force=False)
-        if size_class.partial:
-            slab, _ = size_class.partial.popitem()
-        elif size_class.idle:
+        if size_class.idle:
             slab, _ = size_class.idle.popitem()
             self._idle_bytes -= SLAB_BYTES
         else:
@@ -535,6 +615,17 @@ class BufferPool:
         return slab
 
     # -- giving back --------------------------------------------------------
+    #
+    # Where a freed slot goes, and who is charged for it (docs/buffers.md, "The
+    # memory bound"). A slot of the current slab goes back to the free list and its
+    # bytes to the limiter, as they always did: at most one current slab per class
+    # has free slots nobody is charged for. A slot of any other slab that still has
+    # leases cannot be given back to the system, so its bytes stay charged, to the
+    # pool (limiter.transfer): the pool holds the free slots of its partly used
+    # slabs, and bytes_in_use follows what is really mapped. A lease that takes such
+    # a slot takes the charge over, without waiting; if a lease of that class is
+    # waiting in the limiter, the slot goes straight to it. When a slab's last lease
+    # goes, the whole slab's charge goes back to the limiter, and the slab is idle.
 
     def _give_back_here(self, slab: _Slab, offset: int, capacity: int, owner: Hashable) -> None:
         # Hot path (every receive ends here), home thread only; see Buffer.release().
@@ -545,29 +636,77 @@ class BufferPool:
             self._dedicated -= 1
             self._dedicated_bytes -= capacity
             slab.unmap()
-        else:
+        elif slab is size_class.current:
             size_class.leased -= 1
-            free = slab.free
-            free.append(offset)
+            slab.free.append(offset)
             slab.leased -= 1
             if not slab.leased:
                 # Idle now: the only place besides the lease slow path that reads the clock.
                 now = slab.idle_since = self._clock()
-                if slab is not size_class.current:
-                    size_class.partial.pop(slab, None)
-                    size_class.idle[slab] = None
-                    self._idle_bytes += SLAB_BYTES
-                    while self._idle_bytes > self._max_idle_bytes:
-                        self._unmap_oldest_idle()
                 if now >= self._trim_due:
                     self._trim_here(now, force=False)
                 elif self._trim_due == math.inf:
                     self._trim_due = now + self._trim_after
-            elif len(free) == 1 and slab is not size_class.current:
-                size_class.partial[slab] = None  # was full, has room again
+        else:
+            size_class.leased -= 1
+            self._free_elsewhere(size_class, slab, offset, capacity, owner)
+            return
         # Slot first, capacity second: the waiter the limiter wakes finds the slot free.
         if self._limiter is not None:
             self._limiter.release_on_behalf_of(owner, capacity)
+
+    def _free_elsewhere(
+        self, size_class: _SizeClass, slab: _Slab, offset: int, capacity: int, owner: Hashable
+    ) -> None:
+        # A slot of a slab that is not its class's current one; its bytes are charged
+        # to *owner* (a lessee, or the pool itself).
+        limiter = self._limiter
+        slab.leased -= 1
+        free = slab.free
+        if slab.leased:
+            if size_class.waiters:
+                self._hand_over(size_class, slab, offset, capacity, owner)
+                return
+            free.append(offset)
+            if len(free) == 1:
+                size_class.partial[slab] = None  # was full, has room again
+            self._bytes_fragmented += capacity
+            if limiter is not None:
+                limiter.transfer(owner, self, capacity)
+            return
+        free.append(offset)
+        fragments = (len(free) - 1) * capacity  # the pool's charge for this slab
+        if fragments:
+            del size_class.partial[slab]
+            self._bytes_fragmented -= fragments
+        now = slab.idle_since = self._clock()
+        size_class.idle[slab] = None
+        self._idle_bytes += SLAB_BYTES
+        while self._idle_bytes > self._max_idle_bytes:
+            self._unmap_oldest_idle()
+        if now >= self._trim_due:
+            self._trim_here(now, force=False)
+        elif self._trim_due == math.inf:
+            self._trim_due = now + self._trim_after
+        if limiter is not None:
+            if fragments:
+                limiter.release_on_behalf_of(self, fragments)
+            limiter.release_on_behalf_of(owner, capacity)
+
+    def _hand_over(
+        self, size_class: _SizeClass, slab: _Slab, offset: int, capacity: int, owner: Hashable
+    ) -> None:
+        # A slot freed in a partly used slab while leases of its class wait in the
+        # limiter: the oldest gets it at once (see _wait_for_slot), as a new lease.
+        waiter = size_class.waiters.popleft()
+        waiter.slot = (slab, offset)
+        slab.leased += 1
+        size_class.leased += 1
+        self._leases += 1
+        self._bytes_leased += capacity
+        waiter.wake()  # Trio withdraws it from the limiter's queue right here
+        if self._limiter is not None:
+            self._limiter.transfer(owner, waiter.owner, capacity)
 
     def _leaked(
         self,
@@ -752,6 +891,7 @@ class BufferPool:
             leak_detection=_LEAK_LEVELS[self._leak_level],
             recent_leaks=tuple(self._recent_leaks),
             bytes_scratch=0 if self._scratch is None else MAX_CLASS_BYTES,
+            bytes_fragmented=self._bytes_fragmented,
         )
 
     def __repr__(self) -> str:

@@ -18,8 +18,10 @@ a lease's capacity with :func:`capacity_for`).
 
 from __future__ import annotations
 
+import collections
 import math
 import mmap
+from collections.abc import Callable, Hashable
 from typing import Final
 
 __all__ = [
@@ -79,10 +81,13 @@ def capacity_for(nbytes: int) -> int:
 
 class _SizeClass:
     # State of one class. A slab is in exactly one place: ``current`` (the slab
-    # leases are carved from), ``partial`` (some free, some leased), ``idle`` (all
-    # free; insertion order is idle order, oldest first) or nowhere (full: only its
-    # Buffers refer to it). Dicts serve as ordered sets: O(1) removal, LIFO popitem.
-    __slots__ = ("size", "slots", "current", "partial", "idle", "slabs", "leased")
+    # leases are carved from), ``partial`` (some free, some leased: a slab that
+    # stopped being current when it was full, then had leases released), ``idle``
+    # (all free; insertion order is idle order, oldest first) or nowhere (full: only
+    # its Buffers refer to it). Dicts serve as ordered sets: O(1) removal, LIFO
+    # order. ``waiters``: leases of this class waiting in the limiter, oldest first,
+    # to be handed a slot freed in a partial slab (BufferPool._hand_over).
+    __slots__ = ("size", "slots", "current", "partial", "idle", "slabs", "leased", "waiters")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -92,6 +97,19 @@ class _SizeClass:
         self.idle: dict[_Slab, None] = {}
         self.slabs = 0
         self.leased = 0
+        self.waiters: collections.deque[_SlotWaiter] = collections.deque()
+
+
+class _SlotWaiter:
+    # A lease waiting in the limiter for a slot of its class. Whoever frees a slot in a
+    # partial slab sets ``slot``, charges ``owner`` for it and calls ``wake`` (which
+    # cancels the wait in the limiter).
+    __slots__ = ("owner", "wake", "slot")
+
+    def __init__(self, owner: Hashable, wake: Callable[[], None]) -> None:
+        self.owner = owner
+        self.wake = wake
+        self.slot: tuple[_Slab, int] | None = None
 
 
 class _Slab:
