@@ -33,6 +33,7 @@ import time
 import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from pickle import PickleBuffer
 from types import TracebackType
 from typing import Final, TypeVar, TypeVarTuple
 
@@ -42,7 +43,10 @@ import trio
 from .leaks import _LEAK_LEVELS, _SAMPLE_BITS, BufferLeakWarning, LeakReport, _Site
 from .limiter import BufferLimiter, _run_is_over
 from .sizeclasses import (
+    _LENT_SLOTS,
+    _LENT_VIEWS_SHOW_EXPORTS,
     _MIN_SHIFT,
+    _ORPHANED_SLOTS,
     MAX_CLASS_BYTES,
     MIN_CLASS_BYTES,
     PAGE_BYTES,
@@ -81,11 +85,13 @@ DEFAULT_MAX_IDLE_BYTES: Final = 8 * 1024 * 1024
 # How many tracked leaks statistics() remembers, for the introspection endpoint.
 RECENT_LEAKS_KEPT: Final = 32
 
-# What a queued return is (see BufferPool._hand_home).
+# What a queued return is (see BufferPool._hand_home): bits.
 _RELEASED: Final = 0
-_LEAKED: Final = 1
-_LEAKED_EXPORTED: Final = 2
+_LEAKED: Final = 1  # found by Buffer.__del__, not released
+_EXPORTED: Final = 2  # views derived from the lease's view still live: quarantine the slot
 _get_ident: Final = threading.get_ident
+# A queued return: slab, offset, capacity, owner, kind (the bits above), the slot's view.
+_Return = tuple[_Slab, int, int, Hashable, int, memoryview]
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
@@ -108,9 +114,13 @@ class BufferPoolStatistics:
     * ``bytes_leased``: capacity of all live leases; what the limiter charges their owners.
     * ``bytes_fragmented``: free slots of partly used slabs (not the current one of
       their class), which the pool holds in the limiter as its own charge.
+    * ``buffers_quarantined`` / ``bytes_quarantined``: slots whose lease ended (or
+      leaked) while a view of them was still exported; kept out of use, and charged
+      to the pool, until :meth:`BufferPool.trim` finds the view gone.
     * ``bytes_reserved_by_slabs``: bytes mapped by slabs (what the pool holds, RSS-ish);
-      ``bytes_reserved_by_slabs + bytes_dedicated - bytes_leased - bytes_fragmented``
-      is the pool's slack beyond what it is charged: at most one current slab per class
+      ``bytes_reserved_by_slabs + bytes_dedicated`` minus ``bytes_leased``,
+      ``bytes_fragmented`` and ``bytes_quarantined`` is the pool's slack beyond what
+      it is charged: at most one current slab per class
       plus ``max_idle_bytes`` (docs/buffers.md, "The memory bound").
     * ``bytes_idle``: of those, bytes in slabs none of whose buffers is leased.
     * ``dedicated_buffers`` / ``bytes_dedicated``: live leases above 64 KiB, each its own mapping.
@@ -139,6 +149,8 @@ class BufferPoolStatistics:
     recent_leaks: tuple[LeakReport, ...]
     bytes_scratch: int = 0
     bytes_fragmented: int = 0
+    buffers_quarantined: int = 0
+    bytes_quarantined: int = 0
 
 
 class Buffer:
@@ -154,15 +166,29 @@ class Buffer:
             process(buf.view)
 
     After release, the memoryview object that ``.view`` returned is released too,
-    so stale uses raise ValueError instead of reading recycled memory. Slices the
-    caller took of it (``buf.view[:n]``) are separate objects and are *not*
-    released: do not keep them past ``release()``. ``.view`` on a released Buffer
-    raises :class:`trio.ClosedResourceError`. A Buffer belongs to one task or
-    thread at a time; it may be released from a worker thread. Its bytes are not
-    zeroed between leases: read only what you wrote.
+    so stale uses raise ValueError instead of reading recycled memory. Views the
+    caller derived from it (``buf.view[:n]``, ``memoryview(buf.view)``,
+    ``.cast()``, ``numpy.frombuffer(buf.view)``) are not released: do not keep
+    them past ``release()``, unless the pool was made with ``guard_views=True``,
+    which keeps the slot out of use until the last of them is gone (see
+    docs/buffers.md, "Views after release"). ``.view`` on a released Buffer raises
+    :class:`trio.ClosedResourceError`. A Buffer belongs to one task or thread at a
+    time; it may be released from a worker thread. Its bytes are not zeroed
+    between leases: read only what you wrote.
     """
 
-    __slots__ = ("_pool", "_slab", "_offset", "_capacity", "_length", "_view", "_owner", "_site")
+    __slots__ = (
+        "_pool",
+        "_slab",
+        "_offset",
+        "_capacity",
+        "_length",
+        "_slot",
+        "_full",
+        "_view",
+        "_owner",
+        "_site",
+    )
 
     def __init__(
         self,
@@ -174,12 +200,25 @@ class Buffer:
         owner: Hashable,
         site: _Site | None,
     ) -> None:
-        # Not public: the pool builds Buffers.
+        # Not public: the pool builds Buffers. With the pool's guard_views (and a slot
+        # of a slab), _slot is the whole slot, exported only by this lease's views
+        # (sizeclasses.py, _LENT_VIEWS_SHOW_EXPORTS), and _full a view of all of it
+        # that set_length slices; else both are None and _view is a slice of the slab.
         self._pool = pool
         self._offset = offset
         self._capacity = capacity
         self._length = nbytes
-        self._view = slab.base[offset : offset + nbytes]
+        slot: memoryview | None = None
+        full: memoryview | None = None
+        if pool._guard_views and slab.size_class is not None:
+            slot = slab.base[offset : offset + capacity]
+            _LENT_SLOTS[id(slot)] = slot
+            full = memoryview(PickleBuffer(slot))
+            self._view = full if nbytes == capacity else full[:nbytes]
+        else:
+            self._view = slab.base[offset : offset + nbytes]
+        self._slot = slot
+        self._full = full
         self._owner = owner
         self._site = site
         self._slab: _Slab | None = slab
@@ -226,14 +265,32 @@ class Buffer:
             raise ValueError(
                 f"nbytes must be between 0 and capacity {self._capacity}, not {nbytes}"
             )
-        offset = self._offset
-        view = slab.base[offset : offset + nbytes]
-        try:
-            self._view.release()
-        except BufferError:
-            view.release()
-            raise
-        self._view = view
+        old = self._view
+        full = self._full
+        if full is None:
+            offset = self._offset
+            view = slab.base[offset : offset + nbytes]
+            try:
+                old.release()
+            except BufferError:
+                view.release()
+                raise
+            self._view = view
+        else:
+            fresh = old is full
+            if fresh:
+                full = full[:]  # the caller may hold the old view, which is released below
+            view = full if nbytes == self._capacity else full[:nbytes]
+            try:
+                old.release()
+            except BufferError:
+                if view is not full:
+                    view.release()
+                if fresh:
+                    full.release()
+                raise
+            self._full = full
+            self._view = view
         self._length = nbytes
 
     @trio.lowlevel.enable_ki_protection
@@ -241,19 +298,35 @@ class Buffer:
         """Return the buffer to its pool and its capacity to the limiter.
 
         Raises RuntimeError if the buffer was already released, and BufferError
-        (changing nothing) if ``view`` is still exported, e.g. by a ``recv_into``
-        running in another thread.
+        (changing nothing) if ``view`` itself is still exported, e.g. by a
+        ``recv_into`` running in another thread. Views derived from ``view`` do not
+        stop it: their slot is kept out of use until they are gone.
         """
         slab = self._slab
         if slab is None:
             raise RuntimeError("Buffer.release() called twice")
-        self._view.release()
+        check = self._view
+        check.release()
         self._slab = None
+        kind = _RELEASED
+        slot = self._slot
+        if slot is not None:
+            self._full.release()  # type: ignore[union-attr]  # set with _slot
+            check = slot
+            try:
+                slot.release()
+            except BufferError:
+                kind = _EXPORTED  # views derived from ours still read and write the slot
+            else:
+                _LENT_SLOTS.pop(id(slot), None)
         pool = self._pool
-        if _get_ident() == pool._home or (pool._home is None and pool._token is None):
+        if _get_ident() != pool._home and (pool._home is not None or pool._token is not None):
+            # Another thread: the home thread applies it.
+            pool._hand_home((slab, self._offset, self._capacity, self._owner, kind, check))
+        elif kind:
+            pool._quarantine_here(slab, self._offset, self._capacity, self._owner, check)
+        else:
             pool._give_back_here(slab, self._offset, self._capacity, self._owner)
-        else:  # another thread: the home thread applies it
-            pool._hand_home((slab, self._offset, self._capacity, self._owner, _RELEASED))
 
     def __enter__(self) -> Buffer:
         return self
@@ -280,12 +353,22 @@ class Buffer:
         if slab is None or _finalizing():  # at interpreter exit nobody needs it back
             return
         self._slab = None
+        slot = self._slot
         try:
             self._view.release()
-            exported = False
+            if slot is not None:
+                self._full.release()  # type: ignore[union-attr]  # set with _slot
+                slot.release()
         except BufferError:
-            exported = True  # someone still reads it: its slot must never be reused
-        self._pool._leaked(slab, self._offset, self._capacity, self._owner, self._site, exported)
+            # Someone still reads it: quarantine the slot until what _view.release()
+            # (or, guarded, slot.release()) refused succeeds.
+            kind = _LEAKED | _EXPORTED
+        else:
+            kind = _LEAKED
+            if slot is not None:
+                _LENT_SLOTS.pop(id(slot), None)
+        check = self._view if slot is None else slot
+        self._pool._leaked(slab, self._offset, self._capacity, self._owner, self._site, kind, check)
 
     def __repr__(self) -> str:
         state = "released" if self._slab is None else f"nbytes={self._length}"
@@ -320,6 +403,10 @@ class BufferPool:
         ``math.inf`` keeps idle slabs until ``trim(force=True)``.
       max_idle_bytes: most bytes of entirely free slabs kept (besides each class's
         current slab); beyond it the oldest idle slab is unmapped at once. None: no cap.
+      guard_views: also keep a slot out of use while views *derived* from a released
+        lease's ``view`` live (slices, ``memoryview(view)``, ``numpy.frombuffer``),
+        for code that keeps them; costs about 2 µs per lease (docs/buffers.md, "Views
+        after release"). Without it only exports of ``view`` itself are noticed.
 
     The pool belongs to the Trio run that first uses it, and its bookkeeping
     happens on that run's thread, without locks. From a worker thread
@@ -337,6 +424,7 @@ class BufferPool:
         leak_detection: str = "sampled",
         trim_after: float = DEFAULT_TRIM_AFTER,
         max_idle_bytes: int | None = DEFAULT_MAX_IDLE_BYTES,
+        guard_views: bool = False,
     ) -> None:
         if limiter is not None and not isinstance(limiter, BufferLimiter):
             raise TypeError(
@@ -360,6 +448,10 @@ class BufferPool:
             if max_idle_bytes < 0:
                 raise ValueError(f"max_idle_bytes must be >= 0, not {max_idle_bytes}")
         self._limiter = limiter
+        if not isinstance(guard_views, bool):
+            raise TypeError(f"guard_views must be a bool, not {type(guard_views).__name__}")
+        # Where this CPython cannot tell (sizeclasses.py), leases are not guarded.
+        self._guard_views = guard_views and _LENT_VIEWS_SHOW_EXPORTS
         self._leak_level = _LEAK_LEVELS.index(leak_detection)  # 0 off, 1 sampled, 2 all
         self._trim_after = float(trim_after)
         self._max_idle_bytes = math.inf if max_idle_bytes is None else max_idle_bytes
@@ -388,9 +480,11 @@ class BufferPool:
         # Returns made where the pool's state must not be touched: releases from
         # other threads and leaks found by Buffer.__del__. Deque appends and pops
         # are atomic; _drain() applies them on the home thread.
-        self._pending: collections.deque[tuple[_Slab, int, int, Hashable, int]] = (
-            collections.deque()
-        )
+        self._pending: collections.deque[_Return] = collections.deque()
+        # Slots whose lease ended while views derived from its view lived (slab,
+        # offset, capacity, the slot's view): see _quarantine_here.
+        self._quarantined: list[tuple[_Slab, int, int, memoryview]] = []
+        self._bytes_quarantined = 0
         self._recent_leaks: collections.deque[LeakReport] = collections.deque(
             maxlen=RECENT_LEAKS_KEPT
         )
@@ -708,6 +802,45 @@ class BufferPool:
         if self._limiter is not None:
             self._limiter.transfer(owner, waiter.owner, capacity)
 
+    def _quarantine_here(
+        self, slab: _Slab, offset: int, capacity: int, owner: Hashable, slot: memoryview
+    ) -> None:
+        # Home thread: a lease ended while views derived from its view still live. Its
+        # slot must not be leased again while they do, and its bytes stay charged, to
+        # the pool, until _reclaim_quarantined finds the slot free of them.
+        size_class = slab.size_class
+        if size_class is None:
+            # A dedicated mapping is never reused: unmap() drops its pages (the views
+            # then read zeros) and the mapping goes with the last of them.
+            self._give_back_here(slab, offset, capacity, owner)
+            return
+        self._releases += 1
+        self._bytes_leased -= capacity
+        size_class.leased -= 1  # slab.leased still counts it: the slab stays mapped
+        self._quarantined.append((slab, offset, capacity, slot))
+        self._bytes_quarantined += capacity
+        if self._limiter is not None:
+            self._limiter.transfer(owner, self, capacity)
+
+    def _reclaim_quarantined(self) -> None:
+        # Give back the quarantined slots whose derived views are all gone, as a
+        # release by the pool (which holds their bytes); the lease's release was
+        # counted when it ended, so undo the counters _give_back_here will redo.
+        kept = []
+        for slab, offset, capacity, slot in self._quarantined:
+            try:
+                slot.release()
+            except BufferError:
+                kept.append((slab, offset, capacity, slot))
+                continue
+            _LENT_SLOTS.pop(id(slot), None)
+            self._bytes_quarantined -= capacity
+            self._releases -= 1
+            self._bytes_leased += capacity
+            slab.size_class.leased += 1  # type: ignore[union-attr]  # slabs of a class only
+            self._give_back_here(slab, offset, capacity, self)
+        self._quarantined = kept
+
     def _leaked(
         self,
         slab: _Slab,
@@ -715,10 +848,11 @@ class BufferPool:
         capacity: int,
         owner: Hashable,
         site: _Site | None,
-        exported: bool,
+        kind: int,
+        slot: memoryview,
     ) -> None:
         # From Buffer.__del__: any thread, any moment, see there.
-        self._hand_home((slab, offset, capacity, owner, _LEAKED_EXPORTED if exported else _LEAKED))
+        self._hand_home((slab, offset, capacity, owner, kind, slot))
         if site is not None:
             filename, lineno, task_name = site
             self._recent_leaks.append(LeakReport(filename, lineno, task_name, capacity))
@@ -733,7 +867,7 @@ class BufferPool:
                 lineno,
             )
 
-    def _hand_home(self, item: tuple[_Slab, int, int, Hashable, int]) -> None:
+    def _hand_home(self, item: _Return) -> None:
         # Queue a return for the home thread and wake it. No locks, no Trio state:
         # TrioToken.run_sync_soon is safe from any thread and from finalizers (Trio's
         # own async-generator finalizer relies on it). Without a live run the item
@@ -752,17 +886,15 @@ class BufferPool:
         pending = self._pending
         while pending:
             try:
-                slab, offset, capacity, owner, kind = pending.popleft()
+                slab, offset, capacity, owner, kind, slot = pending.popleft()
             except IndexError:  # pragma: no cover - another drain got there first
                 return
-            if kind != _RELEASED:
+            if kind & _LEAKED:
                 self._leaks_detected += 1
-            if kind != _LEAKED_EXPORTED:
+            if kind & _EXPORTED:
+                self._quarantine_here(slab, offset, capacity, owner, slot)
+            else:
                 self._give_back_here(slab, offset, capacity, owner)
-            elif self._limiter is not None:
-                # Someone still holds an export of the view: never reuse the slot (it
-                # stays counted as leased), but don't let it drain the budget for good.
-                self._limiter.release_on_behalf_of(owner, capacity)
 
     # -- the home thread ----------------------------------------------------
 
@@ -806,6 +938,8 @@ class BufferPool:
         With ``force=True``, unmap every entirely free slab regardless of age. The
         pool also trims lazily as buffers come and go, so call this only to free
         memory while the pool is quiet (a housekeeping task, or before a snapshot).
+        First, quarantined slots whose views are gone are given back (see
+        :class:`BufferPoolStatistics`).
         """
         if not isinstance(force, bool):
             raise TypeError(f"force must be a bool, not {type(force).__name__}")
@@ -813,6 +947,10 @@ class BufferPool:
             return self._call_at_home(self.trim, force)
         if self._pending:
             self._drain()
+        if self._quarantined:
+            self._reclaim_quarantined()
+        if _ORPHANED_SLOTS:
+            _sweep_orphans()
         return self._trim_here(self._clock(), force)
 
     def _trim_here(self, now: float, force: bool) -> int:
@@ -892,13 +1030,40 @@ class BufferPool:
             recent_leaks=tuple(self._recent_leaks),
             bytes_scratch=0 if self._scratch is None else MAX_CLASS_BYTES,
             bytes_fragmented=self._bytes_fragmented,
+            buffers_quarantined=len(self._quarantined),
+            bytes_quarantined=self._bytes_quarantined,
         )
+
+    def __del__(self) -> None:
+        # Collected with slots still quarantined (or about to be: exported returns
+        # not applied yet): views of them may live on, so the slots (and their slabs'
+        # mappings) stay until another pool's trim() finds them free.
+        quarantined = getattr(self, "_quarantined", ())  # __init__ may have raised
+        _ORPHANED_SLOTS.extend(slot for _, _, _, slot in quarantined)
+        pending = getattr(self, "_pending", ())
+        _ORPHANED_SLOTS.extend(item[5] for item in pending if item[4] & _EXPORTED)
 
     def __repr__(self) -> str:
         return (
             f"<millpond.BufferPool leased={self._bytes_leased} "
             f"slabs={self._slab_bytes} dedicated={self._dedicated_bytes}>"
         )
+
+
+def _sweep_orphans() -> None:
+    # Forget the slots of collected pools that are free now (see BufferPool.__del__).
+    # Any thread: each slot is popped once and, if still exported, put back.
+    for _ in range(len(_ORPHANED_SLOTS)):
+        try:
+            slot = _ORPHANED_SLOTS.popleft()
+        except IndexError:  # pragma: no cover - another pool's trim() got there first
+            return
+        try:
+            slot.release()
+        except BufferError:
+            _ORPHANED_SLOTS.append(slot)
+        else:
+            _LENT_SLOTS.pop(id(slot), None)
 
 
 def _lease_site() -> _Site:
