@@ -177,18 +177,7 @@ class Buffer:
     between leases: read only what you wrote.
     """
 
-    __slots__ = (
-        "_pool",
-        "_slab",
-        "_offset",
-        "_capacity",
-        "_length",
-        "_slot",
-        "_full",
-        "_view",
-        "_owner",
-        "_site",
-    )
+    __slots__ = ("_pool", "_slab", "_offset", "_capacity", "_length", "_view", "_owner", "_site")
 
     def __init__(
         self,
@@ -199,26 +188,14 @@ class Buffer:
         nbytes: int,
         owner: Hashable,
         site: _Site | None,
+        view: memoryview | None = None,
     ) -> None:
-        # Not public: the pool builds Buffers. With the pool's guard_views (and a slot
-        # of a slab), _slot is the whole slot, exported only by this lease's views
-        # (sizeclasses.py, _LENT_VIEWS_SHOW_EXPORTS), and _full a view of all of it
-        # that set_length slices; else both are None and _view is a slice of the slab.
+        # Not public: the pool builds Buffers (and _GuardedBuffer passes its view).
         self._pool = pool
         self._offset = offset
         self._capacity = capacity
         self._length = nbytes
-        slot: memoryview | None = None
-        full: memoryview | None = None
-        if pool._guard_views and slab.size_class is not None:
-            slot = slab.base[offset : offset + capacity]
-            _LENT_SLOTS[id(slot)] = slot
-            full = memoryview(PickleBuffer(slot))
-            self._view = full if nbytes == capacity else full[:nbytes]
-        else:
-            self._view = slab.base[offset : offset + nbytes]
-        self._slot = slot
-        self._full = full
+        self._view = slab.base[offset : offset + nbytes] if view is None else view
         self._owner = owner
         self._site = site
         self._slab: _Slab | None = slab
@@ -265,33 +242,18 @@ class Buffer:
             raise ValueError(
                 f"nbytes must be between 0 and capacity {self._capacity}, not {nbytes}"
             )
-        old = self._view
-        full = self._full
-        if full is None:
-            offset = self._offset
-            view = slab.base[offset : offset + nbytes]
-            try:
-                old.release()
-            except BufferError:
-                view.release()
-                raise
-            self._view = view
-        else:
-            fresh = old is full
-            if fresh:
-                full = full[:]  # the caller may hold the old view, which is released below
-            view = full if nbytes == self._capacity else full[:nbytes]
-            try:
-                old.release()
-            except BufferError:
-                if view is not full:
-                    view.release()
-                if fresh:
-                    full.release()
-                raise
-            self._full = full
-            self._view = view
+        self._resize_view(slab, nbytes)
         self._length = nbytes
+
+    def _resize_view(self, slab: _Slab, nbytes: int) -> None:
+        offset = self._offset
+        view = slab.base[offset : offset + nbytes]
+        try:
+            self._view.release()
+        except BufferError:
+            view.release()
+            raise
+        self._view = view
 
     @trio.lowlevel.enable_ki_protection
     def release(self) -> None:
@@ -300,33 +262,19 @@ class Buffer:
         Raises RuntimeError if the buffer was already released, and BufferError
         (changing nothing) if ``view`` itself is still exported, e.g. by a
         ``recv_into`` running in another thread. Views derived from ``view`` do not
-        stop it: their slot is kept out of use until they are gone.
+        stop it (see the class docstring).
         """
         slab = self._slab
         if slab is None:
             raise RuntimeError("Buffer.release() called twice")
-        check = self._view
-        check.release()
+        view = self._view
+        view.release()
         self._slab = None
-        kind = _RELEASED
-        slot = self._slot
-        if slot is not None:
-            self._full.release()  # type: ignore[union-attr]  # set with _slot
-            check = slot
-            try:
-                slot.release()
-            except BufferError:
-                kind = _EXPORTED  # views derived from ours still read and write the slot
-            else:
-                _LENT_SLOTS.pop(id(slot), None)
         pool = self._pool
-        if _get_ident() != pool._home and (pool._home is not None or pool._token is not None):
-            # Another thread: the home thread applies it.
-            pool._hand_home((slab, self._offset, self._capacity, self._owner, kind, check))
-        elif kind:
-            pool._quarantine_here(slab, self._offset, self._capacity, self._owner, check)
-        else:
+        if _get_ident() == pool._home or (pool._home is None and pool._token is None):
             pool._give_back_here(slab, self._offset, self._capacity, self._owner)
+        else:  # another thread: the home thread applies it
+            pool._hand_home((slab, self._offset, self._capacity, self._owner, _RELEASED, view))
 
     def __enter__(self) -> Buffer:
         return self
@@ -353,26 +301,93 @@ class Buffer:
         if slab is None or _finalizing():  # at interpreter exit nobody needs it back
             return
         self._slab = None
-        slot = self._slot
+        kind, check = self._let_go()
+        self._pool._leaked(slab, self._offset, self._capacity, self._owner, self._site, kind, check)
+
+    def _let_go(self) -> tuple[int, memoryview]:
+        # For __del__: release the views; what the pool must retry if that failed.
         try:
             self._view.release()
-            if slot is not None:
-                self._full.release()  # type: ignore[union-attr]  # set with _slot
-                slot.release()
-        except BufferError:
-            # Someone still reads it: quarantine the slot until what _view.release()
-            # (or, guarded, slot.release()) refused succeeds.
-            kind = _LEAKED | _EXPORTED
-        else:
-            kind = _LEAKED
-            if slot is not None:
-                _LENT_SLOTS.pop(id(slot), None)
-        check = self._view if slot is None else slot
-        self._pool._leaked(slab, self._offset, self._capacity, self._owner, self._site, kind, check)
+        except BufferError:  # exported: quarantine the slot until the export ends
+            return _LEAKED | _EXPORTED, self._view
+        return _LEAKED, self._view
 
     def __repr__(self) -> str:
         state = "released" if self._slab is None else f"nbytes={self._length}"
         return f"<millpond.Buffer capacity={self._capacity} {state}>"
+
+
+class _GuardedBuffer(Buffer):
+    # A lease from a pool made with guard_views=True (slots of slabs only: a
+    # dedicated mapping is never leased again). _slot is the whole slot, exported
+    # only by this lease's views (see _LENT_VIEWS_SHOW_EXPORTS in sizeclasses.py);
+    # _full is a view of all of it that set_length slices and the caller never gets.
+    __slots__ = ("_slot", "_full")
+
+    def __init__(  # the same arguments as Buffer's
+        self, pool: BufferPool, slab: _Slab, offset: int, capacity: int, nbytes: int,
+        owner: Hashable, site: _Site | None,
+    ) -> None:  # fmt: skip
+        slot = self._slot = slab.base[offset : offset + capacity]
+        _LENT_SLOTS[id(slot)] = slot
+        full = self._full = memoryview(PickleBuffer(slot))
+        view = full if nbytes == capacity else full[:nbytes]
+        Buffer.__init__(self, pool, slab, offset, capacity, nbytes, owner, site, view)
+
+    def _resize_view(self, slab: _Slab, nbytes: int) -> None:
+        old = self._view
+        full = self._full
+        fresh = old is full
+        if fresh:
+            full = full[:]  # the caller may hold the old view, which is released below
+        view = full if nbytes == self._capacity else full[:nbytes]
+        try:
+            old.release()
+        except BufferError:
+            if view is not full:
+                view.release()
+            if fresh:
+                full.release()
+            raise
+        self._full = full
+        self._view = view
+
+    @trio.lowlevel.enable_ki_protection
+    def release(self) -> None:
+        """See :meth:`Buffer.release`; views derived from ``view`` quarantine the slot."""
+        slab = self._slab
+        if slab is None:
+            raise RuntimeError("Buffer.release() called twice")
+        self._view.release()
+        self._slab = None
+        self._full.release()
+        slot = self._slot
+        try:
+            slot.release()
+        except BufferError:
+            kind = _EXPORTED  # views derived from ours still read and write the slot
+        else:
+            kind = _RELEASED
+            _LENT_SLOTS.pop(id(slot), None)
+        pool = self._pool
+        if _get_ident() != pool._home and (pool._home is not None or pool._token is not None):
+            # Another thread: the home thread applies it.
+            pool._hand_home((slab, self._offset, self._capacity, self._owner, kind, slot))
+        elif kind:
+            pool._quarantine_here(slab, self._offset, self._capacity, self._owner, slot)
+        else:
+            pool._give_back_here(slab, self._offset, self._capacity, self._owner)
+
+    def _let_go(self) -> tuple[int, memoryview]:
+        slot = self._slot
+        try:
+            self._view.release()
+            self._full.release()
+            slot.release()
+        except BufferError:
+            return _LEAKED | _EXPORTED, slot
+        _LENT_SLOTS.pop(id(slot), None)
+        return _LEAKED, slot
 
 
 class BufferPool:
@@ -405,8 +420,8 @@ class BufferPool:
         current slab); beyond it the oldest idle slab is unmapped at once. None: no cap.
       guard_views: also keep a slot out of use while views *derived* from a released
         lease's ``view`` live (slices, ``memoryview(view)``, ``numpy.frombuffer``),
-        for code that keeps them; costs about 2 µs per lease (docs/buffers.md, "Views
-        after release"). Without it only exports of ``view`` itself are noticed.
+        for code that keeps them; costs about 2.5 µs per lease (docs/buffers.md,
+        "Views after release"). Without it only exports of ``view`` itself are noticed.
 
     The pool belongs to the Trio run that first uses it, and its bookkeeping
     happens on that run's thread, without locks. From a worker thread
@@ -451,7 +466,9 @@ class BufferPool:
         if not isinstance(guard_views, bool):
             raise TypeError(f"guard_views must be a bool, not {type(guard_views).__name__}")
         # Where this CPython cannot tell (sizeclasses.py), leases are not guarded.
-        self._guard_views = guard_views and _LENT_VIEWS_SHOW_EXPORTS
+        self._lent: type[Buffer] = (
+            _GuardedBuffer if guard_views and _LENT_VIEWS_SHOW_EXPORTS else Buffer
+        )
         self._leak_level = _LEAK_LEVELS.index(leak_detection)  # 0 off, 1 sampled, 2 all
         self._trim_after = float(trim_after)
         self._max_idle_bytes = math.inf if max_idle_bytes is None else max_idle_bytes
@@ -600,7 +617,7 @@ class BufferPool:
             # shielded): the slot is charged to us already, the grant is spare.
             limiter.release_on_behalf_of(owner, capacity)
         slab, offset = waiter.slot
-        return Buffer(self, slab, offset, capacity, nbytes, owner, site)
+        return self._lent(self, slab, offset, capacity, nbytes, owner, site)
 
     def _request(
         self, nbytes: int, owner: Hashable | None
@@ -660,7 +677,8 @@ class BufferPool:
             raise
         self._leases += 1
         self._bytes_leased += capacity
-        return Buffer(self, slab, offset, capacity, nbytes, owner, site)
+        lent = self._lent if index >= 0 else Buffer
+        return lent(self, slab, offset, capacity, nbytes, owner, site)
 
     def _take_free_slot(
         self,
@@ -687,7 +705,7 @@ class BufferPool:
         self._bytes_leased += capacity
         if self._limiter is not None:
             self._limiter.transfer(self, owner, capacity)
-        return Buffer(self, slab, offset, capacity, nbytes, owner, site)
+        return self._lent(self, slab, offset, capacity, nbytes, owner, site)
 
     def _next_slab(self, size_class: _SizeClass) -> _Slab:
         # Lease slow path: the current slab is full and no partly used slab has room
