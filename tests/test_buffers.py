@@ -9,6 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -878,3 +879,79 @@ def test_leases_and_their_derived_views_collected_in_reference_cycles_do_not_cra
         env=env,
     )
     assert (child.returncode, child.stdout.strip()) == (0, "collected"), child.stderr
+
+
+# -- after the run -----------------------------------------------------------------------
+
+
+def _lease_in_a_run(pool: BufferPool, nbytes: int) -> Buffer:
+    leased: list[Buffer] = []
+
+    async def lease() -> None:
+        leased.append(pool.lease_nowait(nbytes))
+
+    trio.run(lease)
+    return leased[0]
+
+
+def test_a_buffer_leaked_after_its_run_ended_gives_its_bytes_back_at_once() -> None:
+    limiter = BufferLimiter(64 * KiB)
+    pool = BufferPool(limiter, leak_detection="off")
+    leaked = [_lease_in_a_run(pool, 64 * KiB)]
+    leaked.clear()
+    gc.collect()
+    assert limiter.bytes_in_use == 0  # no pool call needed
+    assert pool.statistics().leaks_detected == 1
+
+
+def test_a_buffer_released_by_a_thread_after_its_run_ended_gives_its_bytes_back() -> None:
+    limiter = BufferLimiter(64 * KiB)
+    pool = BufferPool(limiter)
+    buf = _lease_in_a_run(pool, 64 * KiB)
+    thread = threading.Thread(target=buf.release)
+    thread.start()
+    thread.join()
+    assert limiter.bytes_in_use == 0
+    stats = pool.statistics()
+    assert (stats.releases, stats.bytes_leased) == (1, 0)
+
+
+async def test_a_leak_leased_in_a_worker_thread_names_the_line_that_awaited_it() -> None:
+    pool = BufferPool(BufferLimiter(64 * KiB), leak_detection="all")
+    buf = await trio.to_thread.run_sync(pool.lease_nowait, 1000)
+    line = sys._getframe().f_lineno - 1
+    with pytest.warns(BufferLeakWarning) as record:
+        # What the collector would do; Trio's worker keeps the result alive for a while.
+        buf.__del__()
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
+    leak = pool.statistics().recent_leaks[0]
+    assert (leak.filename, leak.lineno) == (__file__, line)
+    assert leak.task_name == trio.lowlevel.current_task().name
+
+
+class _DropsABufferWhenHashed:
+    # An owner whose second hash (the limiter's, after the pool checked it) drops the
+    # last reference to another buffer, so that buffer's finalizer runs in the middle
+    # of the pool's bookkeeping.
+    def __init__(self, box: list[Buffer]) -> None:
+        self.box = box
+        self.hashes = 0
+
+    def __hash__(self) -> int:
+        self.hashes += 1
+        if self.hashes == 2:
+            self.box.clear()
+        return 0
+
+
+def test_a_leak_found_inside_the_pools_own_bookkeeping_is_applied_when_it_ends() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter, leak_detection="off")  # outside any run: no home thread
+    box = [pool.lease_nowait(64 * KiB)]
+    owner = _DropsABufferWhenHashed(box)
+    buf = pool.lease_nowait(1 * KiB, owner=owner)
+    assert box == []
+    assert limiter.bytes_in_use == 1 * KiB == limiter.held_by(owner)  # the leak is back
+    stats = pool.statistics()
+    assert (stats.leaks_detected, stats.bytes_leased) == (1, 1 * KiB)
+    buf.release()

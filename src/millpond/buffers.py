@@ -25,16 +25,18 @@ from __future__ import annotations
 import collections
 import math
 import mmap
+import os
 import queue
 import random
 import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pickle import PickleBuffer
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Final, TypeVar, TypeVarTuple
 
 import outcome
@@ -90,6 +92,10 @@ _RELEASED: Final = 0
 _LEAKED: Final = 1  # found by Buffer.__del__, not released
 _EXPORTED: Final = 2  # views derived from the lease's view still live: quarantine the slot
 _get_ident: Final = threading.get_ident
+# Where a pool call runs (BufferPool._enter).
+_AT_HOME: Final = 0
+_AWAY: Final = 1
+_ALONE: Final = 2
 # A queued return: slab, offset, capacity, owner, kind (the bits above), the slot's view.
 _Return = tuple[_Slab, int, int, Hashable, int, memoryview]
 _T = TypeVar("_T")
@@ -271,9 +277,9 @@ class Buffer:
         view.release()
         self._slab = None
         pool = self._pool
-        if _get_ident() == pool._home or (pool._home is None and pool._token is None):
+        if _get_ident() == pool._home:
             pool._give_back_here(slab, self._offset, self._capacity, self._owner)
-        else:  # another thread: the home thread applies it
+        else:  # another thread, or no live run: see BufferPool._hand_home
             pool._hand_home((slab, self._offset, self._capacity, self._owner, _RELEASED, view))
 
     def __enter__(self) -> Buffer:
@@ -370,8 +376,7 @@ class _GuardedBuffer(Buffer):
             kind = _RELEASED
             _LENT_SLOTS.pop(id(slot), None)
         pool = self._pool
-        if _get_ident() != pool._home and (pool._home is not None or pool._token is not None):
-            # Another thread: the home thread applies it.
+        if _get_ident() != pool._home:  # another thread, or no live run
             pool._hand_home((slab, self._offset, self._capacity, self._owner, kind, slot))
         elif kind:
             pool._quarantine_here(slab, self._offset, self._capacity, self._owner, slot)
@@ -428,8 +433,9 @@ class BufferPool:
     (:func:`trio.to_thread.run_sync`) ``Buffer.release()`` hands the return to
     the Trio thread and returns at once (it is done before the worker's result
     reaches the waiting task); ``lease_nowait``, ``trim`` and ``statistics`` are
-    carried over and wait for the answer. Outside any Trio run the pool works on
-    the calling thread, unsynchronised.
+    carried over and wait for the answer. Outside any live Trio run (before the
+    first, after the last) the pool works on the calling thread, under a lock; when
+    its run ends it applies every queued return, and applies later ones at once.
     """
 
     def __init__(
@@ -506,6 +512,9 @@ class BufferPool:
             maxlen=RECENT_LEAKS_KEPT
         )
         self._sample = random.Random().getrandbits
+        # Taken only where no live run gives the pool a home thread: after its run,
+        # before its first, and by the run_sync_soon callback (see _apply_alone).
+        self._lock = threading.Lock()
         if trio.lowlevel.in_trio_run():
             self._enter()  # belong to this run from the start, not to a worker thread
 
@@ -545,15 +554,15 @@ class BufferPool:
         outside Trio, the current thread).
         """
         index, capacity, owner, site = self._request(nbytes, owner)
-        if _get_ident() != self._home and not self._enter():
-            return self._call_at_home(self._lease_here, index, nbytes, capacity, owner, site)
+        if _get_ident() != self._home:
+            return self._elsewhere(self._lease_here, index, nbytes, capacity, owner, site)
         return self._lease_here(index, nbytes, capacity, owner, site)
 
     def _lease_here(
         self, index: int, nbytes: int, capacity: int, owner: Hashable, site: _Site | None
     ) -> Buffer:
         if self._pending:
-            self._drain()
+            self._drain_here()
         if self._bytes_fragmented and index >= 0 and self._classes[index].partial:
             return self._take_free_slot(self._classes[index], nbytes, capacity, owner, site)
         limiter = self._limiter
@@ -569,9 +578,9 @@ class BufferPool:
         """
         index, capacity, owner, site = self._request(nbytes, owner)
         if _get_ident() != self._home:
-            self._enter()
+            self._enter()  # inside Trio this binds the pool to this run, or raises
         if self._pending:
-            self._drain()  # queued returns may hold the capacity we are about to wait for
+            self._drain_here()  # queued returns may hold the capacity we are about to wait for
         limiter = self._limiter
         if limiter is None:
             await trio.lowlevel.checkpoint()
@@ -886,21 +895,32 @@ class BufferPool:
             )
 
     def _hand_home(self, item: _Return) -> None:
-        # Queue a return for the home thread and wake it. No locks, no Trio state:
-        # TrioToken.run_sync_soon is safe from any thread and from finalizers (Trio's
-        # own async-generator finalizer relies on it). Without a live run the item
-        # waits for the next pool call, which rebinds or unbinds the pool first.
+        # Queue a return for the home thread and wake it. No Trio state and no
+        # blocking: TrioToken.run_sync_soon is safe from any thread and from
+        # finalizers (Trio's own async-generator finalizer relies on it). Without a
+        # live run the item is applied here, under the lock (_apply_alone). While a
+        # run is ending, between its last callback and its end, the item waits for
+        # _RunEnd.after_run, which applies whatever is queued.
         self._pending.append(item)
         token = self._token
-        if token is not None:
-            try:
-                token.run_sync_soon(self._drain)
-            except trio.RunFinishedError:
-                self._home = None  # send the next call through _enter()
+        if token is None:
+            self._apply_alone()
+            return
+        try:
+            token.run_sync_soon(self._drain)
+        except trio.RunFinishedError:
+            pass
 
     @trio.lowlevel.enable_ki_protection
     def _drain(self) -> None:
-        # Home thread: apply queued returns (from other threads and from leaks).
+        # The run_sync_soon callback; locked in case the run has just ended and
+        # another thread applies returns without it (see _apply_alone).
+        with self._lock:
+            self._drain_here()
+
+    def _drain_here(self) -> None:
+        # Apply queued returns (from other threads and from leaks): on the home
+        # thread, or under the lock when the pool is bound to no live run.
         pending = self._pending
         while pending:
             try:
@@ -914,30 +934,65 @@ class BufferPool:
             else:
                 self._give_back_here(slab, offset, capacity, owner)
 
+    def _apply_alone(self) -> None:
+        # No live run, so no home thread: apply queued returns on this thread, under
+        # the lock, unless somebody holds it. That may be this very thread (a
+        # finalizer that runs inside the pool's own bookkeeping, or a callback of a
+        # run that is ending), or another one: either way the holder looks at the
+        # queue again after letting go (_alone), so nothing stays queued.
+        lock = self._lock
+        while self._pending and lock.acquire(blocking=False):
+            try:
+                self._drain_here()
+            finally:
+                lock.release()
+
     # -- the home thread ----------------------------------------------------
 
-    def _enter(self) -> bool:
-        """Slow path of ``_get_ident() == self._home``; False: carry the call to the Trio thread.
+    def _enter(self) -> int:
+        """Slow path of ``_get_ident() == self._home``: where the call should run.
 
-        Binds the pool to the Trio run calling it (the first one, or a new one once
-        the old run is over), and unbinds it when called outside Trio after its run
-        ended.
+        ``_AT_HOME``: here, now (binds the pool to the Trio run calling it: the
+        first one, or a new one once the old run is over). ``_AWAY``: carry it to
+        the Trio thread (a worker thread of the live run the pool belongs to).
+        ``_ALONE``: no live run: here, under the lock (see _alone).
         """
         if trio.lowlevel.in_trio_run():
             token = trio.lowlevel.current_trio_token()
             if token is not self._token:
                 if self._token is not None and not _run_is_over(self._token):
                     raise RuntimeError("this BufferPool is in use by another Trio run")
-                self._token = token
-                self._clock = trio.lowlevel.current_clock().current_time
+                with self._lock:  # a thread may be applying returns of the last run
+                    self._token = token
+                    self._clock = trio.lowlevel.current_clock().current_time
+                trio.lowlevel.add_instrument(_RunEnd(self, token))
             self._home = _get_ident()
-            return True
+            return _AT_HOME
         if self._token is not None and not _run_is_over(self._token):
-            return False  # a worker thread of the run we belong to
-        self._token = None
-        self._home = None
-        self._clock = time.monotonic
-        return True
+            return _AWAY
+        self._unbind(self._token)
+        return _ALONE
+
+    def _unbind(self, token: trio.lowlevel.TrioToken | None) -> None:
+        # The run of *token* is over: the pool belongs to no run until the next one.
+        with self._lock:
+            if self._token is token:
+                self._token = None
+                self._home = None
+                self._clock = time.monotonic
+            self._drain_here()
+
+    def _elsewhere(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+        # A public call made off the home thread: see _enter.
+        where = self._enter()
+        if where == _AT_HOME:
+            return fn(*args)
+        if where == _AWAY:
+            return self._call_at_home(fn, *args)
+        with self._lock:
+            result = fn(*args)
+        self._apply_alone()  # what finalizers queued meanwhile
+        return result
 
     def _call_at_home(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
         # Like trio.from_thread.run_sync(fn, *args), without spawning a task.
@@ -961,10 +1016,13 @@ class BufferPool:
         """
         if not isinstance(force, bool):
             raise TypeError(f"force must be a bool, not {type(force).__name__}")
-        if _get_ident() != self._home and not self._enter():
-            return self._call_at_home(self.trim, force)
+        if _get_ident() != self._home:
+            return self._elsewhere(self._trim_now, force)
+        return self._trim_now(force)
+
+    def _trim_now(self, force: bool) -> int:
         if self._pending:
-            self._drain()
+            self._drain_here()
         if self._quarantined:
             self._reclaim_quarantined()
         if _ORPHANED_SLOTS:
@@ -1022,10 +1080,13 @@ class BufferPool:
     @trio.lowlevel.enable_ki_protection
     def statistics(self) -> BufferPoolStatistics:
         """Return a :class:`BufferPoolStatistics` snapshot."""
-        if _get_ident() != self._home and not self._enter():
-            return self._call_at_home(self.statistics)
+        if _get_ident() != self._home:
+            return self._elsewhere(self._statistics_now)
+        return self._statistics_now()
+
+    def _statistics_now(self) -> BufferPoolStatistics:
         if self._pending:
-            self._drain()
+            self._drain_here()
         classes = self._classes
         idle_current = sum(
             SLAB_BYTES for c in classes if c.current is not None and not c.current.leased
@@ -1068,6 +1129,22 @@ class BufferPool:
         )
 
 
+class _RunEnd(trio.abc.Instrument):
+    # Tells a pool that the run it belongs to is over, at the very end of that run
+    # (after every task and every run_sync_soon callback), so that returns queued
+    # by then, and any made afterwards, are applied (BufferPool._unbind). Only
+    # after_run is defined: Trio calls an instrument only for the hooks it defines.
+    # A weak reference: the run must not keep a pool alive.
+    def __init__(self, pool: BufferPool, token: trio.lowlevel.TrioToken) -> None:
+        self._pool = weakref.ref(pool)
+        self._token = token
+
+    def after_run(self) -> None:
+        pool = self._pool()
+        if pool is not None:
+            pool._unbind(self._token)
+
+
 def _sweep_orphans() -> None:
     # Forget the slots of collected pools that are free now (see BufferPool.__del__).
     # Any thread: each slot is popped once and, if still exported, put back.
@@ -1084,13 +1161,32 @@ def _sweep_orphans() -> None:
             _LENT_SLOTS.pop(id(slot), None)
 
 
+# Frames that are never the caller of lease()/lease_nowait(): this module's, and
+# those of the machinery between a caller and it: Trio's (trio.to_thread,
+# from_thread), outcome's, and the thread bootstrap.
+_NOT_THE_CALLER: Final = (
+    __file__,
+    os.path.dirname(trio.__file__) + os.sep,
+    os.path.dirname(outcome.__file__) + os.sep,
+    threading.__file__,
+)
+
+
 def _lease_site() -> _Site:
-    # The first frame outside this module is the caller of lease()/lease_nowait().
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+    # The caller of lease()/lease_nowait(): the first frame outside _NOT_THE_CALLER.
+    # In a trio.to_thread worker that was handed lease_nowait itself the worker's
+    # stack holds none: the caller is then the task awaiting the worker, and the
+    # site is where that task awaits (its own stack, walked the same way).
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_NOT_THE_CALLER):
         frame = frame.f_back
+    if frame is not None:
+        try:
+            name = trio.lowlevel.current_task().name
+        except RuntimeError:
+            name = threading.current_thread().name
+        return frame.f_code.co_filename, frame.f_lineno, name
     try:
-        name = trio.lowlevel.current_task().name
-    except RuntimeError:
-        name = threading.current_thread().name
-    return frame.f_code.co_filename, frame.f_lineno, name
+        return trio.from_thread.run_sync(_lease_site)  # runs in the awaiting task
+    except (RuntimeError, trio.RunFinishedError):
+        return "<unknown>", 0, threading.current_thread().name

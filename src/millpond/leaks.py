@@ -9,8 +9,10 @@ levels) also remembers where it was made, so that its leak is reported with a
 ``BufferPool.statistics()``. This module owns those types and constants and
 does nothing itself: the detection is the pool's (``Buffer.__del__`` and
 ``BufferPool._leaked`` in ``buffers.py``). So is ``_lease_site``, which records
-the call site: it walks out of the frames of its own module (by ``__file__``),
-so it has to live in the module that defines ``lease()``.
+the call site: it walks out of the frames of its own module (by ``__file__``)
+and of Trio's thread machinery (a ``trio.to_thread`` worker handed
+``lease_nowait`` itself reports the line where the task awaits it), so it has to
+live in the module that defines ``lease()``.
 """
 
 from __future__ import annotations
