@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
+import mmap
 import os
 import pickle
 import subprocess
@@ -20,6 +21,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from millpond import sizeclasses
 from millpond.buffers import Buffer, BufferPool
 from millpond.leaks import BufferLeakWarning
 from millpond.limiter import BufferLimiter
@@ -955,3 +957,50 @@ def test_a_leak_found_inside_the_pools_own_bookkeeping_is_applied_when_it_ends()
     stats = pool.statistics()
     assert (stats.leaks_detected, stats.bytes_leased) == (1, 1 * KiB)
     buf.release()
+
+
+# -- what a leak and a failure give back (issue 11, point 9) --------------------------------
+
+
+async def test_a_leaked_buffer_gives_back_its_slot_and_the_pools_counters() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter, leak_detection="off")
+    box = [pool.lease_nowait(2 * KiB)]
+    box[0].view[:6] = b"marker"
+    box.clear()
+    gc.collect()
+    stats = pool.statistics()
+    assert (stats.leaks_detected, stats.leases, stats.releases, stats.bytes_leased) == (1, 1, 1, 0)
+    assert stats.size_classes[1].buffers_leased == 0 and limiter.bytes_in_use == 0
+    with pool.lease_nowait(2 * KiB) as again:
+        assert bytes(again.view[:6]) == b"marker"  # the same slot, free again
+    assert pool.statistics().size_classes[1].slabs == 1
+
+
+@pytest.mark.parametrize("nbytes", [1 * KiB, 100_000], ids=["slab", "dedicated"])
+@pytest.mark.parametrize("error", [OSError, MemoryError])
+@pytest.mark.parametrize("waits", [False, True], ids=["lease_nowait", "lease"])
+async def test_a_failed_mmap_gives_back_its_charge_and_leaves_the_pool_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, nbytes: int, error: type[Exception], waits: bool
+) -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    held = pool.lease_nowait(64 * KiB)  # a slab that is mapped and stays so
+    before = pool.statistics()
+
+    def no_memory(*args: object, **kwargs: object) -> mmap.mmap:
+        raise error("injected")
+
+    monkeypatch.setattr(sizeclasses.mmap, "mmap", no_memory)
+    with pytest.raises(error, match="injected"):
+        if waits:
+            await pool.lease(nbytes)
+        else:
+            pool.lease_nowait(nbytes)
+    monkeypatch.undo()
+    assert limiter.bytes_in_use == held.capacity
+    assert limiter.held_by(trio.lowlevel.current_task()) == held.capacity
+    assert pool.statistics() == before
+    held.release()
+    with pool.lease_nowait(nbytes):  # and the pool still works
+        pass
