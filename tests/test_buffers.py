@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import math
+import mmap
 import os
+import pickle
+import subprocess
+import sys
+import threading
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,10 +21,12 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from millpond import sizeclasses
 from millpond.buffers import Buffer, BufferPool
 from millpond.leaks import BufferLeakWarning
 from millpond.limiter import BufferLimiter
 from millpond.sizeclasses import (
+    _LENT_SLOTS,
     MAX_CLASS_BYTES,
     PAGE_BYTES,
     SIZE_CLASSES,
@@ -315,12 +324,13 @@ async def test_idle_slabs_beyond_max_idle_bytes_are_unmapped_at_once() -> None:
     assert stats.slabs_trimmed == 5
 
 
-async def test_slab_kept_alive_by_a_stale_slice_is_still_trimmed() -> None:
-    pool = BufferPool(trim_after=math.inf)
-    buf = pool.lease_nowait(64 * KiB)
+async def test_a_dedicated_mapping_kept_alive_by_a_stale_slice_gives_its_pages_back() -> None:
+    pool = BufferPool()
+    buf = pool.lease_nowait(100_000)  # above 64 KiB: a mapping of its own, never reused
+    buf.view[:10] = b"x" * 10
     stale = buf.view[:10]  # the caller's own slice: documented to survive release()
     buf.release()
-    assert pool.trim(force=True) == SLAB_BYTES
+    assert pool.statistics().bytes_dedicated == 0
     assert bytes(stale) == bytes(10)  # the pages went back to the OS; reads see zeros
 
 
@@ -423,6 +433,7 @@ async def test_leaked_view_is_released_too() -> None:
         ({"trim_after": True}, TypeError, "trim_after"),
         ({"max_idle_bytes": -1}, ValueError, "max_idle_bytes"),
         ({"max_idle_bytes": 1.5}, TypeError, "max_idle_bytes"),
+        ({"guard_views": 1}, TypeError, "guard_views"),
     ],
 )
 def test_bad_pool_arguments_are_rejected_by_name(
@@ -509,3 +520,487 @@ async def test_freed_slots_of_partly_used_slabs_are_reused_before_mapping_a_new_
     assert pool.statistics().size_classes[5].slabs == 2
     for buf in (b, c, d, e):
         buf.release()
+
+
+# -- the memory bound, fragmentation included --------------------------------------------
+
+
+def _mapped(pool: BufferPool) -> int:
+    stats = pool.statistics()
+    return stats.bytes_reserved_by_slabs + stats.bytes_dedicated
+
+
+async def test_leases_of_mixed_classes_pin_no_more_memory_than_the_budget_plus_the_constant() -> (
+    None
+):
+    # Each class in turn takes what the budget grants, then keeps one lease per slab,
+    # as adaptive read sizes do when they move between classes (issue 11, point 8).
+    budget = 1 * MiB
+    limiter = BufferLimiter(budget)
+    pool = BufferPool(limiter, max_idle_bytes=0)
+    kept: list[Buffer] = []
+    for size in SIZE_CLASSES[:-1]:
+        leased: list[Buffer] = []
+        while True:
+            try:
+                leased.append(pool.lease_nowait(size))
+            except trio.WouldBlock:
+                break
+        per_slab = SLAB_BYTES // size
+        kept += leased[::per_slab]
+        for i, buf in enumerate(leased):
+            if i % per_slab:
+                buf.release()
+        assert _mapped(pool) <= budget + len(SIZE_CLASSES) * SLAB_BYTES
+    for buf in kept:
+        buf.release()
+    assert limiter.bytes_in_use == 0
+
+
+def _release_all(buffers: list[Buffer]) -> None:
+    for buf in buffers:
+        buf.release()
+
+
+def _one_partial_slab(pool: BufferPool, size: int = 1 * KiB) -> tuple[list[Buffer], Buffer]:
+    # A full slab of *size* that is no longer the class's current slab (one more lease
+    # moved on to a second slab): returns its leases, and that one more lease.
+    full = [pool.lease_nowait(size) for _ in range(SLAB_BYTES // size)]
+    return full, pool.lease_nowait(size)
+
+
+async def test_a_slot_freed_in_a_partly_used_slab_stays_charged_to_the_pool() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    in_use = limiter.bytes_in_use
+    full[0].release()
+    assert limiter.bytes_in_use == in_use
+    assert limiter.held_by(pool) == pool.statistics().bytes_fragmented == 1 * KiB
+    _release_all([newer, *full[1:]])
+
+
+async def test_a_lease_takes_over_a_paid_free_slot_even_when_the_budget_is_spent() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    full[0].release()
+    limiter.acquire_on_behalf_of_nowait("hog", limiter.bytes_available)
+    buf = pool.lease_nowait(1 * KiB, owner="conn")  # no WouldBlock: the memory is there
+    assert (limiter.held_by("conn"), limiter.held_by(pool)) == (1 * KiB, 0)
+    assert pool.statistics().bytes_fragmented == 0
+    _release_all([buf, newer, *full[1:]])
+
+
+async def test_a_slab_whose_last_lease_goes_gives_its_whole_charge_back() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    for buf in full:
+        buf.release()
+    assert limiter.held_by(pool) == pool.statistics().bytes_fragmented == 0
+    assert limiter.bytes_in_use == newer.capacity
+    newer.release()
+    assert limiter.bytes_in_use == 0
+
+
+@dataclass
+class _WaitingLease:
+    # A budget spent (by "hog"), a full 1 KiB slab that is no longer current, and a
+    # lease of 1 KiB for "conn" waiting in the limiter inside ``scope``.
+    limiter: BufferLimiter
+    pool: BufferPool
+    full: list[Buffer]
+    newer: Buffer
+    scope: trio.CancelScope
+    served: list[Buffer]
+
+
+async def _a_lease_waiting_for_a_spent_budget(nursery: trio.Nursery) -> _WaitingLease:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    limiter.acquire_on_behalf_of_nowait("hog", limiter.bytes_available)
+    waiting = _WaitingLease(limiter, pool, full, newer, trio.CancelScope(), [])
+
+    async def wait_for_buffer() -> None:
+        with waiting.scope:
+            waiting.served.append(await pool.lease(1 * KiB, owner="conn"))
+
+    nursery.start_soon(wait_for_buffer)
+    await trio.testing.wait_all_tasks_blocked()
+    assert limiter.statistics().tasks_waiting == 1
+    return waiting
+
+
+async def test_a_slot_freed_in_a_partly_used_slab_goes_to_a_lease_waiting_for_its_class(
+    nursery: trio.Nursery,
+) -> None:
+    waiting = await _a_lease_waiting_for_a_spent_budget(nursery)
+    limiter, pool = waiting.limiter, waiting.pool
+    in_use = limiter.bytes_in_use
+    waiting.full[0].release()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(waiting.served) == 1 and limiter.statistics().tasks_waiting == 0
+    assert limiter.bytes_in_use == in_use  # the slot changed hands; nothing was freed
+    assert (limiter.held_by("conn"), limiter.held_by(pool)) == (1 * KiB, 0)
+    _release_all([*waiting.served, waiting.newer, *waiting.full[1:]])
+
+
+async def test_a_lease_handed_a_slot_and_cancelled_in_the_same_tick_passes_it_on(
+    nursery: trio.Nursery,
+) -> None:
+    waiting = await _a_lease_waiting_for_a_spent_budget(nursery)
+    limiter, pool = waiting.limiter, waiting.pool
+    leased = pool.statistics().bytes_leased
+    waiting.full[0].release()  # handed to the waiter...
+    waiting.scope.cancel()  # ...which is cancelled before it runs
+    await trio.testing.wait_all_tasks_blocked()
+    assert waiting.served == []
+    assert limiter.held_by("conn") == 0
+    assert limiter.held_by(pool) == pool.statistics().bytes_fragmented == 1 * KiB
+    assert pool.statistics().bytes_leased == leased - 1 * KiB
+    _release_all([waiting.newer, *waiting.full[1:]])
+    assert limiter.bytes_in_use == limiter.held_by("hog")
+
+
+class _ReleaseAfterFirstStep(trio.abc.Instrument):
+    # Releases a buffer right after a task's first step, before anything else runs.
+    def __init__(self, buf: Buffer) -> None:
+        self.buf: Buffer | None = buf
+        self.task: trio.lowlevel.Task | None = None
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task and self.buf is not None:
+            buf, self.buf = self.buf, None
+            buf.release()
+
+
+async def test_a_lease_granted_and_handed_a_slot_in_the_same_tick_keeps_only_the_slot(
+    nursery: trio.Nursery,
+) -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    full, newer = _one_partial_slab(pool)
+    instrument = _ReleaseAfterFirstStep(full[0])
+    served: list[Buffer] = []
+
+    async def lease_one() -> None:
+        instrument.task = trio.lowlevel.current_task()
+        # Granted at once; its first step ends in the grant's (shielded) checkpoint,
+        # and then full[0] is released, which hands this lease its slot as well.
+        served.append(await pool.lease(1 * KiB, owner="conn"))
+
+    in_use = limiter.bytes_in_use
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        nursery.start_soon(lease_one)
+        await trio.testing.wait_all_tasks_blocked()
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert instrument.buf is None and len(served) == 1
+    assert limiter.held_by("conn") == 1 * KiB  # the slot's bytes; the grant went back
+    assert limiter.bytes_in_use == in_use
+    _release_all([*served, newer, *full[1:]])
+    assert limiter.bytes_in_use == 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(SIZE_CLASSES[:-1]), st.integers(0, 1 << 16)),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_what_the_pool_maps_stays_within_what_it_charges_plus_one_slab_per_class(
+    steps: list[tuple[int, int]],
+) -> None:
+    # Random leases of mixed classes and releases in random order, outside Trio.
+    limiter = BufferLimiter(4 * MiB)
+    pool = BufferPool(limiter, leak_detection="off", max_idle_bytes=0)
+    live: list[Buffer] = []
+    for size, choice in steps:
+        if live and choice % 3 == 0:
+            live.pop(choice % len(live)).release()
+        else:
+            try:
+                live.append(pool.lease_nowait(size))
+            except trio.WouldBlock:
+                live.pop(choice % len(live)).release()
+        stats = pool.statistics()
+        charged = stats.bytes_leased + stats.bytes_fragmented
+        assert limiter.bytes_in_use == charged
+        assert limiter.held_by(pool) == stats.bytes_fragmented
+        assert stats.bytes_reserved_by_slabs <= charged + len(SIZE_CLASSES) * SLAB_BYTES
+    for buf in live:
+        buf.release()
+    assert limiter.bytes_in_use == 0
+
+
+# -- views that outlive release() --------------------------------------------------------
+
+
+def _ctypes_alias(view: memoryview) -> Any:
+    return (ctypes.c_char * len(view)).from_buffer(view)
+
+
+# Ways to keep the bytes of buf.view without copying them; numpy.frombuffer(buf.view)
+# behaves like memoryview(buf.view) (checked by hand, numpy 2.4).
+DERIVED_VIEWS = {
+    "memoryview": memoryview,
+    "slice": lambda view: view[:],
+    "cast": lambda view: view.cast("B"),
+    "ctypes": _ctypes_alias,
+}
+
+
+@pytest.mark.parametrize("derive", DERIVED_VIEWS.values(), ids=DERIVED_VIEWS.keys())
+async def test_with_guard_views_a_derived_view_never_sees_the_next_lease(
+    derive: Any,
+) -> None:
+    pool = BufferPool(guard_views=True)
+    buf = pool.lease_nowait(1 * KiB)
+    buf.view[:3] = b"old"
+    alias = derive(buf.view)
+    buf.release()
+    with pool.lease_nowait(1 * KiB) as again:
+        again.view[:3] = b"new"
+        assert bytes(alias)[:3] == b"old"
+
+
+async def test_a_view_exported_by_its_holder_makes_release_raise_and_change_nothing() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    buf = pool.lease_nowait(1 * KiB)
+    holder = pickle.PickleBuffer(buf.view)  # holds the view itself, like recv_into in a thread
+    with pytest.raises(BufferError):
+        buf.release()
+    assert not buf.released and limiter.bytes_in_use == 1 * KiB
+    holder.release()
+    buf.release()
+    assert limiter.bytes_in_use == 0
+
+
+async def test_the_slot_of_a_view_that_outlives_release_stays_charged_to_the_pool() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter, guard_views=True)
+    buf = pool.lease_nowait(1 * KiB, owner="conn")
+    alias = memoryview(buf.view)
+    buf.release()
+    stats = pool.statistics()
+    assert (stats.buffers_quarantined, stats.bytes_quarantined) == (1, 1 * KiB)
+    assert stats.bytes_leased == 0
+    assert (limiter.held_by("conn"), limiter.held_by(pool)) == (0, 1 * KiB)
+    assert pool.trim() == 0 and pool.statistics().buffers_quarantined == 1  # still exported
+    alias.release()
+
+
+async def test_a_quarantined_slot_comes_back_at_trim_once_its_views_are_gone() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter, trim_after=math.inf, guard_views=True)
+    buf = pool.lease_nowait(1 * KiB)
+    buf.view[:3] = b"old"
+    alias = buf.view[:3]
+    buf.release()
+    del alias
+    pool.trim()
+    stats = pool.statistics()
+    assert (stats.buffers_quarantined, stats.bytes_quarantined) == (0, 0)
+    assert limiter.bytes_in_use == 0
+    with pool.lease_nowait(1 * KiB) as again:
+        assert bytes(again.view[:3]) == b"old"  # the same slot, reused
+
+
+async def test_a_leaked_buffer_whose_view_is_exported_keeps_the_statistics_true() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter, leak_detection="off", trim_after=math.inf)
+    buf = pool.lease_nowait(1 * KiB, owner="conn")
+    holder = pickle.PickleBuffer(buf.view)
+    del buf
+    gc.collect()
+    stats = pool.statistics()
+    assert (stats.leaks_detected, stats.bytes_leased, stats.bytes_quarantined) == (1, 0, 1 * KiB)
+    assert (limiter.held_by("conn"), limiter.held_by(pool)) == (0, 1 * KiB)
+    holder.release()
+    del holder
+    pool.trim()
+    assert pool.statistics().bytes_quarantined == limiter.bytes_in_use == 0
+    assert pool.statistics().size_classes[0].buffers_leased == 0
+
+
+async def test_a_collected_pool_leaves_its_quarantined_slots_for_any_trim_to_forget() -> None:
+    pool = BufferPool(leak_detection="off", guard_views=True)
+    buf = pool.lease_nowait(1 * KiB)
+    slot = buf._slot  # type: ignore[attr-defined]  # the guard's own view of the slot
+    alias = memoryview(buf.view)
+    buf.release()
+    del pool, buf
+    gc.collect()
+    BufferPool().trim()
+    assert id(slot) in _LENT_SLOTS  # the view still needs its slot
+    alias.release()
+    BufferPool().trim()
+    assert id(slot) not in _LENT_SLOTS
+
+
+_COLLECT_IN_CYCLES = """
+import gc
+from millpond.buffers import BufferPool
+
+gc.disable()
+for _ in range(20):
+    # Released while a derived view lives, the view and the pool in one cycle.
+    pool = BufferPool(leak_detection="off", guard_views=True)
+    buf = pool.lease_nowait(1024)
+    junk = [memoryview(buf.view), pool]
+    junk.append(junk)
+    buf.release()
+    del pool, buf, junk
+    gc.collect()
+    # Never released: the buffer, a derived view and the pool in one cycle.
+    pool = BufferPool(leak_detection="off", guard_views=True)
+    buf = pool.lease_nowait(1024)
+    junk = [memoryview(buf.view), buf]
+    junk.append(junk)
+    del buf, pool, junk
+    gc.collect()
+print("collected")
+"""
+
+
+def test_leases_and_their_derived_views_collected_in_reference_cycles_do_not_crash() -> None:
+    # CPython before 3.12.7 crashes when the collector clears a memoryview that is still
+    # exported (gh-77894); the pool must never let a lent slot be that memoryview.
+    # In a child process, because what fails here is the interpreter.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.run(
+        [sys.executable, "-c", _COLLECT_IN_CYCLES],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert (child.returncode, child.stdout.strip()) == (0, "collected"), child.stderr
+
+
+# -- after the run -----------------------------------------------------------------------
+
+
+def _lease_in_a_run(pool: BufferPool, nbytes: int) -> Buffer:
+    leased: list[Buffer] = []
+
+    async def lease() -> None:
+        leased.append(pool.lease_nowait(nbytes))
+
+    trio.run(lease)
+    return leased[0]
+
+
+def test_a_buffer_leaked_after_its_run_ended_gives_its_bytes_back_at_once() -> None:
+    limiter = BufferLimiter(64 * KiB)
+    pool = BufferPool(limiter, leak_detection="off")
+    leaked = [_lease_in_a_run(pool, 64 * KiB)]
+    leaked.clear()
+    gc.collect()
+    assert limiter.bytes_in_use == 0  # no pool call needed
+    assert pool.statistics().leaks_detected == 1
+
+
+def test_a_buffer_released_by_a_thread_after_its_run_ended_gives_its_bytes_back() -> None:
+    limiter = BufferLimiter(64 * KiB)
+    pool = BufferPool(limiter)
+    buf = _lease_in_a_run(pool, 64 * KiB)
+    thread = threading.Thread(target=buf.release)
+    thread.start()
+    thread.join()
+    assert limiter.bytes_in_use == 0
+    stats = pool.statistics()
+    assert (stats.releases, stats.bytes_leased) == (1, 0)
+
+
+async def test_a_leak_leased_in_a_worker_thread_names_the_line_that_awaited_it() -> None:
+    pool = BufferPool(BufferLimiter(64 * KiB), leak_detection="all")
+    buf = await trio.to_thread.run_sync(pool.lease_nowait, 1000)
+    line = sys._getframe().f_lineno - 1
+    with pytest.warns(BufferLeakWarning) as record:
+        # What the collector would do; Trio's worker keeps the result alive for a while.
+        buf.__del__()
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
+    leak = pool.statistics().recent_leaks[0]
+    assert (leak.filename, leak.lineno) == (__file__, line)
+    assert leak.task_name == trio.lowlevel.current_task().name
+
+
+class _DropsABufferWhenHashed:
+    # An owner whose second hash (the limiter's, after the pool checked it) drops the
+    # last reference to another buffer, so that buffer's finalizer runs in the middle
+    # of the pool's bookkeeping.
+    def __init__(self, box: list[Buffer]) -> None:
+        self.box = box
+        self.hashes = 0
+
+    def __hash__(self) -> int:
+        self.hashes += 1
+        if self.hashes == 2:
+            self.box.clear()
+        return 0
+
+
+def test_a_leak_found_inside_the_pools_own_bookkeeping_is_applied_when_it_ends() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter, leak_detection="off")  # outside any run: no home thread
+    box = [pool.lease_nowait(64 * KiB)]
+    owner = _DropsABufferWhenHashed(box)
+    buf = pool.lease_nowait(1 * KiB, owner=owner)
+    assert box == []
+    assert limiter.bytes_in_use == 1 * KiB == limiter.held_by(owner)  # the leak is back
+    stats = pool.statistics()
+    assert (stats.leaks_detected, stats.bytes_leased) == (1, 1 * KiB)
+    buf.release()
+
+
+# -- what a leak and a failure give back (issue 11, point 9) --------------------------------
+
+
+async def test_a_leaked_buffer_gives_back_its_slot_and_the_pools_counters() -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter, leak_detection="off")
+    box = [pool.lease_nowait(2 * KiB)]
+    box[0].view[:6] = b"marker"
+    box.clear()
+    gc.collect()
+    stats = pool.statistics()
+    assert (stats.leaks_detected, stats.leases, stats.releases, stats.bytes_leased) == (1, 1, 1, 0)
+    assert stats.size_classes[1].buffers_leased == 0 and limiter.bytes_in_use == 0
+    with pool.lease_nowait(2 * KiB) as again:
+        assert bytes(again.view[:6]) == b"marker"  # the same slot, free again
+    assert pool.statistics().size_classes[1].slabs == 1
+
+
+@pytest.mark.parametrize("nbytes", [1 * KiB, 100_000], ids=["slab", "dedicated"])
+@pytest.mark.parametrize("error", [OSError, MemoryError])
+@pytest.mark.parametrize("waits", [False, True], ids=["lease_nowait", "lease"])
+async def test_a_failed_mmap_gives_back_its_charge_and_leaves_the_pool_as_it_was(
+    monkeypatch: pytest.MonkeyPatch, nbytes: int, error: type[Exception], waits: bool
+) -> None:
+    limiter = BufferLimiter(1 * MiB)
+    pool = BufferPool(limiter)
+    held = pool.lease_nowait(64 * KiB)  # a slab that is mapped and stays so
+    before = pool.statistics()
+
+    def no_memory(*args: object, **kwargs: object) -> mmap.mmap:
+        raise error("injected")
+
+    monkeypatch.setattr(sizeclasses.mmap, "mmap", no_memory)
+    with pytest.raises(error, match="injected"):
+        if waits:
+            await pool.lease(nbytes)
+        else:
+            pool.lease_nowait(nbytes)
+    monkeypatch.undo()
+    assert limiter.bytes_in_use == held.capacity
+    assert limiter.held_by(trio.lowlevel.current_task()) == held.capacity
+    assert pool.statistics() == before
+    held.release()
+    with pool.lease_nowait(nbytes):  # and the pool still works
+        pass

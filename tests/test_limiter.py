@@ -614,7 +614,7 @@ def test_release_outside_any_task_or_worker_thread_is_a_runtime_error() -> None:
         limiter.release(1)
 
 
-def test_release_from_a_thread_after_the_run_finished_raises_run_finished_error() -> None:
+def test_release_from_a_thread_after_the_run_finished_is_made_in_that_thread() -> None:
     limiter = BufferLimiter(100)
 
     async def main() -> None:
@@ -632,7 +632,8 @@ def test_release_from_a_thread_after_the_run_finished_raises_run_finished_error(
     thread = threading.Thread(target=release_in_thread)
     thread.start()
     thread.join()
-    assert [type(exc) for exc in errors] == [trio.RunFinishedError]
+    assert errors == []
+    assert limiter.bytes_in_use == 0
 
 
 def test_a_limiter_can_serve_one_trio_run_after_another() -> None:
@@ -807,3 +808,54 @@ def test_charge_checks_its_arguments() -> None:
     with pytest.raises(TypeError, match="owner"):
         limiter.charge_on_behalf_of([], 1)
     assert limiter.bytes_in_use == 0
+
+
+# -- transfers: memory that changes hands -----------------------------------------------------
+
+
+def test_transfer_moves_bytes_between_owners_without_changing_what_is_in_use() -> None:
+    limiter = BufferLimiter(100)
+    limiter.acquire_on_behalf_of_nowait("pool", 60)
+    grants = limiter.statistics().grants
+    limiter.transfer("pool", "conn", 40)
+    assert (limiter.held_by("pool"), limiter.held_by("conn"), limiter.bytes_in_use) == (20, 40, 60)
+    limiter.transfer("pool", "conn", 20)
+    assert (limiter.held_by("pool"), limiter.held_by("conn")) == (0, 60)
+    assert limiter.statistics().grants == grants  # nothing new was granted
+
+
+async def test_transfer_frees_nothing_for_waiters(nursery: trio.Nursery) -> None:
+    limiter = BufferLimiter(100)
+    limiter.acquire_on_behalf_of_nowait("pool", 100)
+    waiter = await queue_up(nursery, limiter, "other", 10)
+    limiter.transfer("pool", "conn", 100)
+    await wait_all_tasks_blocked()
+    assert waiter.outcome == "waiting"
+    limiter.release_on_behalf_of("conn", 10)
+    await wait_all_tasks_blocked()
+    assert waiter.outcome == "granted"
+
+
+async def test_transfer_makes_the_taker_a_holder_whose_waiters_may_use_the_reserve(
+    nursery: trio.Nursery,
+) -> None:
+    limiter = BufferLimiter(100, reserved_bytes=20)
+    limiter.acquire_on_behalf_of_nowait("pool", 80)
+    waiter = await queue_up(nursery, limiter, "conn", 10)  # ordinary: the reserve is not its
+    assert waiter.outcome == "waiting"
+    limiter.transfer("pool", "conn", 5)
+    await wait_all_tasks_blocked()
+    assert waiter.outcome == "granted"
+    assert limiter.held_by("conn") == 15
+
+
+def test_transfer_of_more_than_the_giver_holds_is_a_runtime_error() -> None:
+    limiter = BufferLimiter(100)
+    limiter.acquire_on_behalf_of_nowait("pool", 10)
+    with pytest.raises(RuntimeError, match="holds 10"):
+        limiter.transfer("pool", "conn", 11)
+    with pytest.raises(TypeError, match="owner"):
+        limiter.transfer("pool", [], 1)
+    with pytest.raises(ValueError, match="nbytes"):
+        limiter.transfer("pool", "conn", 0)
+    assert (limiter.held_by("pool"), limiter.held_by("conn")) == (10, 0)

@@ -135,6 +135,21 @@ class Model:
             del self.held[owner]
         self.serve()
 
+    def transfer(self, giver: str, taker: str, nbytes: int) -> None:
+        assert nbytes <= self.held.get(giver, 0)
+        self.held[giver] -= nbytes
+        if not self.held[giver]:
+            del self.held[giver]
+        new_holder = not self.held.get(taker)
+        self.held[taker] = self.held.get(taker, 0) + nbytes
+        if new_holder:
+            promoted = [w for w in self.ordinary if w.owner == taker]
+            self.ordinary = [w for w in self.ordinary if w.owner != taker]
+            for w in promoted:
+                w.privileged = True
+            self.privileged += promoted
+            self.serve()
+
     def withdraw(self, waiter: ModelWaiter) -> None:
         (self.privileged if waiter.privileged else self.ordinary).remove(waiter)
         waiter.outcome = "cancelled"
@@ -325,6 +340,18 @@ class LimiterMachine(RuleBasedStateMachine):
             self.settle()
         else:
             self.in_trio(lambda: self.limiter.release_on_behalf_of(owner, nbytes))
+
+    @precondition(lambda self: self.model.held)
+    @rule(data=st.data(), taker=st.sampled_from(OWNERS), from_thread=st.booleans())
+    def transfer(self, data: st.DataObject, taker: str, from_thread: bool) -> None:
+        giver = data.draw(st.sampled_from(sorted(self.model.held)))
+        nbytes = data.draw(st.integers(1, self.model.held[giver]))
+        self.model.transfer(giver, taker, nbytes)
+        if from_thread:
+            self.limiter.transfer(giver, taker, nbytes)
+            self.settle()
+        else:
+            self.in_trio(lambda: self.limiter.transfer(giver, taker, nbytes))
 
     @rule(owner=st.sampled_from(OWNERS), extra=st.integers(1, 5), from_thread=st.booleans())
     def release_too_much(self, owner: str, extra: int, from_thread: bool) -> None:

@@ -11,11 +11,12 @@ system after a quiet period. A buffer that is garbage collected without
 ``release()`` is reclaimed and, if it was sampled, reported with a
 :class:`BufferLeakWarning` that names where it was leased.
 
-The size classes and the slabs themselves (their arithmetic and bookkeeping)
-are in ``sizeclasses.py``, and the leak warning, its report and the sampling
-rate in ``leaks.py``. This module still exports the names it always did
-(:data:`SIZE_CLASSES`, :func:`size_class_index`, :func:`capacity_for`,
-:class:`BufferLeakWarning`, :class:`LeakReport`).
+The :class:`Buffer` a caller holds is in ``lease.py``, the size classes and the
+slabs themselves (their arithmetic and bookkeeping) in ``sizeclasses.py``, and
+the leak warning, its report and the sampling rate in ``leaks.py``. This module
+still exports the names it always did (:class:`Buffer`, :data:`SIZE_CLASSES`,
+:func:`size_class_index`, :func:`capacity_for`, :class:`BufferLeakWarning`,
+:class:`LeakReport`).
 ``docs/buffers.md`` explains the size classes, the slack bound and the trimming
 rules at length.
 """
@@ -25,25 +26,31 @@ from __future__ import annotations
 import collections
 import math
 import mmap
+import os
 import queue
 import random
 import sys
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from types import TracebackType
+from types import FrameType
 from typing import Final, TypeVar, TypeVarTuple
 
 import outcome
 import trio
 
 from .leaks import _LEAK_LEVELS, _SAMPLE_BITS, BufferLeakWarning, LeakReport, _Site
+from .lease import _EXPORTED, _LEAKED, Buffer, _GuardedBuffer, _Return
 from .limiter import BufferLimiter, _run_is_over
 from .needs_trio import require_trio_run
 from .sizeclasses import (
+    _LENT_SLOTS,
+    _LENT_VIEWS_SHOW_EXPORTS,
     _MIN_SHIFT,
+    _ORPHANED_SLOTS,
     MAX_CLASS_BYTES,
     MIN_CLASS_BYTES,
     PAGE_BYTES,
@@ -51,6 +58,7 @@ from .sizeclasses import (
     SLAB_BYTES,
     _SizeClass,
     _Slab,
+    _SlotWaiter,
     capacity_for,
     size_class_index,
 )
@@ -81,11 +89,11 @@ DEFAULT_MAX_IDLE_BYTES: Final = 8 * 1024 * 1024
 # How many tracked leaks statistics() remembers, for the introspection endpoint.
 RECENT_LEAKS_KEPT: Final = 32
 
-# What a queued return is (see BufferPool._hand_home).
-_RELEASED: Final = 0
-_LEAKED: Final = 1
-_LEAKED_EXPORTED: Final = 2
 _get_ident: Final = threading.get_ident
+# Where a pool call runs (BufferPool._enter).
+_AT_HOME: Final = 0
+_AWAY: Final = 1
+_ALONE: Final = 2
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
@@ -105,9 +113,17 @@ class BufferPoolStatistics:
     """A snapshot of a :class:`BufferPool`, from :meth:`BufferPool.statistics`.
 
     * ``size_classes``: one :class:`SizeClassStatistics` per entry of :data:`SIZE_CLASSES`.
-    * ``bytes_leased``: capacity of all live leases; what the limiter is charged.
+    * ``bytes_leased``: capacity of all live leases; what the limiter charges their owners.
+    * ``bytes_fragmented``: free slots of partly used slabs (not the current one of
+      their class), which the pool holds in the limiter as its own charge.
+    * ``buffers_quarantined`` / ``bytes_quarantined``: slots whose lease ended (or
+      leaked) while a view of them was still exported; kept out of use, and charged
+      to the pool, until :meth:`BufferPool.trim` finds the view gone.
     * ``bytes_reserved_by_slabs``: bytes mapped by slabs (what the pool holds, RSS-ish);
-      ``bytes_reserved_by_slabs + bytes_dedicated - bytes_leased`` is the pool's slack.
+      ``bytes_reserved_by_slabs + bytes_dedicated`` minus ``bytes_leased``,
+      ``bytes_fragmented`` and ``bytes_quarantined`` is the pool's slack beyond what
+      it is charged: at most one current slab per class
+      plus ``max_idle_bytes`` (docs/buffers.md, "The memory bound").
     * ``bytes_idle``: of those, bytes in slabs none of whose buffers is leased.
     * ``dedicated_buffers`` / ``bytes_dedicated``: live leases above 64 KiB, each its own mapping.
     * ``leases``, ``releases``: totals since the pool was made (a leak counts as a release).
@@ -134,157 +150,9 @@ class BufferPoolStatistics:
     leak_detection: str
     recent_leaks: tuple[LeakReport, ...]
     bytes_scratch: int = 0
-
-
-class Buffer:
-    """A lease of one buffer from a :class:`BufferPool`; get one with :meth:`BufferPool.lease`.
-
-    ``buf.view`` is a writable memoryview of the first ``buf.nbytes`` bytes of a
-    ``buf.capacity``-byte slot; hand it to ``recv_into``. Release the lease exactly
-    once, preferably with ``with``::
-
-        with await pool.lease(65536) as buf:
-            n = sock.recv_into(buf.view)
-            buf.set_length(n)
-            process(buf.view)
-
-    After release, the memoryview object that ``.view`` returned is released too,
-    so stale uses raise ValueError instead of reading recycled memory. Slices the
-    caller took of it (``buf.view[:n]``) are separate objects and are *not*
-    released: do not keep them past ``release()``. ``.view`` on a released Buffer
-    raises :class:`trio.ClosedResourceError`. A Buffer belongs to one task or
-    thread at a time; it may be released from a worker thread. Its bytes are not
-    zeroed between leases: read only what you wrote.
-    """
-
-    __slots__ = ("_pool", "_slab", "_offset", "_capacity", "_length", "_view", "_owner", "_site")
-
-    def __init__(
-        self,
-        pool: BufferPool,
-        slab: _Slab,
-        offset: int,
-        capacity: int,
-        nbytes: int,
-        owner: Hashable,
-        site: _Site | None,
-    ) -> None:
-        # Not public: the pool builds Buffers.
-        self._pool = pool
-        self._offset = offset
-        self._capacity = capacity
-        self._length = nbytes
-        self._view = slab.base[offset : offset + nbytes]
-        self._owner = owner
-        self._site = site
-        self._slab: _Slab | None = slab
-
-    @property
-    def view(self) -> memoryview:
-        """Writable memoryview of the usable bytes (``nbytes`` long)."""
-        if self._slab is None:
-            raise trio.ClosedResourceError("this Buffer was released")
-        return self._view
-
-    @property
-    def capacity(self) -> int:
-        """Size of the slot: the size class, or the page-rounded size of a dedicated buffer."""
-        return self._capacity
-
-    @property
-    def nbytes(self) -> int:
-        """Current length of ``view``: what was leased, or the last ``set_length``."""
-        return self._length
-
-    @property
-    def owner(self) -> Hashable:
-        """Who the limiter charged for this buffer (by default the task that leased it)."""
-        return self._owner
-
-    @property
-    def released(self) -> bool:
-        """True once ``release()`` ran (or the pool reclaimed the buffer)."""
-        return self._slab is None
-
-    @trio.lowlevel.enable_ki_protection
-    def set_length(self, nbytes: int) -> None:
-        """Make ``view`` cover the first *nbytes* bytes of the slot (0 <= nbytes <= capacity).
-
-        The previous view object is released; its contents stay in place.
-        """
-        slab = self._slab
-        if slab is None:
-            raise trio.ClosedResourceError("this Buffer was released")
-        if type(nbytes) is not int:  # noqa: E721  (bool is not a length)
-            raise TypeError(f"nbytes must be an int, not {type(nbytes).__name__}")
-        if not 0 <= nbytes <= self._capacity:
-            raise ValueError(
-                f"nbytes must be between 0 and capacity {self._capacity}, not {nbytes}"
-            )
-        offset = self._offset
-        view = slab.base[offset : offset + nbytes]
-        try:
-            self._view.release()
-        except BufferError:
-            view.release()
-            raise
-        self._view = view
-        self._length = nbytes
-
-    @trio.lowlevel.enable_ki_protection
-    def release(self) -> None:
-        """Return the buffer to its pool and its capacity to the limiter.
-
-        Raises RuntimeError if the buffer was already released, and BufferError
-        (changing nothing) if ``view`` is still exported, e.g. by a ``recv_into``
-        running in another thread.
-        """
-        slab = self._slab
-        if slab is None:
-            raise RuntimeError("Buffer.release() called twice")
-        self._view.release()
-        self._slab = None
-        pool = self._pool
-        if _get_ident() == pool._home or (pool._home is None and pool._token is None):
-            pool._give_back_here(slab, self._offset, self._capacity, self._owner)
-        else:  # another thread: the home thread applies it
-            pool._hand_home((slab, self._offset, self._capacity, self._owner, _RELEASED))
-
-    def __enter__(self) -> Buffer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        # Tolerates an explicit release() inside the block, like closing a file twice
-        # with ``with``; only a second explicit release() is an error.
-        if self._slab is not None:
-            self.release()
-
-    @trio.lowlevel.enable_ki_protection
-    def __del__(self, _finalizing: Callable[[], bool] = sys.is_finalizing) -> None:
-        # Runs inside the garbage collector: on any thread, at any allocation, maybe
-        # in the middle of the pool's own bookkeeping on this very thread. So it
-        # changes no pool state and touches no Trio state: _leaked() only appends to
-        # a deque and pokes the home thread through TrioToken.run_sync_soon, which
-        # Trio makes safe for exactly this (its async-generator finalizer does too).
-        slab = self._slab
-        if slab is None or _finalizing():  # at interpreter exit nobody needs it back
-            return
-        self._slab = None
-        try:
-            self._view.release()
-            exported = False
-        except BufferError:
-            exported = True  # someone still reads it: its slot must never be reused
-        self._pool._leaked(slab, self._offset, self._capacity, self._owner, self._site, exported)
-
-    def __repr__(self) -> str:
-        state = "released" if self._slab is None else f"nbytes={self._length}"
-        return f"<millpond.Buffer capacity={self._capacity} {state}>"
+    bytes_fragmented: int = 0
+    buffers_quarantined: int = 0
+    bytes_quarantined: int = 0
 
 
 class BufferPool:
@@ -295,7 +163,9 @@ class BufferPool:
     1 KiB to 64 KiB; bigger requests get a mapping of their own), carves them from
     slabs of anonymous memory, and charges every leased byte (the class size, not
     the requested size) to *limiter*, so a full budget makes ``lease()`` wait in
-    the limiter's FIFO queue::
+    the limiter's FIFO queue. A slot freed in a slab that other leases keep mapped
+    stays charged, to the pool itself, until the next lease of its class takes it
+    over: the limiter's budget bounds what the pool maps, fragmentation included::
 
         pool = millpond.BufferPool(millpond.BufferLimiter(64 * 1024 * 1024))
         with await pool.lease(65536) as buf:
@@ -313,14 +183,19 @@ class BufferPool:
         ``math.inf`` keeps idle slabs until ``trim(force=True)``.
       max_idle_bytes: most bytes of entirely free slabs kept (besides each class's
         current slab); beyond it the oldest idle slab is unmapped at once. None: no cap.
+      guard_views: also keep a slot out of use while views *derived* from a released
+        lease's ``view`` live (slices, ``memoryview(view)``, ``numpy.frombuffer``),
+        for code that keeps them; costs about 2.5 µs per lease (docs/buffers.md,
+        "Views after release"). Without it only exports of ``view`` itself are noticed.
 
     The pool belongs to the Trio run that first uses it, and its bookkeeping
     happens on that run's thread, without locks. From a worker thread
     (:func:`trio.to_thread.run_sync`) ``Buffer.release()`` hands the return to
     the Trio thread and returns at once (it is done before the worker's result
     reaches the waiting task); ``lease_nowait``, ``trim`` and ``statistics`` are
-    carried over and wait for the answer. Outside any Trio run the pool works on
-    the calling thread, unsynchronised.
+    carried over and wait for the answer. Outside any live Trio run (before the
+    first, after the last) the pool works on the calling thread, under a lock; when
+    its run ends it applies every queued return, and applies later ones at once.
     """
 
     def __init__(
@@ -330,6 +205,7 @@ class BufferPool:
         leak_detection: str = "sampled",
         trim_after: float = DEFAULT_TRIM_AFTER,
         max_idle_bytes: int | None = DEFAULT_MAX_IDLE_BYTES,
+        guard_views: bool = False,
     ) -> None:
         if limiter is not None and not isinstance(limiter, BufferLimiter):
             raise TypeError(
@@ -353,6 +229,12 @@ class BufferPool:
             if max_idle_bytes < 0:
                 raise ValueError(f"max_idle_bytes must be >= 0, not {max_idle_bytes}")
         self._limiter = limiter
+        if not isinstance(guard_views, bool):
+            raise TypeError(f"guard_views must be a bool, not {type(guard_views).__name__}")
+        # Where this CPython cannot tell (sizeclasses.py), leases are not guarded.
+        self._lent: type[Buffer] = (
+            _GuardedBuffer if guard_views and _LENT_VIEWS_SHOW_EXPORTS else Buffer
+        )
         self._leak_level = _LEAK_LEVELS.index(leak_detection)  # 0 off, 1 sampled, 2 all
         self._trim_after = float(trim_after)
         self._max_idle_bytes = math.inf if max_idle_bytes is None else max_idle_bytes
@@ -361,6 +243,7 @@ class BufferPool:
         self._slab_bytes = 0
         self._scratch: mmap.mmap | None = None
         self._idle_bytes = 0  # slabs in the ``idle`` dicts (not idle current slabs)
+        self._bytes_fragmented = 0  # free slots of partial slabs: charged to the pool
         self._dedicated = 0
         self._dedicated_bytes = 0
         self._leases = 0
@@ -380,13 +263,18 @@ class BufferPool:
         # Returns made where the pool's state must not be touched: releases from
         # other threads and leaks found by Buffer.__del__. Deque appends and pops
         # are atomic; _drain() applies them on the home thread.
-        self._pending: collections.deque[tuple[_Slab, int, int, Hashable, int]] = (
-            collections.deque()
-        )
+        self._pending: collections.deque[_Return] = collections.deque()
+        # Slots whose lease ended while views derived from its view lived (slab,
+        # offset, capacity, the slot's view): see _quarantine_here.
+        self._quarantined: list[tuple[_Slab, int, int, memoryview]] = []
+        self._bytes_quarantined = 0
         self._recent_leaks: collections.deque[LeakReport] = collections.deque(
             maxlen=RECENT_LEAKS_KEPT
         )
         self._sample = random.Random().getrandbits
+        # Taken only where no live run gives the pool a home thread: after its run,
+        # before its first, and by the run_sync_soon callback (see _apply_alone).
+        self._lock = threading.Lock()
         if trio.lowlevel.in_trio_run():
             self._enter()  # belong to this run from the start, not to a worker thread
 
@@ -420,19 +308,23 @@ class BufferPool:
         """Lease a buffer of at least *nbytes* now, or raise :class:`trio.WouldBlock`.
 
         WouldBlock means the limiter has no room (or others are already queued for
-        it). *owner* is who the limiter charges; by default the current Trio task
-        (in a worker thread or outside Trio, the current thread).
+        it); a free slot of a partly used slab needs no room, its bytes are already
+        charged (to the pool, which hands the charge over). *owner* is who the
+        limiter charges; by default the current Trio task (in a worker thread or
+        outside Trio, the current thread).
         """
         index, capacity, owner, site = self._request(nbytes, owner)
-        if _get_ident() != self._home and not self._enter():
-            return self._call_at_home(self._lease_here, index, nbytes, capacity, owner, site)
+        if _get_ident() != self._home:
+            return self._elsewhere(self._lease_here, index, nbytes, capacity, owner, site)
         return self._lease_here(index, nbytes, capacity, owner, site)
 
     def _lease_here(
         self, index: int, nbytes: int, capacity: int, owner: Hashable, site: _Site | None
     ) -> Buffer:
         if self._pending:
-            self._drain()
+            self._drain_here()
+        if self._bytes_fragmented and index >= 0 and self._classes[index].partial:
+            return self._take_free_slot(self._classes[index], nbytes, capacity, owner, site)
         limiter = self._limiter
         if limiter is not None:
             limiter.acquire_on_behalf_of_nowait(owner, capacity)
@@ -444,18 +336,58 @@ class BufferPool:
 
         Always a checkpoint. Cancelled, it charges nothing. See :meth:`lease_nowait`.
         """
+        require_trio_run("BufferPool.lease")
         index, capacity, owner, site = self._request(nbytes, owner)
         if _get_ident() != self._home:
-            self._enter()
+            self._enter()  # inside Trio this binds the pool to this run, or raises
         if self._pending:
-            self._drain()  # queued returns may hold the capacity we are about to wait for
+            self._drain_here()  # queued returns may hold the capacity we are about to wait for
         limiter = self._limiter
         if limiter is None:
-            require_trio_run("BufferPool.lease")
             await trio.lowlevel.checkpoint()
-        else:
+            return self._lease_here(index, nbytes, capacity, owner, site)
+        if index < 0 or self._classes[index].slots == 1:
             await limiter.acquire_on_behalf_of(owner, capacity)
+        elif self._classes[index].partial:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            buffer = self._take_free_slot(self._classes[index], nbytes, capacity, owner, site)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return buffer
+        else:
+            return await self._wait_for_slot(index, nbytes, capacity, owner, site)
         return self._take(index, nbytes, capacity, owner, site)
+
+    async def _wait_for_slot(
+        self, index: int, nbytes: int, capacity: int, owner: Hashable, site: _Site | None
+    ) -> Buffer:
+        # Wait in the limiter for the bytes of a slot in the current or a new slab. A
+        # slot that a release frees meanwhile in a partly used slab of this class is
+        # already paid for: it is handed to the oldest such wait (_hand_over), which
+        # cancels the wait in the limiter through this scope.
+        limiter = self._limiter
+        assert limiter is not None
+        size_class = self._classes[index]
+        scope = trio.CancelScope()
+        waiter = _SlotWaiter(owner, scope.cancel)
+        size_class.waiters.append(waiter)
+        try:
+            with scope:
+                await limiter.acquire_on_behalf_of(owner, capacity)
+        except BaseException:
+            if waiter.slot is None:
+                size_class.waiters.remove(waiter)
+            else:  # handed a slot, then cancelled from outside before we could take it
+                self._give_back_here(*waiter.slot, capacity, owner)
+            raise
+        if waiter.slot is None:
+            size_class.waiters.remove(waiter)
+            return self._take(index, nbytes, capacity, owner, site)
+        if not scope.cancelled_caught:
+            # Granted in the same tick as handed a slot (the grant's checkpoint is
+            # shielded): the slot is charged to us already, the grant is spare.
+            limiter.release_on_behalf_of(owner, capacity)
+        slab, offset = waiter.slot
+        return self._lent(self, slab, offset, capacity, nbytes, owner, site)
 
     def _request(
         self, nbytes: int, owner: Hashable | None
@@ -494,6 +426,7 @@ class BufferPool:
     ) -> Buffer:
         # Home thread. The limiter already charged *capacity*: give it back if no
         # memory comes of it (mmap can fail).
+        limiter = self._limiter
         try:
             if index >= 0:
                 size_class = self._classes[index]
@@ -509,24 +442,51 @@ class BufferPool:
                 self._dedicated += 1
                 self._dedicated_bytes += capacity
         except BaseException:
-            if self._limiter is not None:
-                self._limiter.release_on_behalf_of(owner, capacity)
+            if limiter is not None:
+                limiter.release_on_behalf_of(owner, capacity)
             raise
         self._leases += 1
         self._bytes_leased += capacity
-        return Buffer(self, slab, offset, capacity, nbytes, owner, site)
+        lent = self._lent if index >= 0 else Buffer
+        return lent(self, slab, offset, capacity, nbytes, owner, site)
+
+    def _take_free_slot(
+        self,
+        size_class: _SizeClass,
+        nbytes: int,
+        capacity: int,
+        owner: Hashable,
+        site: _Site | None,
+    ) -> Buffer:
+        # A free slot of a partly used slab: the pool holds its charge, and the lease
+        # takes it over (limiter.transfer) instead of asking for new bytes; no wait,
+        # since the memory is already there. The slab that most recently had room
+        # first: leases gather in few slabs, so that the others can drain and go idle.
+        partial = size_class.partial
+        slab = next(reversed(partial))
+        free = slab.free
+        offset = free.pop()
+        if not free:
+            del partial[slab]
+        slab.leased += 1
+        size_class.leased += 1
+        self._bytes_fragmented -= capacity
+        self._leases += 1
+        self._bytes_leased += capacity
+        if self._limiter is not None:
+            self._limiter.transfer(self, owner, capacity)
+        return self._lent(self, slab, offset, capacity, nbytes, owner, site)
 
     def _next_slab(self, size_class: _SizeClass) -> _Slab:
-        # Lease slow path: the current slab is full. Prefer a partly used slab (packs
-        # leases into few slabs so the rest can go idle), then the most recently
-        # idled one (warm pages; the oldest stay to be trimmed), then a new one.
-        # Trim first, so that the slab chosen here is not unmapped under us.
+        # Lease slow path: the current slab is full and no partly used slab has room
+        # (the lease looked first, and while it waits freed slots are handed to it).
+        # Prefer the most recently idled slab (warm pages; the oldest
+        # stay to be trimmed), then a new one. Trim first, so that the slab chosen
+        # here is not unmapped under us.
         now = self._clock()
         if now >= self._trim_due:
             self._trim_here(now, force=False)
-        if size_class.partial:
-            slab, _ = size_class.partial.popitem()
-        elif size_class.idle:
+        if size_class.idle:
             slab, _ = size_class.idle.popitem()
             self._idle_bytes -= SLAB_BYTES
         else:
@@ -537,6 +497,17 @@ class BufferPool:
         return slab
 
     # -- giving back --------------------------------------------------------
+    #
+    # Where a freed slot goes, and who is charged for it (docs/buffers.md, "The
+    # memory bound"). A slot of the current slab goes back to the free list and its
+    # bytes to the limiter, as they always did: at most one current slab per class
+    # has free slots nobody is charged for. A slot of any other slab that still has
+    # leases cannot be given back to the system, so its bytes stay charged, to the
+    # pool (limiter.transfer): the pool holds the free slots of its partly used
+    # slabs, and bytes_in_use follows what is really mapped. A lease that takes such
+    # a slot takes the charge over, without waiting; if a lease of that class is
+    # waiting in the limiter, the slot goes straight to it. When a slab's last lease
+    # goes, the whole slab's charge goes back to the limiter, and the slab is idle.
 
     def _give_back_here(self, slab: _Slab, offset: int, capacity: int, owner: Hashable) -> None:
         # Hot path (every receive ends here), home thread only; see Buffer.release().
@@ -547,29 +518,116 @@ class BufferPool:
             self._dedicated -= 1
             self._dedicated_bytes -= capacity
             slab.unmap()
-        else:
+        elif slab is size_class.current:
             size_class.leased -= 1
-            free = slab.free
-            free.append(offset)
+            slab.free.append(offset)
             slab.leased -= 1
             if not slab.leased:
                 # Idle now: the only place besides the lease slow path that reads the clock.
                 now = slab.idle_since = self._clock()
-                if slab is not size_class.current:
-                    size_class.partial.pop(slab, None)
-                    size_class.idle[slab] = None
-                    self._idle_bytes += SLAB_BYTES
-                    while self._idle_bytes > self._max_idle_bytes:
-                        self._unmap_oldest_idle()
                 if now >= self._trim_due:
                     self._trim_here(now, force=False)
                 elif self._trim_due == math.inf:
                     self._trim_due = now + self._trim_after
-            elif len(free) == 1 and slab is not size_class.current:
-                size_class.partial[slab] = None  # was full, has room again
+        else:
+            size_class.leased -= 1
+            self._free_elsewhere(size_class, slab, offset, capacity, owner)
+            return
         # Slot first, capacity second: the waiter the limiter wakes finds the slot free.
         if self._limiter is not None:
             self._limiter.release_on_behalf_of(owner, capacity)
+
+    def _free_elsewhere(
+        self, size_class: _SizeClass, slab: _Slab, offset: int, capacity: int, owner: Hashable
+    ) -> None:
+        # A slot of a slab that is not its class's current one; its bytes are charged
+        # to *owner* (a lessee, or the pool itself).
+        limiter = self._limiter
+        slab.leased -= 1
+        free = slab.free
+        if slab.leased:
+            if size_class.waiters:
+                self._hand_over(size_class, slab, offset, capacity, owner)
+                return
+            free.append(offset)
+            if len(free) == 1:
+                size_class.partial[slab] = None  # was full, has room again
+            self._bytes_fragmented += capacity
+            if limiter is not None:
+                limiter.transfer(owner, self, capacity)
+            return
+        free.append(offset)
+        fragments = (len(free) - 1) * capacity  # the pool's charge for this slab
+        if fragments:
+            del size_class.partial[slab]
+            self._bytes_fragmented -= fragments
+        now = slab.idle_since = self._clock()
+        size_class.idle[slab] = None
+        self._idle_bytes += SLAB_BYTES
+        while self._idle_bytes > self._max_idle_bytes:
+            self._unmap_oldest_idle()
+        if now >= self._trim_due:
+            self._trim_here(now, force=False)
+        elif self._trim_due == math.inf:
+            self._trim_due = now + self._trim_after
+        if limiter is not None:
+            if fragments:
+                limiter.release_on_behalf_of(self, fragments)
+            limiter.release_on_behalf_of(owner, capacity)
+
+    def _hand_over(
+        self, size_class: _SizeClass, slab: _Slab, offset: int, capacity: int, owner: Hashable
+    ) -> None:
+        # A slot freed in a partly used slab while leases of its class wait in the
+        # limiter: the oldest gets it at once (see _wait_for_slot), as a new lease.
+        waiter = size_class.waiters.popleft()
+        waiter.slot = (slab, offset)
+        slab.leased += 1
+        size_class.leased += 1
+        self._leases += 1
+        self._bytes_leased += capacity
+        waiter.wake()  # Trio withdraws it from the limiter's queue right here
+        if self._limiter is not None:
+            self._limiter.transfer(owner, waiter.owner, capacity)
+
+    def _quarantine_here(
+        self, slab: _Slab, offset: int, capacity: int, owner: Hashable, slot: memoryview
+    ) -> None:
+        # Home thread: a lease ended while views derived from its view still live. Its
+        # slot must not be leased again while they do, and its bytes stay charged, to
+        # the pool, until _reclaim_quarantined finds the slot free of them.
+        size_class = slab.size_class
+        if size_class is None:
+            # A dedicated mapping is never reused: unmap() drops its pages (the views
+            # then read zeros) and the mapping goes with the last of them.
+            self._give_back_here(slab, offset, capacity, owner)
+            return
+        self._releases += 1
+        self._bytes_leased -= capacity
+        size_class.leased -= 1  # slab.leased still counts it: the slab stays mapped
+        self._quarantined.append((slab, offset, capacity, slot))
+        self._bytes_quarantined += capacity
+        if self._limiter is not None:
+            self._limiter.transfer(owner, self, capacity)
+
+    def _reclaim_quarantined(self) -> None:
+        # Give back the quarantined slots whose derived views are all gone, as a
+        # release by the pool (which holds their bytes); the lease's release was
+        # counted when it ended, so undo the counters _give_back_here will redo.
+        kept = []
+        for slab, offset, capacity, slot in self._quarantined:
+            try:
+                slot.release()
+            except BufferError:
+                kept.append((slab, offset, capacity, slot))
+                continue
+            _LENT_SLOTS.pop(id(slot), None)
+            self._bytes_quarantined -= capacity
+            self._releases -= 1
+            self._bytes_leased += capacity
+            slab.size_class.leased += 1  # type: ignore[union-attr]  # slabs of a class only
+            self._give_back_here(slab, offset, capacity, self)
+        self._quarantined = kept
 
     def _leaked(
         self,
@@ -578,10 +636,11 @@ class BufferPool:
         capacity: int,
         owner: Hashable,
         site: _Site | None,
-        exported: bool,
+        kind: int,
+        slot: memoryview,
     ) -> None:
         # From Buffer.__del__: any thread, any moment, see there.
-        self._hand_home((slab, offset, capacity, owner, _LEAKED_EXPORTED if exported else _LEAKED))
+        self._hand_home((slab, offset, capacity, owner, kind, slot))
         if site is not None:
             filename, lineno, task_name = site
             self._recent_leaks.append(LeakReport(filename, lineno, task_name, capacity))
@@ -596,61 +655,105 @@ class BufferPool:
                 lineno,
             )
 
-    def _hand_home(self, item: tuple[_Slab, int, int, Hashable, int]) -> None:
-        # Queue a return for the home thread and wake it. No locks, no Trio state:
-        # TrioToken.run_sync_soon is safe from any thread and from finalizers (Trio's
-        # own async-generator finalizer relies on it). Without a live run the item
-        # waits for the next pool call, which rebinds or unbinds the pool first.
+    def _hand_home(self, item: _Return) -> None:
+        # Queue a return for the home thread and wake it. No Trio state and no
+        # blocking: TrioToken.run_sync_soon is safe from any thread and from
+        # finalizers (Trio's own async-generator finalizer relies on it). Without a
+        # live run the item is applied here, under the lock (_apply_alone). While a
+        # run is ending, between its last callback and its end, the item waits for
+        # _RunEnd.after_run, which applies whatever is queued.
         self._pending.append(item)
         token = self._token
-        if token is not None:
-            try:
-                token.run_sync_soon(self._drain)
-            except trio.RunFinishedError:
-                self._home = None  # send the next call through _enter()
+        if token is None:
+            self._apply_alone()
+            return
+        try:
+            token.run_sync_soon(self._drain)
+        except trio.RunFinishedError:
+            pass
 
     @trio.lowlevel.enable_ki_protection
     def _drain(self) -> None:
-        # Home thread: apply queued returns (from other threads and from leaks).
+        # The run_sync_soon callback; locked in case the run has just ended and
+        # another thread applies returns without it (see _apply_alone).
+        with self._lock:
+            self._drain_here()
+
+    def _drain_here(self) -> None:
+        # Apply queued returns (from other threads and from leaks): on the home
+        # thread, or under the lock when the pool is bound to no live run.
         pending = self._pending
         while pending:
             try:
-                slab, offset, capacity, owner, kind = pending.popleft()
+                slab, offset, capacity, owner, kind, slot = pending.popleft()
             except IndexError:  # pragma: no cover - another drain got there first
                 return
-            if kind != _RELEASED:
+            if kind & _LEAKED:
                 self._leaks_detected += 1
-            if kind != _LEAKED_EXPORTED:
+            if kind & _EXPORTED:
+                self._quarantine_here(slab, offset, capacity, owner, slot)
+            else:
                 self._give_back_here(slab, offset, capacity, owner)
-            elif self._limiter is not None:
-                # Someone still holds an export of the view: never reuse the slot (it
-                # stays counted as leased), but don't let it drain the budget for good.
-                self._limiter.release_on_behalf_of(owner, capacity)
+
+    def _apply_alone(self) -> None:
+        # No live run, so no home thread: apply queued returns on this thread, under
+        # the lock, unless somebody holds it. That may be this very thread (a
+        # finalizer that runs inside the pool's own bookkeeping, or a callback of a
+        # run that is ending), or another one: either way the holder looks at the
+        # queue again after letting go (_alone), so nothing stays queued.
+        lock = self._lock
+        while self._pending and lock.acquire(blocking=False):
+            try:
+                self._drain_here()
+            finally:
+                lock.release()
 
     # -- the home thread ----------------------------------------------------
 
-    def _enter(self) -> bool:
-        """Slow path of ``_get_ident() == self._home``; False: carry the call to the Trio thread.
+    def _enter(self) -> int:
+        """Slow path of ``_get_ident() == self._home``: where the call should run.
 
-        Binds the pool to the Trio run calling it (the first one, or a new one once
-        the old run is over), and unbinds it when called outside Trio after its run
-        ended.
+        ``_AT_HOME``: here, now (binds the pool to the Trio run calling it: the
+        first one, or a new one once the old run is over). ``_AWAY``: carry it to
+        the Trio thread (a worker thread of the live run the pool belongs to).
+        ``_ALONE``: no live run: here, under the lock (see _alone).
         """
         if trio.lowlevel.in_trio_run():
             token = trio.lowlevel.current_trio_token()
             if token is not self._token:
                 if self._token is not None and not _run_is_over(self._token):
                     raise RuntimeError("this BufferPool is in use by another Trio run")
-                self._token = token
-                self._clock = trio.lowlevel.current_clock().current_time
+                with self._lock:  # a thread may be applying returns of the last run
+                    self._token = token
+                    self._clock = trio.lowlevel.current_clock().current_time
+                trio.lowlevel.add_instrument(_RunEnd(self, token))
             self._home = _get_ident()
-            return True
+            return _AT_HOME
         if self._token is not None and not _run_is_over(self._token):
-            return False  # a worker thread of the run we belong to
-        self._token = None
-        self._home = None
-        self._clock = time.monotonic
-        return True
+            return _AWAY
+        self._unbind(self._token)
+        return _ALONE
+
+    def _unbind(self, token: trio.lowlevel.TrioToken | None) -> None:
+        # The run of *token* is over: the pool belongs to no run until the next one.
+        with self._lock:
+            if self._token is token:
+                self._token = None
+                self._home = None
+                self._clock = time.monotonic
+            self._drain_here()
+
+    def _elsewhere(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
+        # A public call made off the home thread: see _enter.
+        where = self._enter()
+        if where == _AT_HOME:
+            return fn(*args)
+        if where == _AWAY:
+            return self._call_at_home(fn, *args)
+        with self._lock:
+            result = fn(*args)
+        self._apply_alone()  # what finalizers queued meanwhile
+        return result
 
     def _call_at_home(self, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
         # Like trio.from_thread.run_sync(fn, *args), without spawning a task.
@@ -669,13 +772,22 @@ class BufferPool:
         With ``force=True``, unmap every entirely free slab regardless of age. The
         pool also trims lazily as buffers come and go, so call this only to free
         memory while the pool is quiet (a housekeeping task, or before a snapshot).
+        First, quarantined slots whose views are gone are given back (see
+        :class:`BufferPoolStatistics`).
         """
         if not isinstance(force, bool):
             raise TypeError(f"force must be a bool, not {type(force).__name__}")
-        if _get_ident() != self._home and not self._enter():
-            return self._call_at_home(self.trim, force)
+        if _get_ident() != self._home:
+            return self._elsewhere(self._trim_now, force)
+        return self._trim_now(force)
+
+    def _trim_now(self, force: bool) -> int:
         if self._pending:
-            self._drain()
+            self._drain_here()
+        if self._quarantined:
+            self._reclaim_quarantined()
+        if _ORPHANED_SLOTS:
+            _sweep_orphans()
         return self._trim_here(self._clock(), force)
 
     def _trim_here(self, now: float, force: bool) -> int:
@@ -729,10 +841,13 @@ class BufferPool:
     @trio.lowlevel.enable_ki_protection
     def statistics(self) -> BufferPoolStatistics:
         """Return a :class:`BufferPoolStatistics` snapshot."""
-        if _get_ident() != self._home and not self._enter():
-            return self._call_at_home(self.statistics)
+        if _get_ident() != self._home:
+            return self._elsewhere(self._statistics_now)
+        return self._statistics_now()
+
+    def _statistics_now(self) -> BufferPoolStatistics:
         if self._pending:
-            self._drain()
+            self._drain_here()
         classes = self._classes
         idle_current = sum(
             SLAB_BYTES for c in classes if c.current is not None and not c.current.leased
@@ -754,7 +869,19 @@ class BufferPool:
             leak_detection=_LEAK_LEVELS[self._leak_level],
             recent_leaks=tuple(self._recent_leaks),
             bytes_scratch=0 if self._scratch is None else MAX_CLASS_BYTES,
+            bytes_fragmented=self._bytes_fragmented,
+            buffers_quarantined=len(self._quarantined),
+            bytes_quarantined=self._bytes_quarantined,
         )
+
+    def __del__(self) -> None:
+        # Collected with slots still quarantined (or about to be: exported returns
+        # not applied yet): views of them may live on, so the slots (and their slabs'
+        # mappings) stay until another pool's trim() finds them free.
+        quarantined = getattr(self, "_quarantined", ())  # __init__ may have raised
+        _ORPHANED_SLOTS.extend(slot for _, _, _, slot in quarantined)
+        pending = getattr(self, "_pending", ())
+        _ORPHANED_SLOTS.extend(item[5] for item in pending if item[4] & _EXPORTED)
 
     def __repr__(self) -> str:
         return (
@@ -763,13 +890,64 @@ class BufferPool:
         )
 
 
+class _RunEnd(trio.abc.Instrument):
+    # Tells a pool that the run it belongs to is over, at the very end of that run
+    # (after every task and every run_sync_soon callback), so that returns queued
+    # by then, and any made afterwards, are applied (BufferPool._unbind). Only
+    # after_run is defined: Trio calls an instrument only for the hooks it defines.
+    # A weak reference: the run must not keep a pool alive.
+    def __init__(self, pool: BufferPool, token: trio.lowlevel.TrioToken) -> None:
+        self._pool = weakref.ref(pool)
+        self._token = token
+
+    def after_run(self) -> None:
+        pool = self._pool()
+        if pool is not None:
+            pool._unbind(self._token)
+
+
+def _sweep_orphans() -> None:
+    # Forget the slots of collected pools that are free now (see BufferPool.__del__).
+    # Any thread: each slot is popped once and, if still exported, put back.
+    for _ in range(len(_ORPHANED_SLOTS)):
+        try:
+            slot = _ORPHANED_SLOTS.popleft()
+        except IndexError:  # pragma: no cover - another pool's trim() got there first
+            return
+        try:
+            slot.release()
+        except BufferError:
+            _ORPHANED_SLOTS.append(slot)
+        else:
+            _LENT_SLOTS.pop(id(slot), None)
+
+
+# Frames that are never the caller of lease()/lease_nowait(): this module's, and
+# those of the machinery between a caller and it: Trio's (trio.to_thread,
+# from_thread), outcome's, and the thread bootstrap.
+_NOT_THE_CALLER: Final = (
+    __file__,
+    os.path.dirname(trio.__file__) + os.sep,
+    os.path.dirname(outcome.__file__) + os.sep,
+    threading.__file__,
+)
+
+
 def _lease_site() -> _Site:
-    # The first frame outside this module is the caller of lease()/lease_nowait().
-    frame = sys._getframe(1)
-    while frame.f_back is not None and frame.f_code.co_filename == __file__:
+    # The caller of lease()/lease_nowait(): the first frame outside _NOT_THE_CALLER.
+    # In a trio.to_thread worker that was handed lease_nowait itself the worker's
+    # stack holds none: the caller is then the task awaiting the worker, and the
+    # site is where that task awaits (its own stack, walked the same way).
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_NOT_THE_CALLER):
         frame = frame.f_back
+    if frame is not None:
+        try:
+            name = trio.lowlevel.current_task().name
+        except RuntimeError:
+            name = threading.current_thread().name
+        return frame.f_code.co_filename, frame.f_lineno, name
     try:
-        name = trio.lowlevel.current_task().name
-    except RuntimeError:
-        name = threading.current_thread().name
-    return frame.f_code.co_filename, frame.f_lineno, name
+        return trio.from_thread.run_sync(_lease_site)  # runs in the awaiting task
+    except (RuntimeError, trio.RunFinishedError):
+        return "<unknown>", 0, threading.current_thread().name

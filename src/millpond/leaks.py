@@ -7,10 +7,12 @@ A :class:`~millpond.buffers.Buffer` that is garbage collected without
 levels) also remembers where it was made, so that its leak is reported with a
 :class:`BufferLeakWarning` naming that place and a :class:`LeakReport` in
 ``BufferPool.statistics()``. This module owns those types and constants and
-does nothing itself: the detection is the pool's (``Buffer.__del__`` and
-``BufferPool._leaked`` in ``buffers.py``). So is ``_lease_site``, which records
-the call site: it walks out of the frames of its own module (by ``__file__``),
-so it has to live in the module that defines ``lease()``.
+does nothing itself: the detection is the lease's and the pool's
+(``Buffer.__del__`` in ``lease.py``, ``BufferPool._leaked`` in ``buffers.py``).
+So is ``_lease_site``, which records the call site: it walks out of the frames
+of its own module (by ``__file__``) and of Trio's thread machinery (a
+``trio.to_thread`` worker handed ``lease_nowait`` itself reports the line where
+the task awaits it), so it has to live in the module that defines ``lease()``.
 """
 
 from __future__ import annotations

@@ -194,6 +194,37 @@ class _Ledger:
             self.peak = self.in_use
         self.grants += 1
 
+    def transfer(self, giver: object, taker: object, nbytes: int) -> Sequence[_Waiter]:
+        """Move ``nbytes`` held by ``giver`` to ``taker``: memory that changes hands, freed by
+        nobody (see :meth:`BufferLimiter.transfer`). ``in_use`` does not change. Returns the
+        waiters granted because ``taker`` became a holder (its waiting requests are promoted)."""
+        held = self.held
+        for owner in (giver, taker):
+            try:
+                hash(owner)
+            except TypeError:
+                raise _unhashable_owner(owner) from None
+        already = held.get(giver, 0)
+        had = held.get(taker, 0)
+        if nbytes > already:
+            raise RuntimeError(
+                f"can't transfer {nbytes} bytes from {giver!r} to {taker!r}: it holds {already}"
+            )
+        if giver == taker:
+            return _NOBODY
+        if nbytes == already:
+            del held[giver]
+        else:
+            held[giver] = already - nbytes
+        held[taker] = had + nbytes
+        if had or taker not in self.ordinary_by_owner:
+            return _NOBODY
+        for promoted in self.ordinary_by_owner.pop(taker):
+            del self.ordinary[promoted]
+            promoted.privileged = True
+            self.privileged[promoted] = None
+        return self._serve()
+
     def enqueue(self, owner: object, nbytes: int) -> _Waiter:
         """Queue a request that :meth:`take` refused."""
         waiter = _Waiter(owner, nbytes, privileged=owner in self.held)

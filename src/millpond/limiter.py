@@ -354,6 +354,29 @@ class BufferLimiter:
             return
         self._ledger.force(owner, nbytes)
 
+    @trio.lowlevel.enable_ki_protection
+    def transfer(self, from_owner: object, to_owner: object, nbytes: int) -> None:
+        """Move ``nbytes`` that ``from_owner`` holds to ``to_owner``, at once.
+
+        For memory that changes hands without being freed: a buffer pool lends a
+        slot whose bytes it already holds, or takes one back that it must keep
+        (see ``docs/buffers.md``). Nothing is freed, so no waiter is served with
+        these bytes and :attr:`bytes_in_use` does not change; ``to_owner``
+        becomes a holder, so its waiting requests may now use the reserve.
+
+        Raises:
+          RuntimeError: if ``from_owner`` holds fewer than ``nbytes``.
+          TypeError: if ``nbytes`` is not an int or an owner is not hashable.
+          ValueError: if ``nbytes <= 0``.
+
+        """
+        if type(nbytes) is not int or nbytes <= 0:
+            nbytes = _checked_nbytes(nbytes)
+        if threading.get_ident() != self._home and not self._at_home():
+            self._call_at_home(self.transfer, from_owner, to_owner, nbytes)
+            return
+        self._wake(self._ledger.transfer(from_owner, to_owner, nbytes))
+
     def acquire_read_nowait(self, owner: object, preferred: int, minimum: int) -> int:
         """Take bytes for a socket read now if that needs no wait; returns how many, or 0.
 
@@ -509,14 +532,13 @@ class BufferLimiter:
         The bytes are handed to the waiters at the head of the line inside this call, so no
         task arriving later can take them first. This may be called from any thread: from a
         thread other than the Trio thread, the release is carried out on the Trio thread and
-        this call returns when it is done (or raises what it raised).
+        this call returns when it is done (or raises what it raised). Once that run is over
+        it is made on the calling thread, as before the limiter's first run.
 
         Raises:
           RuntimeError: if ``owner`` holds fewer than ``nbytes``.
           TypeError: if ``nbytes`` is not an int or ``owner`` is not hashable.
           ValueError: if ``nbytes <= 0``.
-          trio.RunFinishedError: if called from another thread after the Trio run that uses
-            this limiter has finished.
 
         """
         if type(nbytes) is not int or nbytes <= 0:
@@ -589,7 +611,15 @@ class BufferLimiter:
         def in_trio_thread() -> None:
             results.put(outcome.capture(fn, *args))
 
-        token.run_sync_soon(in_trio_thread)
+        try:
+            token.run_sync_soon(in_trio_thread)
+        except trio.RunFinishedError:
+            # That run is over, so nobody waits here any more: the limiter is a plain
+            # object again, as before its first run, and the call is made right here.
+            if self._token is token:
+                self._token = None
+                self._home = None
+            return fn(*args)
         return results.get().unwrap()
 
 

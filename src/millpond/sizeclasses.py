@@ -18,8 +18,11 @@ a lease's capacity with :func:`capacity_for`).
 
 from __future__ import annotations
 
+import collections
 import math
 import mmap
+from collections.abc import Callable, Hashable
+from pickle import PickleBuffer
 from typing import Final
 
 __all__ = [
@@ -79,10 +82,13 @@ def capacity_for(nbytes: int) -> int:
 
 class _SizeClass:
     # State of one class. A slab is in exactly one place: ``current`` (the slab
-    # leases are carved from), ``partial`` (some free, some leased), ``idle`` (all
-    # free; insertion order is idle order, oldest first) or nowhere (full: only its
-    # Buffers refer to it). Dicts serve as ordered sets: O(1) removal, LIFO popitem.
-    __slots__ = ("size", "slots", "current", "partial", "idle", "slabs", "leased")
+    # leases are carved from), ``partial`` (some free, some leased: a slab that
+    # stopped being current when it was full, then had leases released), ``idle``
+    # (all free; insertion order is idle order, oldest first) or nowhere (full: only
+    # its Buffers refer to it). Dicts serve as ordered sets: O(1) removal, LIFO
+    # order. ``waiters``: leases of this class waiting in the limiter, oldest first,
+    # to be handed a slot freed in a partial slab (BufferPool._hand_over).
+    __slots__ = ("size", "slots", "current", "partial", "idle", "slabs", "leased", "waiters")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -92,6 +98,19 @@ class _SizeClass:
         self.idle: dict[_Slab, None] = {}
         self.slabs = 0
         self.leased = 0
+        self.waiters: collections.deque[_SlotWaiter] = collections.deque()
+
+
+class _SlotWaiter:
+    # A lease waiting in the limiter for a slot of its class. Whoever frees a slot in a
+    # partial slab sets ``slot``, charges ``owner`` for it and calls ``wake`` (which
+    # cancels the wait in the limiter).
+    __slots__ = ("owner", "wake", "slot")
+
+    def __init__(self, owner: Hashable, wake: Callable[[], None]) -> None:
+        self.owner = owner
+        self.wake = wake
+        self.slot: tuple[_Slab, int] | None = None
 
 
 class _Slab:
@@ -120,3 +139,51 @@ class _Slab:
             # itself goes when the last slice does.
             if _MADV_DONTNEED is not None:
                 self.mm.madvise(_MADV_DONTNEED)
+
+
+# How a lease's view is made, so that release() can tell whether views derived from
+# it are still alive. Slicing a memoryview, memoryview(view), view.cast() and
+# numpy.frombuffer(view) all make views that share the managed buffer of the
+# memoryview they come from, so releasing the lease's own view notices none of them.
+# memoryview(PickleBuffer(slot)) instead starts a managed buffer of the lease's own,
+# whose export is taken on *slot* (PickleBuffer forwards it): every view derived
+# from the lease keeps that buffer, hence *slot*, exported, and ``slot.release()``
+# raises BufferError exactly while one of them lives. The cost (one PickleBuffer
+# and one managed buffer per lease) is measured in docs/buffers.md ("Cost").
+#
+# An exported memoryview must never be garbage: CPython before 3.12.7 and 3.13.0
+# (gh-77894) crashes when the garbage collector clears a memoryview that is still
+# exported, which a lease and its views dropped together in a reference cycle (a
+# traceback, say) would make it do. So every slot that a lease's views may export
+# is kept in _LENT_SLOTS, a module global, from the lease until the slot is free
+# again; the collector then always finds it reachable and only ever clears the
+# views, which is safe.
+_LENT_SLOTS: Final[dict[int, memoryview]] = {}
+
+# Slots quarantined by a pool that was garbage collected before they were free:
+# any pool's trim() checks them (BufferPool._sweep_orphans).
+_ORPHANED_SLOTS: Final[collections.deque[memoryview]] = collections.deque()
+
+
+def _derived_views_keep_the_slot_exported() -> bool:
+    # The behaviour the pool relies on, checked once: if this Python differs, leases
+    # get plain slices (views outliving release() go unnoticed, as they always did).
+    slot = memoryview(bytearray(16))
+    lent = memoryview(PickleBuffer(slot))
+    derived = lent[:8]
+    lent.release()
+    try:
+        slot.release()
+    except BufferError:
+        pass
+    else:
+        return False  # a derived view would go unnoticed
+    derived.release()
+    try:
+        slot.release()
+    except BufferError:
+        return False  # a slot would stay quarantined for ever
+    return True
+
+
+_LENT_VIEWS_SHOW_EXPORTS: Final = _derived_views_keep_the_slot_exported()
