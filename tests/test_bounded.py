@@ -11,8 +11,8 @@ import trio.testing
 from conftest import echo, socket_pair
 
 import millpond
-from millpond.ledger import _Ledger, read_request
-from millpond.readsize import ReadSizes, adapt
+from millpond.memory.ledger import _Ledger, read_request
+from millpond.memory.readsize import ReadSizes, adapt
 
 KIB = 1024
 HOG = "another part of the program"

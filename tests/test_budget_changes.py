@@ -10,7 +10,7 @@ import trio.testing
 from conftest import echo
 
 import millpond
-import millpond.server
+import millpond.server.server
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -76,14 +76,14 @@ async def test_a_connection_whose_setup_fails_is_dropped_and_the_server_serves_o
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     failures = [RuntimeError("a bug in a constructor")]
-    real_connection = millpond.server.Connection
+    real_connection = millpond.server.server.Connection
 
     def failing_once(*args: object, **kwargs: object) -> millpond.Connection:
         if failures:
             raise failures.pop()
         return real_connection(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(millpond.server, "Connection", failing_once)
+    monkeypatch.setattr(millpond.server.server, "Connection", failing_once)
     server = millpond.Server(echo, 0, host="127.0.0.1", poller=poller_name)
     await nursery.start(server.run)
     port = server.addresses[0][1]

@@ -1,4 +1,4 @@
-"""Specifications for millpond.buffers: BufferPool and Buffer."""
+"""Specifications for millpond.memory.buffers: BufferPool and Buffer."""
 
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from millpond import sizeclasses
-from millpond.buffers import Buffer, BufferPool
-from millpond.leaks import BufferLeakWarning
-from millpond.limiter import BufferLimiter
-from millpond.sizeclasses import (
+from millpond.memory import sizeclasses
+from millpond.memory.buffers import Buffer, BufferPool
+from millpond.memory.leaks import BufferLeakWarning
+from millpond.memory.limiter import BufferLimiter
+from millpond.memory.sizeclasses import (
     _LENT_SLOTS,
     MAX_CLASS_BYTES,
     PAGE_BYTES,
@@ -845,7 +845,7 @@ async def test_a_collected_pool_leaves_its_quarantined_slots_for_any_trim_to_for
 
 _COLLECT_IN_CYCLES = """
 import gc
-from millpond.buffers import BufferPool
+from millpond.memory.buffers import BufferPool
 
 gc.disable()
 for _ in range(20):

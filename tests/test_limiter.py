@@ -1,4 +1,4 @@
-"""Specification of :class:`millpond.limiter.BufferLimiter`, one behaviour per test."""
+"""Specification of :class:`millpond.memory.limiter.BufferLimiter`, one behaviour per test."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from trio.testing import wait_all_tasks_blocked
 
-from millpond.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
+from millpond.memory.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
 
 
 @dataclasses.dataclass

@@ -30,7 +30,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from millpond.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
+from millpond.memory.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Specifications for millpond.poller: registrations, waking, edges, fd reuse, lifetime.
+"""Specifications for millpond._core.poller: registrations, waking, edges, fd reuse, lifetime.
 
 Everything runs on real loopback TCP sockets. Tests that read the epoll
 poller's internals (remembered edges, parked-task slots, statistics) are
@@ -18,7 +18,7 @@ import trio.testing
 from conftest import connect, open_fds, socket_pair
 
 import millpond
-from millpond.poller import POLLER_ENV_VAR, EpollPoller, Registration, TrioPoller, get_poller
+from millpond._core.poller import POLLER_ENV_VAR, EpollPoller, Registration, TrioPoller, get_poller
 
 ServerStarter = Callable[
     [Callable[[millpond.Connection], Awaitable[None]]], Awaitable[millpond.Server]

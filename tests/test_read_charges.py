@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import millpond
-from millpond.ledger import _Ledger, read_request, take_read
+from millpond.memory.ledger import _Ledger, read_request, take_read
 
 KIB = 1024
 
@@ -46,8 +46,8 @@ async def test_a_blocked_echo_is_charged_its_chunk_once(poller_name: str) -> Non
         await trio.testing.wait_all_tasks_blocked()  # both sends are blocked
         # The unsent tail is (part of) the chunk it holds: counted once.
         held = limiter.held_by(conn)
-        assert 0 < held <= millpond.readsize.MAX_READ_BYTES
-        assert held in millpond.readsize.READ_SIZE_CLASSES
+        assert 0 < held <= millpond.memory.readsize.MAX_READ_BYTES
+        assert held in millpond.memory.readsize.READ_SIZE_CLASSES
         nursery.cancel_scope.cancel()
     await conn.aclose()
     assert limiter.bytes_in_use == 0

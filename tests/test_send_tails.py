@@ -7,7 +7,7 @@ import trio.testing
 from conftest import socket_pair
 
 import millpond
-from millpond.readsize import MAX_READ_BYTES
+from millpond.memory.readsize import MAX_READ_BYTES
 
 KIB = 1024
 

@@ -1,4 +1,4 @@
-"""Specifications for millpond.traps: reusable parks and schedule points, and the fallback.
+"""Specifications for millpond._core.traps: reusable parks and schedule points, and the fallback.
 
 The fast objects speak Trio's trap protocol directly; these tests hold them
 to what Trio's own ``wait_task_rescheduled`` and ``cancel_shielded_checkpoint``
@@ -30,8 +30,8 @@ from trio.lowlevel import (
 )
 
 import millpond
-from millpond import traps
-from millpond.traps import SCHEDULE_POINT, WOKEN, Park, TrioScheduleYield
+from millpond._core import traps
+from millpond._core.traps import SCHEDULE_POINT, WOKEN, Park, TrioScheduleYield
 
 # Hang guard only, never a timing assertion.
 HANG_GUARD_SECONDS = 10
@@ -144,7 +144,7 @@ async def test_a_trio_that_resumes_parked_tasks_with_none_keeps_trios_functions(
     unproven: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(traps, "_probe_wake_value", None)
-    with caplog.at_level(logging.WARNING, logger="millpond.traps"):
+    with caplog.at_level(logging.WARNING, logger="millpond._core.traps"):
         await prove_now()
     assert not traps.PROVEN and traps._FAILED
     assert "send(None)" in caplog.text
@@ -164,7 +164,7 @@ async def test_a_probe_that_raises_keeps_trios_functions(
         raise AttributeError("a Trio without something the probe needs")
 
     monkeypatch.setattr(traps, "_round_trip", broken_round_trip)
-    with caplog.at_level(logging.WARNING, logger="millpond.traps"):
+    with caplog.at_level(logging.WARNING, logger="millpond._core.traps"):
         await prove_now()
     assert not traps.PROVEN and traps._FAILED
     assert "a Trio without something the probe needs" in caplog.text
@@ -206,7 +206,7 @@ def test_asking_trio_for_its_messages_may_fail_without_failing_the_import(
 def test_the_environment_can_turn_the_fast_traps_off(value: str, fast: bool) -> None:
     environment = {**os.environ, traps.FAST_TRAPS_ENV_VAR: value}
     printed = subprocess.run(
-        [sys.executable, "-c", "import millpond.traps as t; print(t.FAST_TRAPS)"],
+        [sys.executable, "-c", "import millpond._core.traps as t; print(t.FAST_TRAPS)"],
         env=environment,
         capture_output=True,
         text=True,

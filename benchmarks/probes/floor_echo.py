@@ -9,7 +9,7 @@ registration and skips everything a stream must do (busy checks, errors, budgets
   ``trio.testing.check_half_closeable_stream`` asserts: every receive and every send is a
   checkpoint (a cancel point first; a schedule point after the syscall unless it parked).
 
-Schedule points and parks use millpond's reusable ones (``millpond.traps``, through
+Schedule points and parks use millpond's reusable ones (``millpond._core.traps``, through
 ``park_readable``), as a ``Connection`` does.
 
     python benchmarks/probes/floor_echo.py --mode checkpoints --port 7000
@@ -23,7 +23,7 @@ import trio
 from trio.lowlevel import checkpoint_if_cancelled
 
 import millpond
-from millpond.traps import SCHEDULE_POINT
+from millpond._core.traps import SCHEDULE_POINT
 
 
 async def bare(conn: millpond.Connection) -> None:

@@ -35,8 +35,8 @@ def time_one(guard: bool) -> dict[str, float]:
     """µs of CPU time per lease_nowait + release, best of REPEATS, per size."""
     import trio
 
-    from millpond.buffers import BufferPool
-    from millpond.limiter import BufferLimiter
+    from millpond.memory.buffers import BufferPool
+    from millpond.memory.limiter import BufferLimiter
 
     results: dict[str, float] = {}
 

@@ -18,9 +18,9 @@ import os
 
 import trio
 
-from millpond.buffers import Buffer, BufferPool
-from millpond.limiter import BufferLimiter
-from millpond.sizeclasses import SIZE_CLASSES, SLAB_BYTES
+from millpond.memory.buffers import Buffer, BufferPool
+from millpond.memory.limiter import BufferLimiter
+from millpond.memory.sizeclasses import SIZE_CLASSES, SLAB_BYTES
 
 MiB = 1 << 20
 

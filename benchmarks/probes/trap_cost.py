@@ -18,7 +18,7 @@ from typing import Any
 import outcome
 from trio.lowlevel import Abort, RaiseCancelT, cancel_shielded_checkpoint, wait_task_rescheduled
 
-from millpond.traps import WOKEN, Park, ScheduleYield
+from millpond._core.traps import WOKEN, Park, ScheduleYield
 
 
 def _abort(_raise_cancel: RaiseCancelT) -> Abort:

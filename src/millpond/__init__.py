@@ -11,14 +11,21 @@ Write a handler, serve it::
     trio.run(millpond.serve, echo, 7000)
 """
 
-from .buffers import Buffer, BufferPool, BufferPoolStatistics, SizeClassStatistics
+from ._core.poller import (
+    EpollPoller,
+    Poller,
+    PollerStatistics,
+    Registration,
+    TrioPoller,
+    get_poller,
+)
 from .connect import open_connection
-from .leaks import BufferLeakWarning, LeakReport
-from .limiter import BufferLimiter, BufferLimiterStatistics, Pressure
-from .poller import EpollPoller, Poller, PollerStatistics, Registration, TrioPoller, get_poller
-from .readsize import DEFAULT_READ_SIZES, ReadSizes
+from .memory.buffers import Buffer, BufferPool, BufferPoolStatistics, SizeClassStatistics
+from .memory.leaks import BufferLeakWarning, LeakReport
+from .memory.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
+from .memory.readsize import DEFAULT_READ_SIZES, ReadSizes
+from .memory.sizeclasses import SIZE_CLASSES
 from .server import Server, ServerStatistics, open_listeners, serve
-from .sizeclasses import SIZE_CLASSES
 from .stream import Connection
 
 __all__ = [

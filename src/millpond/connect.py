@@ -13,9 +13,9 @@ import socket
 import trio
 from trio.lowlevel import checkpoint
 
-from .buffers import BufferPool
-from .poller import Poller, get_poller
-from .readsize import ReadSizes
+from ._core.poller import Poller, get_poller
+from .memory.buffers import BufferPool
+from .memory.readsize import ReadSizes
 from .stream import Connection, check_memory_arguments
 
 __all__ = ["open_connection"]

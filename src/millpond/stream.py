@@ -29,12 +29,12 @@ from typing import Any, Final, NoReturn, TypeAlias, TypeVar, overload
 import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-from .buffers import Buffer, BufferPool
-from .ledger import keep_read, read_request, return_read, take_read
-from .poller import Poller, Registration, get_poller
-from .readsize import DEFAULT_READ_SIZES, MAX_READ_BYTES, READ_SIZE_CLASSES, ReadSizes, adapt
-from .sizeclasses import MAX_CLASS_BYTES, capacity_for
-from .traps import SCHEDULE_POINT
+from ._core.poller import Poller, Registration, get_poller
+from ._core.traps import SCHEDULE_POINT
+from .memory.buffers import Buffer, BufferPool
+from .memory.ledger import keep_read, read_request, return_read, take_read
+from .memory.readsize import DEFAULT_READ_SIZES, MAX_READ_BYTES, READ_SIZE_CLASSES, ReadSizes, adapt
+from .memory.sizeclasses import MAX_CLASS_BYTES, capacity_for
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""The pure bookkeeping behind :class:`~millpond.limiter.BufferLimiter`, with no I/O at all.
+"""The pure bookkeeping behind :class:`~millpond.memory.limiter.BufferLimiter`, with no I/O at all.
 
 This module owns the rules of the byte budget: who holds how many bytes, who
 waits for how many, in which order waiters are served, and the pressure

@@ -6,7 +6,7 @@ before it leases a buffer and gives the bytes back when the lease ends.
 
 It is written in two layers, so that the rules can be tested without Trio:
 
-* :class:`~millpond.ledger._Ledger` (``ledger.py``) is pure bookkeeping: counters, per-owner
+* :class:`~millpond.memory.ledger._Ledger` (``ledger.py``) is pure bookkeeping: counters, per-owner
   holdings and two FIFO queues of waiting requests. Every rule about who gets what lives
   there, and its methods report which waiters they granted instead of waking anybody.
 * :class:`BufferLimiter` (here) wraps the ledger in Trio: it parks waiting tasks, reschedules
@@ -28,6 +28,7 @@ from typing import Final, TypeVar, TypeVarTuple, final
 import outcome
 import trio
 
+from .._core.needs_trio import require_trio_run
 from .ledger import (
     Pressure,
     _Ledger,
@@ -37,7 +38,6 @@ from .ledger import (
     return_read,
     take_read,
 )
-from .needs_trio import require_trio_run
 
 __all__ = ["BufferLimiter", "BufferLimiterStatistics", "Pressure"]
 

@@ -1,9 +1,10 @@
-"""Serving: listeners, the accept loop, and the nursery that owns every connection.
+"""The server: the accept loop, and the nursery that owns every connection.
 
-This module owns the life of a server: binding, accepting, running one
-handler task per connection inside one nursery, surviving handler errors and
-transient accept failures, and closing everything when it is cancelled. It
-does not parse application protocols.
+This module owns the life of a server: accepting on the listeners
+(``listeners.py`` binds them), running one handler task per connection
+inside one nursery, surviving handler errors and transient accept failures,
+and closing everything when it is cancelled. It does not parse application
+protocols.
 """
 
 from __future__ import annotations
@@ -13,20 +14,20 @@ import functools
 import inspect
 import logging
 import socket
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeAlias
 
 import trio
 
-from .buffers import BufferPool
-from .limiter import BufferLimiter
-from .poller import Poller, Registration, get_poller, resolve_poller_name
-from .readsize import ReadSizes
-from .stream import Connection, check_memory_arguments
+from .._core.poller import Poller, Registration, get_poller, resolve_poller_name
+from ..memory.buffers import BufferPool
+from ..memory.limiter import BufferLimiter
+from ..memory.readsize import ReadSizes
+from ..stream import Connection, check_memory_arguments
+from .listeners import check_backlog, check_host, check_port, open_listeners
 
-__all__ = ["Handler", "Server", "ServerStatistics", "open_listeners", "serve"]
+__all__ = ["Handler", "Server", "ServerStatistics", "serve"]
 
 logger = logging.getLogger("millpond.server")
 
@@ -72,9 +73,6 @@ TRIM_INTERVAL_SECONDS: Final = 5.0
 # Name of every connection task (see Server._accept_loop).
 CONNECTION_TASK_NAME: Final = "millpond.connection"
 
-# The kernel clamps the listen backlog to net.core.somaxconn; asking for the
-# largest value lets the system administrator's setting decide (as Trio does).
-DEFAULT_BACKLOG: Final = 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,90 +118,6 @@ def _check_handler(handler: object) -> None:
         )
 
 
-def _check_port(port: object) -> int:
-    if type(port) is not int:
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be in 0..65535, not {port}")
-    return port
-
-
-def _check_host(host: object) -> None:
-    if host is not None and not isinstance(host, str):
-        raise TypeError(f"host must be a str or None, not {type(host).__name__}")
-
-
-def _check_backlog(backlog: object) -> int:
-    if backlog is None:
-        return DEFAULT_BACKLOG
-    if type(backlog) is not int:
-        raise TypeError(f"backlog must be an int or None, not {type(backlog).__name__}")
-    if backlog < 1:
-        raise ValueError(f"backlog must be >= 1, not {backlog}")
-    return min(backlog, DEFAULT_BACKLOG)
-
-
-async def open_listeners(
-    port: int, *, host: str | None = None, backlog: int | None = None
-) -> list[socket.socket]:
-    """Bind and listen like ``trio.open_tcp_listeners``; return non-blocking sockets.
-
-    ``host=None`` binds every interface, IPv4 and IPv6 where available. With
-    ``port=0`` the first socket picks a free port and the others reuse it
-    where they can, so one number reaches the server on every family.
-    """
-    _check_port(port)
-    _check_host(host)
-    computed_backlog = _check_backlog(backlog)
-    infos = await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    listeners: list[socket.socket] = []
-    unsupported: list[OSError] = []
-    chosen_port = port
-    try:
-        for family, type_, proto, _canonname, sockaddr in infos:
-            try:
-                sock = socket.socket(family, type_, proto)
-            except OSError as exc:
-                if exc.errno == errno.EAFNOSUPPORT:
-                    unsupported.append(exc)
-                    continue
-                raise
-            try:
-                if sys.platform != "win32":
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                _bind(sock, sockaddr, chosen_port)
-                sock.listen(computed_backlog)
-                sock.setblocking(False)
-                if chosen_port == 0:
-                    chosen_port = sock.getsockname()[1]
-            except BaseException:
-                sock.close()
-                raise
-            listeners.append(sock)
-    except BaseException:
-        for sock in listeners:
-            sock.close()
-        raise
-    if not listeners:
-        raise OSError(f"could not bind to {host!r}:{port}: {unsupported or 'no addresses'}")
-    return listeners
-
-
-def _bind(sock: socket.socket, sockaddr: SockAddr, port: int) -> None:
-    if port != 0 and sockaddr[1] == 0:
-        try:
-            sock.bind((sockaddr[0], port, *sockaddr[2:]))
-            return
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-    sock.bind(sockaddr)
-
-
 class Server:
     """A TCP server that runs ``handler(connection)`` for every client.
 
@@ -236,9 +150,9 @@ class Server:
         pooled: bool = True,
     ) -> None:
         _check_handler(handler)
-        _check_port(port)
-        _check_host(host)
-        _check_backlog(backlog)
+        check_port(port)
+        check_host(host)
+        check_backlog(backlog)
         self._poller_name = resolve_poller_name(poller)
         if limiter is not None and not isinstance(limiter, BufferLimiter):
             raise TypeError(

@@ -3,7 +3,7 @@
 This module owns the object a caller holds while it uses a slot: its views,
 ``set_length``, ``release()`` and the finalizer that notices a leak. It keeps no
 books of its own: releasing, or being collected unreleased, hands the slot back
-to the :class:`~millpond.buffers.BufferPool` that lent it (``buffers.py``) as a
+to the :class:`~millpond.memory.buffers.BufferPool` that lent it (``buffers.py``) as a
 *return* that says whether views of the slot are still alive. A pool made with
 ``guard_views=True`` lends :class:`_GuardedBuffer` instead, which also notices
 views *derived* from its view (see ``_LENT_VIEWS_SHOW_EXPORTS`` in

@@ -1,6 +1,6 @@
 """What a leaked buffer reports: the warning, the report, and how leases are sampled for it.
 
-A :class:`~millpond.buffers.Buffer` that is garbage collected without
+A :class:`~millpond.memory.buffers.Buffer` that is garbage collected without
 ``release()`` is reclaimed by its pool whatever the leak-detection level. A
 *tracked* lease (every one at level ``"all"``, one in
 :data:`LEAK_SAMPLE_INTERVAL` at ``"sampled"``, after Netty's leak detector

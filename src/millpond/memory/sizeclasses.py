@@ -9,7 +9,7 @@ is one anonymous ``mmap`` cut into equal slots of one class, after Netty's
 ``PooledByteBufAllocator``; the private ``_SizeClass`` and ``_Slab`` hold the
 state of a class and of a slab. Which slab a lease comes from, when idle slabs
 are trimmed and what the pool reports are
-:class:`~millpond.buffers.BufferPool`'s decisions (``buffers.py``).
+:class:`~millpond.memory.buffers.BufferPool`'s decisions (``buffers.py``).
 
 ``BufferPool._request`` repeats the class arithmetic inline on its hot path
 instead of calling :func:`capacity_for`: keep the two in step (a test compares

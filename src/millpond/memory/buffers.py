@@ -4,7 +4,7 @@ This module owns the memory that connections read into and nothing else: it does
 no I/O. A :class:`BufferPool` hands out :class:`Buffer` leases, each a window
 onto one slot of a *slab* (one anonymous ``mmap`` holding many buffers of one
 size class), after Netty's ``PooledByteBufAllocator``. Every leased byte is
-charged to a :class:`~millpond.limiter.BufferLimiter`, so the limiter's budget
+charged to a :class:`~millpond.memory.limiter.BufferLimiter`, so the limiter's budget
 bounds what the pool hands out; the pool itself bounds what it keeps beyond that
 (idle slabs, see ``max_idle_bytes``) and gives idle slabs back to the operating
 system after a quiet period. A buffer that is garbage collected without
@@ -42,10 +42,10 @@ from typing import Final, TypeVar, TypeVarTuple
 import outcome
 import trio
 
+from .._core.needs_trio import require_trio_run
 from .leaks import _LEAK_LEVELS, _SAMPLE_BITS, BufferLeakWarning, LeakReport, _Site
 from .lease import _EXPORTED, _LEAKED, Buffer, _GuardedBuffer, _Return
 from .limiter import BufferLimiter, _run_is_over
-from .needs_trio import require_trio_run
 from .sizeclasses import (
     _LENT_SLOTS,
     _LENT_VIEWS_SHOW_EXPORTS,
@@ -172,7 +172,7 @@ class BufferPool:
             n = sock.recv_into(buf.view)
 
     Arguments:
-      limiter: the :class:`~millpond.limiter.BufferLimiter` to charge, or None to
+      limiter: the :class:`~millpond.memory.limiter.BufferLimiter` to charge, or None to
         account (see :meth:`statistics`) without limiting.
       leak_detection: ``"off"``, ``"sampled"`` (1 lease in :data:`LEAK_SAMPLE_INTERVAL`
         records its call site) or ``"all"``. Whatever the level, a buffer that is
