@@ -25,7 +25,7 @@ from .memory.leaks import BufferLeakWarning, LeakReport
 from .memory.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
 from .memory.readsize import DEFAULT_READ_SIZES, ReadSizes
 from .memory.sizeclasses import SIZE_CLASSES
-from .server import Server, ServerStatistics, open_listeners, serve
+from .server import Server, ServerStatistics, current_server, open_listeners, serve
 from .stream import Connection
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "Server",
     "ServerStatistics",
     "TrioPoller",
+    "current_server",
     "get_poller",
     "open_connection",
     "open_listeners",

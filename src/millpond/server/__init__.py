@@ -1,11 +1,29 @@
 """Serving: listeners, the accept loop, and the nursery that owns every connection.
 
 ``server.py`` holds ``Server`` and ``serve`` (accepting, running handlers,
-surviving their errors); ``listeners.py`` binds the listening sockets. The
-public names are importable from ``millpond``.
+surviving their errors, shutting down); ``listeners.py`` binds the listening
+sockets (TCP, Unix, or ones you bring); ``arguments.py`` checks every
+argument first. The public names are importable from ``millpond``.
 """
 
-from .listeners import DEFAULT_BACKLOG, open_listeners
-from .server import Handler, Server, ServerStatistics, serve
+from .listeners import DEFAULT_BACKLOG, open_listeners, open_unix_listener
+from .server import (
+    DEFAULT_GRACE_SECONDS,
+    Handler,
+    Server,
+    ServerStatistics,
+    current_server,
+    serve,
+)
 
-__all__ = ["DEFAULT_BACKLOG", "Handler", "Server", "ServerStatistics", "open_listeners", "serve"]
+__all__ = [
+    "DEFAULT_BACKLOG",
+    "DEFAULT_GRACE_SECONDS",
+    "Handler",
+    "Server",
+    "ServerStatistics",
+    "current_server",
+    "open_listeners",
+    "open_unix_listener",
+    "serve",
+]

@@ -1,25 +1,43 @@
-"""Listeners: binding and listening sockets for a server, before it accepts anything.
+"""Listeners: the listening sockets a server accepts on, before it accepts anything.
 
-This module owns turning "a port on a host" into non-blocking listening
-sockets (every address family the host resolves to, one port for all), and
-checking those arguments. Accepting, and everything after, is the server's.
+This module owns where a server listens: turning "a port on a host" into
+non-blocking listening sockets (every address family the host resolves to,
+one port for all), binding a Unix domain socket path (clearing a stale one
+first), and adopting listening sockets the caller brings (systemd socket
+activation, ``--fd``, test fixtures). Accepting, and everything after, is the
+server's.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import stat
 import sys
+from collections.abc import Sequence
 from typing import Any, Final, TypeAlias
 
 import trio
 
-__all__ = ["DEFAULT_BACKLOG", "check_backlog", "check_host", "check_port", "open_listeners"]
+__all__ = [
+    "DEFAULT_BACKLOG",
+    "adopt_listeners",
+    "check_backlog",
+    "check_host",
+    "check_port",
+    "open_listeners",
+    "open_unix_listener",
+    "remove_unix_socket",
+]
 
 SockAddr: TypeAlias = tuple[Any, ...]
 
-# The kernel clamps the listen backlog to net.core.somaxconn; asking for the
-# largest value lets the system administrator's setting decide (as Trio does).
+# The kernel clamps the listen backlog to net.core.somaxconn (4096 on Linux
+# since 5.4, 128 before); asking for the largest value lets the system
+# administrator's setting decide, as Trio and nginx do. A long backlog is what
+# holds the clients a server does not accept yet: during a burst, and while
+# max_connections pauses the accept loop.
 DEFAULT_BACKLOG: Final = 0xFFFF
 
 
@@ -108,3 +126,96 @@ def _bind(sock: socket.socket, sockaddr: SockAddr, port: int) -> None:
             if exc.errno != errno.EADDRINUSE:
                 raise
     sock.bind(sockaddr)
+
+
+async def open_unix_listener(
+    path: str | os.PathLike[str], *, backlog: int | None = None, mode: int | None = None
+) -> socket.socket:
+    """Bind and listen on a Unix domain socket at ``path``; return it non-blocking.
+
+    A socket file left at ``path`` by a server that is gone (nothing accepts
+    on it) is removed first; a live one, or any other kind of file, is an
+    ``OSError`` (``EADDRINUSE``), never deleted. ``mode`` (e.g. ``0o660``)
+    is applied with ``chmod`` before the socket listens, so no client can
+    connect under the permissions the umask gave it; ``None`` keeps those.
+    """
+    path = os.fspath(path)
+    if not isinstance(path, str) or not path:
+        raise TypeError(f"uds must be a non-empty path, not {path!r}")
+    if mode is not None and (type(mode) is not int or not 0 <= mode <= 0o777):
+        raise ValueError(f"uds_mode must be permission bits (0 to 0o777), not {mode!r}")
+    computed_backlog = check_backlog(backlog)
+    await _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        try:
+            if mode is not None:
+                os.chmod(path, mode)
+            sock.listen(computed_backlog)
+        except BaseException:
+            os.unlink(path)
+            raise
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _remove_stale_unix_socket(path: str) -> None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket; not removing it")
+    probe = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with probe:
+        try:
+            await probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # a socket file nobody accepts on: stale
+            return
+    raise OSError(errno.EADDRINUSE, f"{path} is in use by a live server")
+
+
+def remove_unix_socket(sock: socket.socket) -> None:
+    """Remove the socket file of a Unix listener this process bound (call before closing it).
+
+    Only if the path still names this very socket (a newer server may have
+    replaced it since); anything else is left alone.
+    """
+    try:
+        path = sock.getsockname()
+        if not isinstance(path, str) or not path or path.startswith("\0"):
+            return  # unnamed, or in the abstract namespace
+        if os.stat(path).st_ino == os.fstat(sock.fileno()).st_ino:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def adopt_listeners(sockets: object) -> list[socket.socket]:
+    """Check sockets the caller brings (already bound and listening) and make them non-blocking.
+
+    Raises ``TypeError``/``ValueError`` naming ``sockets`` unless each is an
+    open, listening ``SOCK_STREAM`` socket. The server owns them from then
+    on, and closes them when it stops (as ``trio.serve_listeners`` does).
+    """
+    if isinstance(sockets, socket.socket) or not isinstance(sockets, Sequence):
+        raise TypeError(f"sockets must be a sequence of sockets, not {type(sockets).__name__}")
+    adopted = []
+    for sock in sockets:
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"sockets must hold socket.socket objects, not {type(sock).__name__}")
+        if sock.fileno() < 0:
+            raise ValueError("sockets holds a closed socket")
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError("sockets must be SOCK_STREAM sockets")
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError(f"socket {sock.getsockname()!r} is not listening (call listen())")
+        adopted.append(sock)
+    for sock in adopted:
+        sock.setblocking(False)
+    return adopted

@@ -1,22 +1,34 @@
-"""The server: the accept loop, and the nursery that owns every connection.
+"""The server: the accept loop, the nursery that owns every connection, and shutdown.
 
 This module owns the life of a server: accepting on the listeners
-(``listeners.py`` binds them), running one handler task per connection
-inside one nursery, surviving handler errors and transient accept failures,
-and closing everything when it is cancelled. It does not parse application
+(``listeners.py`` makes them), running one handler task per connection inside
+one nursery, surviving handler errors and transient accept failures, pausing
+at ``max_connections``, and stopping, either at once (its caller's scope is
+cancelled) or gracefully (``Server.shutdown``). It does not parse application
 protocols.
+
+How a graceful shutdown is structured: ``run`` holds two nurseries, one
+inside the other. The outer one owns every connection task; the inner one
+owns the accept loops and housekeeping. ``shutdown(grace)`` wakes ``run``,
+which cancels the inner nursery and closes the listeners (the kernel then
+refuses new clients instead of leaving them in a backlog nobody reads), and
+gives the outer nursery a cancel-scope deadline ``grace`` seconds away: the
+nursery waits for the handlers that finish by then and cancels the rest.
+Nothing waits for memory on the way: closing a connection releases what it
+holds.
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
-import functools
-import inspect
 import logging
+import math
+import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import trio
 
@@ -24,15 +36,31 @@ from .._core.poller import Poller, Registration, get_poller, resolve_poller_name
 from ..memory.buffers import BufferPool
 from ..memory.limiter import BufferLimiter
 from ..memory.readsize import ReadSizes
-from ..stream import Connection, check_memory_arguments
-from .listeners import check_backlog, check_host, check_port, open_listeners
+from ..stream import Connection
+from .arguments import check_count, check_handler, check_seconds, memory_of
+from .listeners import (
+    adopt_listeners,
+    check_backlog,
+    check_host,
+    check_port,
+    open_listeners,
+    open_unix_listener,
+    remove_unix_socket,
+)
 
-__all__ = ["Handler", "Server", "ServerStatistics", "serve"]
+__all__ = [
+    "DEFAULT_GRACE_SECONDS",
+    "Handler",
+    "Server",
+    "ServerStatistics",
+    "current_server",
+    "serve",
+]
 
 logger = logging.getLogger("millpond.server")
 
 Handler: TypeAlias = Callable[[Connection], Awaitable[object]]
-SockAddr: TypeAlias = tuple[Any, ...]
+SockAddr: TypeAlias = Any
 
 # accept() errors that mean "the process or the system is out of some
 # resource right now", not "this listener is broken": log, back off, retry.
@@ -54,25 +82,29 @@ ACCEPT_BACKOFF_SECONDS: Final = 0.100
 # flood cannot keep established connections from running.
 ACCEPT_BATCH: Final = 16
 
-# The default byte budget of a server's buffers: 1024 full-size (64 KiB)
-# reads in flight at once, or 65536 minimum-size ones under pressure. Enough
-# that a busy server rarely waits, small enough for a modest container.
-DEFAULT_BUDGET_BYTES: Final = 64 * 1024 * 1024
-
-# The default reserve, 1/16 of the budget: only connections that already hold
-# buffer memory may use it, so one that needs a second buffer to finish (a
-# proxy with an input and an output buffer) always can (HAProxy's
-# tune.buffers.reserve).
-DEFAULT_RESERVE_FRACTION: Final = 16
-
 # How often a server gives idle buffer slabs back to the system. The pool
 # unmaps a slab once it has been idle for its trim_after (5 s by default);
 # checking at that pace keeps RSS within one period of the traffic.
 TRIM_INTERVAL_SECONDS: Final = 5.0
 
-# Name of every connection task (see Server._accept_loop).
+# Name of every connection task (see Server._start_connection).
 CONNECTION_TASK_NAME: Final = "millpond.connection"
 
+# How long shutdown() lets handlers finish unless told otherwise: long enough
+# for a request in flight, short enough for a deploy (uvicorn waits for ever
+# by default, gunicorn 30 s, systemd sends SIGKILL after 90 s).
+DEFAULT_GRACE_SECONDS: Final = 30.0
+
+_CURRENT_SERVER: contextvars.ContextVar[Server] = contextvars.ContextVar("millpond_server")
+
+
+def current_server() -> Server:
+    """The ``Server`` whose handler is calling (``LookupError`` outside a handler).
+
+    For handlers served by ``serve()`` or the ``millpond`` command, which do
+    not hold the ``Server`` object: ``current_server().shutting_down``.
+    """
+    return _CURRENT_SERVER.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +113,15 @@ class ServerStatistics:
 
     Attributes:
       addresses: the addresses the server listens on.
-      connections_active: connections whose handler is running.
+      connections_active: connections accepted and not yet closed.
       connections_accepted: connections accepted since start.
       handler_errors: handlers that raised (each closed only its connection).
       accept_backoffs: times accept ran out of fds or memory and backed off.
       setup_errors: accepted connections dropped because setting them up
         failed (each logged; the server went on accepting).
+      accept_pauses: times the accept loop paused at ``max_connections``.
+      accept_paused_seconds: time spent paused there, in total.
+      shutting_down: whether ``shutdown`` has been called.
     """
 
     addresses: tuple[SockAddr, ...]
@@ -95,90 +130,84 @@ class ServerStatistics:
     handler_errors: int
     accept_backoffs: int
     setup_errors: int
-
-
-def _is_async_callable(handler: object) -> bool:
-    # An async def function or method, through functools.partial and
-    # decorators that set __wrapped__, or an object whose __call__ is one.
-    while isinstance(handler, functools.partial):
-        handler = handler.func
-    if inspect.iscoroutinefunction(inspect.unwrap(handler)):  # type: ignore[arg-type]
-        return True
-    call = getattr(handler, "__call__", None)  # noqa: B004 - we need the method itself
-    return call is not None and inspect.iscoroutinefunction(inspect.unwrap(call))
-
-
-def _check_handler(handler: object) -> None:
-    if not callable(handler):
-        raise TypeError(f"handler must be an async function, not {type(handler).__name__}")
-    if not _is_async_callable(handler):
-        raise TypeError(
-            f"handler must be an async function (async def handler(stream)), not {handler!r}: "
-            "it is called once per connection and its result awaited"
-        )
+    accept_pauses: int
+    accept_paused_seconds: float
+    shutting_down: bool
 
 
 class Server:
-    """A TCP server that runs ``handler(connection)`` for every client.
+    """A server that runs ``handler(connection)`` for every client.
 
-    One nursery owns every connection task: when ``run`` is cancelled, every
-    connection is closed and every handler has finished before it returns.
-    A handler's exception is logged (logger ``millpond.server``, with the
-    peer's address) and closes that connection only; so does a failure while
-    a connection is set up (``statistics().setup_errors``). ``handler`` must
-    be an async function: an ``async def``, a bound async method, an object
-    with an ``async def __call__``, or a ``functools.partial`` of one (checked
-    here, so a wrong one is a ``TypeError`` now, not an error per
-    connection later). Most users call
-    ``serve()``; keep a ``Server`` to read its statistics while it runs::
+    One nursery owns every connection task: when ``run`` returns or raises,
+    every connection is closed and every handler has finished. A handler's
+    exception is logged (logger ``millpond.server``, with the peer's address)
+    and closes that connection only; so does a failure while a connection is
+    set up (``statistics().setup_errors``). ``handler`` must be an async
+    function: an ``async def``, a bound async method, an object with an
+    ``async def __call__``, or a ``functools.partial`` of one (checked here,
+    so a wrong one is a ``TypeError`` now, not an error per connection later).
+    Most users call ``serve()``; keep a ``Server`` to read its statistics or
+    to shut it down gracefully::
 
         server = millpond.Server(echo, 0, host="127.0.0.1")
         addresses = await nursery.start(server.run)
+        ...
+        server.shutdown(grace=10)  # run() returns once the handlers are done
+
+    Where it listens (any combination, at least one): ``port`` on ``host``
+    (``None``: every interface; ``port=0`` picks a free port), ``uds`` (a
+    Unix domain socket path; a stale socket file there is removed first, a
+    live one is an error; ``uds_mode`` sets its permissions, e.g. ``0o660``),
+    and ``sockets`` (listening sockets you bind yourself, e.g. from systemd;
+    the server closes them when it stops). ``backlog`` is the listen queue
+    (default: as long as the kernel allows, see ``listeners.DEFAULT_BACKLOG``).
+
+    ``max_connections`` caps the connections open at once: at the cap the
+    accept loop pauses and the kernel's backlog holds the next clients,
+    until a connection closes (nginx's ``worker_connections``, HAProxy's
+    ``maxconn``).
     """
 
     def __init__(
         self,
         handler: Handler,
-        port: int,
+        port: int | None = None,
         *,
         host: str | None = None,
+        uds: str | os.PathLike[str] | None = None,
+        uds_mode: int | None = None,
+        sockets: Sequence[socket.socket] | None = None,
         backlog: int | None = None,
+        max_connections: int | None = None,
         poller: str = "auto",
         limiter: BufferLimiter | None = None,
         pool: BufferPool | None = None,
         read_sizes: ReadSizes | None = None,
         pooled: bool = True,
     ) -> None:
-        _check_handler(handler)
-        check_port(port)
+        check_handler(handler)
+        if port is not None:
+            check_port(port)
         check_host(host)
+        if uds is not None and not isinstance(uds, str | os.PathLike):
+            raise TypeError(f"uds must be a path (str) or None, not {type(uds).__name__}")
+        if uds_mode is not None and (type(uds_mode) is not int or not 0 <= uds_mode <= 0o777):
+            raise ValueError(f"uds_mode must be permission bits (0 to 0o777), not {uds_mode!r}")
+        adopted = None if sockets is None else adopt_listeners(sockets)
+        if port is None and uds is None and not adopted:
+            raise ValueError("give the server somewhere to listen: port, uds or sockets")
         check_backlog(backlog)
+        self._max_connections = check_count("max_connections", max_connections)
         self._poller_name = resolve_poller_name(poller)
-        if limiter is not None and not isinstance(limiter, BufferLimiter):
-            raise TypeError(
-                f"limiter must be a BufferLimiter or None, not {type(limiter).__name__}"
-            )
-        check_memory_arguments(pool, read_sizes)
-        if pool is not None and limiter is not None and pool.limiter is not limiter:
-            raise ValueError("pool must charge the given limiter (pool.limiter is not limiter)")
-        if not isinstance(pooled, bool):
-            raise TypeError(f"pooled must be a bool, not {type(pooled).__name__}")
-        if not pooled and (pool is not None or limiter is not None):
-            raise ValueError("pooled=False reads without a pool: pass no pool or limiter")
+        self._limiter, self._pool = memory_of(limiter, pool, read_sizes, pooled)
         self._pooled = pooled
-        if pool is not None:
-            limiter = pool.limiter
-        elif limiter is None and pooled:
-            limiter = BufferLimiter(
-                DEFAULT_BUDGET_BYTES,
-                reserved_bytes=DEFAULT_BUDGET_BYTES // DEFAULT_RESERVE_FRACTION,
-            )
-        self._limiter = limiter
-        self._pool = pool
         self._read_sizes = read_sizes
         self._handler = handler
         self._port = port
         self._host = host
+        self._uds = uds
+        self._uds_mode = uds_mode
+        self._sockets = adopted or []
         self._backlog = backlog
         self._addresses: tuple[SockAddr, ...] = ()
         self._connections_active = 0
@@ -186,7 +215,15 @@ class Server:
         self._handler_errors = 0
         self._accept_backoffs = 0
         self._setup_errors = 0
+        self._accept_pauses = 0
+        self._accept_paused_seconds = 0.0
+        # Set by the connection that frees a slot while the accept loop waits for one.
+        self._slot_freed: trio.Event | None = None
         self._running = False
+        self._shutting_down = trio.Event()
+        self._shutdown_deadline = math.inf
+        # The nursery that owns every connection task, while run() is serving.
+        self._connections: trio.Nursery | None = None
 
     @property
     def limiter(self) -> BufferLimiter | None:
@@ -203,6 +240,16 @@ class Server:
         """The bound addresses (empty until ``run`` has started)."""
         return self._addresses
 
+    @property
+    def shutting_down(self) -> trio.Event:
+        """Set when ``shutdown`` is called: handlers that see it should wind down.
+
+        An HTTP handler stops keeping connections alive, a WebSocket handler
+        sends close code 1001 ("going away"). From a handler that does not
+        hold the server: ``millpond.current_server().shutting_down``.
+        """
+        return self._shutting_down
+
     def statistics(self) -> ServerStatistics:
         """Return a snapshot of this server's counters."""
         return ServerStatistics(
@@ -212,50 +259,119 @@ class Server:
             handler_errors=self._handler_errors,
             accept_backoffs=self._accept_backoffs,
             setup_errors=self._setup_errors,
+            accept_pauses=self._accept_pauses,
+            accept_paused_seconds=self._accept_paused_seconds,
+            shutting_down=self._shutting_down.is_set(),
         )
+
+    def shutdown(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
+        """Stop gracefully: stop accepting at once, let handlers finish for ``grace`` seconds.
+
+        The listeners are closed right away (new clients are refused), the
+        ``shutting_down`` event is set, and ``run`` returns once every handler
+        has finished; those still running ``grace`` seconds from now are
+        cancelled and their connections closed. Calling it again can only
+        bring the deadline nearer: ``shutdown(0)`` after a graceful one
+        cancels what is left at once (a second Ctrl-C). Call it from the
+        server's Trio run (a signal handler task, a handler, a test). If the
+        server has not started yet, it stops as soon as it has.
+        """
+        grace = check_seconds("grace", grace, optional=False)  # type: ignore[assignment]
+        self._shutdown_deadline = min(self._shutdown_deadline, trio.current_time() + grace)
+        if not self._shutting_down.is_set():
+            logger.info("shutting down: accepting no more connections, %g s for handlers", grace)
+            self._shutting_down.set()
+        elif self._connections is not None:
+            logger.info("shutting down: %d connection(s) left, cancelling them in %g s",
+                        self._connections_active, grace)
+        connections = self._connections
+        if connections is not None:
+            connections.cancel_scope.deadline = min(
+                connections.cancel_scope.deadline, self._shutdown_deadline
+            )
 
     async def run(
         self, *, task_status: trio.TaskStatus[list[SockAddr]] = trio.TASK_STATUS_IGNORED
-    ) -> NoReturn:
-        """Bind, report the bound addresses to ``task_status``, serve until cancelled."""
+    ) -> None:
+        """Listen, report the bound addresses to ``task_status``, serve until shut down.
+
+        Returns after a graceful ``shutdown`` once every connection is closed;
+        cancelling the caller's scope stops the server at once, closing every
+        connection. Either way nothing of it is left: no task, socket or byte
+        of budget.
+        """
         if self._running:
             raise RuntimeError("this Server is already running")
         self._running = True
+        try:
+            await self._run(task_status)
+        finally:
+            self._running = False
+
+    async def _run(self, task_status: trio.TaskStatus[list[SockAddr]]) -> None:
         poller = get_poller(self._poller_name)
         if self._pool is None and self._pooled:
             self._pool = BufferPool(self._limiter)
         pool = self._pool
-        listeners = await open_listeners(self._port, host=self._host, backlog=self._backlog)
+        listeners = await self._open_listeners()
         registrations: list[Registration] = []
+        token = _CURRENT_SERVER.set(self)
         try:
             for sock in listeners:
                 registrations.append(poller.register(sock))
             self._addresses = tuple(sock.getsockname() for sock in listeners)
-            async with trio.open_nursery() as nursery:
-                for registration in registrations:
-                    nursery.start_soon(self._accept_loop, registration, poller, pool, nursery)
-                if pool is not None:
-                    nursery.start_soon(_trim_periodically, pool)
-                task_status.started(list(self._addresses))
-                await trio.sleep_forever()
+            async with trio.open_nursery() as connections:
+                self._connections = connections
+                async with trio.open_nursery() as accepting:
+                    for registration in registrations:
+                        accepting.start_soon(
+                            self._accept_loop, registration, poller, pool, connections
+                        )
+                    if pool is not None:
+                        accepting.start_soon(_trim_periodically, pool)
+                    task_status.started(list(self._addresses))
+                    await self._shutting_down.wait()
+                    accepting.cancel_scope.cancel()
+                # Refuse new clients now, not when the last handler is done.
+                _close_listeners(poller, registrations, listeners)
+                connections.cancel_scope.deadline = self._shutdown_deadline
+                if self._connections_active:
+                    logger.info("waiting for %d connection(s)", self._connections_active)
+            logger.info("shut down")
         finally:
-            for registration in registrations:
-                poller.unregister(registration)
-            for sock in listeners:
-                sock.close()
-            self._running = False
-        raise AssertionError("unreachable")  # pragma: no cover
+            self._connections = None
+            _CURRENT_SERVER.reset(token)
+            _close_listeners(poller, registrations, listeners)
+
+    async def _open_listeners(self) -> list[socket.socket]:
+        listeners: list[socket.socket] = []
+        try:
+            if self._port is not None:
+                listeners += await open_listeners(
+                    self._port, host=self._host, backlog=self._backlog
+                )
+            if self._uds is not None:
+                listeners.append(
+                    await open_unix_listener(self._uds, backlog=self._backlog, mode=self._uds_mode)
+                )
+        except BaseException:
+            _close_listeners(None, [], listeners)
+            _close_listeners(None, [], self._sockets)
+            raise
+        return listeners + self._sockets
 
     async def _accept_loop(
         self,
         registration: Registration,
         poller: Poller,
         pool: BufferPool | None,
-        nursery: trio.Nursery,
+        connections: trio.Nursery,
     ) -> None:
         accept = registration.accept
         accepted_in_a_row = 0
         while True:
+            if self._max_connections is not None:
+                await self._wait_for_a_slot(self._max_connections)
             try:
                 accepted = accept()  # None: EAGAIN, and the registration parks next
             except OSError as exc:
@@ -278,14 +394,32 @@ class Server:
                 await registration.wait_readable()
                 continue
             self._connections_accepted += 1
-            self._start_connection(accepted[0], poller, pool, nursery)
+            self._start_connection(accepted[0], poller, pool, connections)
             accepted_in_a_row += 1
             if accepted_in_a_row >= ACCEPT_BATCH:
                 accepted_in_a_row = 0
                 await trio.lowlevel.checkpoint()
 
+    async def _wait_for_a_slot(self, limit: int) -> None:
+        """Pause accepting while ``limit`` connections are open; the backlog holds the rest."""
+        if self._connections_active < limit:
+            return
+        self._accept_pauses += 1
+        paused_at = trio.current_time()
+        try:
+            while self._connections_active >= limit:
+                if self._slot_freed is None:
+                    self._slot_freed = trio.Event()
+                await self._slot_freed.wait()
+        finally:
+            self._accept_paused_seconds += trio.current_time() - paused_at
+
     def _start_connection(
-        self, sock: socket.socket, poller: Poller, pool: BufferPool | None, nursery: trio.Nursery
+        self,
+        sock: socket.socket,
+        poller: Poller,
+        pool: BufferPool | None,
+        connections: trio.Nursery,
     ) -> None:
         """Wrap an accepted socket and start its handler; a failure costs only this socket."""
         try:
@@ -298,12 +432,12 @@ class Server:
             self._setup_errors += 1
             logger.warning("dropped a connection during setup: %r", exc)
             return
+        self._connections_active += 1
         # A constant task name: Trio would otherwise format a new string per
         # connection, and an idle connection should cost little.
-        nursery.start_soon(self._run_connection, connection, name=CONNECTION_TASK_NAME)
+        connections.start_soon(self._run_connection, connection, name=CONNECTION_TASK_NAME)
 
     async def _run_connection(self, connection: Connection) -> None:
-        self._connections_active += 1
         try:
             await self._handler(connection)
         except trio.BrokenResourceError as exc:
@@ -314,9 +448,26 @@ class Server:
         finally:
             self._connections_active -= 1
             connection.close()
+            slot_freed, self._slot_freed = self._slot_freed, None
+            if slot_freed is not None:
+                slot_freed.set()
 
 
-async def _trim_periodically(pool: BufferPool) -> NoReturn:
+def _close_listeners(
+    poller: Poller | None, registrations: list[Registration], listeners: list[socket.socket]
+) -> None:
+    # Unregister before close (poller.py, rule 1); both are idempotent.
+    for registration in registrations:
+        assert poller is not None
+        poller.unregister(registration)
+    for sock in listeners:
+        if sock.fileno() >= 0:
+            if sock.family == socket.AF_UNIX:
+                remove_unix_socket(sock)
+            sock.close()
+
+
+async def _trim_periodically(pool: BufferPool) -> None:
     # The pool trims lazily as buffers come and go; this covers a server that
     # went quiet after a burst, so its RSS falls without new traffic.
     while True:
@@ -331,35 +482,42 @@ def _peer(connection: Connection) -> str:
         address = connection.getpeername()
     except OSError:
         return "an unknown peer (already closed or reset)"
+    if isinstance(address, str):
+        return address or "a Unix socket peer"
     return f"{address[0]}:{address[1]}"
 
 
 async def serve(
     handler: Handler,
-    port: int,
+    port: int | None = None,
     *,
     host: str | None = None,
+    uds: str | os.PathLike[str] | None = None,
+    uds_mode: int | None = None,
+    sockets: Sequence[socket.socket] | None = None,
     backlog: int | None = None,
+    max_connections: int | None = None,
     poller: str = "auto",
     limiter: BufferLimiter | None = None,
     pool: BufferPool | None = None,
     read_sizes: ReadSizes | None = None,
     pooled: bool = True,
     task_status: trio.TaskStatus[list[SockAddr]] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """Serve ``handler`` on ``port`` until cancelled.
+) -> None:
+    """Serve ``handler`` until cancelled (or shut down through ``current_server()``).
 
     ``handler`` is ``async def handler(stream: millpond.Connection)``; it runs
     in its own task, and the connection is closed when it returns or raises.
-    ``host=None`` listens on every interface; ``port=0`` picks a free port.
-    ``poller`` is ``"auto"``, ``"epoll"`` or ``"trio"``.
+    Where to listen and how many connections to take: see ``Server``
+    (``port`` and ``host``, ``uds``, ``sockets``, ``backlog``,
+    ``max_connections``). ``poller`` is ``"auto"``, ``"epoll"`` or ``"trio"``.
 
-    Memory: every read leases a buffer from ``pool`` (a ``BufferPool``),
-    charged to ``limiter`` (a ``BufferLimiter``); by default a 64 MiB budget
-    with a 4 MiB reserve. ``read_sizes`` bounds the adaptive read size (1 KiB
-    to 1 MiB by default, lowered to fit a smaller budget). ``pooled=False``
-    reads with plain ``recv`` into new ``bytes`` objects, outside any budget
-    (Trio's own behaviour). With
+    Memory: every read is charged to ``limiter`` (a ``BufferLimiter``; by
+    default a 64 MiB budget with a 4 MiB reserve) through ``pool`` (a
+    ``BufferPool``). ``read_sizes`` bounds the adaptive read size (1 KiB to
+    1 MiB by default; each read also follows the budget as it is).
+    ``pooled=False`` reads with plain ``recv`` into new ``bytes`` objects,
+    outside any budget (Trio's own behaviour). With
     ``await nursery.start(millpond.serve, handler, 0)`` the bound addresses
     are returned once the server is listening::
 
@@ -369,7 +527,11 @@ async def serve(
         handler,
         port,
         host=host,
+        uds=uds,
+        uds_mode=uds_mode,
+        sockets=sockets,
         backlog=backlog,
+        max_connections=max_connections,
         poller=poller,
         limiter=limiter,
         pool=pool,
