@@ -51,6 +51,15 @@ async def start_server(
     yield start
 
 
+async def started_server(
+    nursery: trio.Nursery, handler: Handler, poller_name: str, **kwargs: object
+) -> tuple[millpond.Server, int]:
+    """``millpond.Server(handler, **kwargs)`` on 127.0.0.1, started in ``nursery``; and its port."""
+    server = millpond.Server(handler, 0, host="127.0.0.1", poller=poller_name, **kwargs)  # type: ignore[arg-type]
+    await nursery.start(server.run)
+    return server, server_port(server)
+
+
 def server_port(server: millpond.Server) -> int:
     """The port a started server listens on."""
     return int(server.addresses[0][1])
@@ -111,4 +120,4 @@ async def socket_pair(
         listener.close()
 
 
-__all__ = ["connect", "echo", "open_fds", "server_port", "socket_pair"]
+__all__ = ["connect", "echo", "open_fds", "server_port", "socket_pair", "started_server"]

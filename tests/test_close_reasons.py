@@ -9,19 +9,11 @@ import struct
 import pytest
 import trio
 import trio.testing
-from conftest import echo, socket_pair
+from conftest import echo, socket_pair, started_server
 
 import millpond
 
 HOST = "127.0.0.1"
-
-
-async def start(
-    nursery: trio.Nursery, handler: millpond.server.Handler, poller_name: str, **kwargs: object
-) -> tuple[millpond.Server, int]:
-    server = millpond.Server(handler, 0, host=HOST, poller=poller_name, **kwargs)  # type: ignore[arg-type]
-    await nursery.start(server.run)
-    return server, int(server.addresses[0][1])
 
 
 async def one_exchange(port: int, poller_name: str, eof: bool) -> None:
@@ -45,9 +37,9 @@ async def test_a_handler_that_returns_after_eof_or_before_it(
     async def answer_once(stream: millpond.Connection) -> None:
         await stream.send_all(await stream.receive_some())
 
-    server, port = await start(nursery, echo, poller_name)
+    server, port = await started_server(nursery, echo, poller_name)
     await one_exchange(port, poller_name, eof=True)
-    other, other_port = await start(nursery, answer_once, poller_name)
+    other, other_port = await started_server(nursery, answer_once, poller_name)
     await one_exchange(other_port, poller_name, eof=False)
     await trio.testing.wait_all_tasks_blocked()
     assert server.statistics().closed["eof"] == 1
@@ -80,7 +72,7 @@ async def test_a_peer_that_vanishes_is_logged_at_info_with_a_reason_not_as_a_han
         await stream.receive_some()
         raise error
 
-    server, port = await start(nursery, handler, poller_name)
+    server, port = await started_server(nursery, handler, poller_name)
     with caplog.at_level(logging.INFO, logger="millpond.server"):
         await one_exchange(port, poller_name, eof=False)
         await trio.testing.wait_all_tasks_blocked()
@@ -98,7 +90,7 @@ async def test_a_real_reset_mid_transfer_is_counted_as_reset(
         while True:
             await stream.send_all(b"z" * 65536)
 
-    server, port = await start(nursery, firehose, poller_name)
+    server, port = await started_server(nursery, firehose, poller_name)
     with trio.socket.socket() as rude:
         await rude.connect((HOST, port))
         await rude.recv(1000)  # the handler is sending; now vanish with unread data
@@ -115,7 +107,7 @@ async def test_a_handler_error_is_logged_with_a_traceback_and_counted(
     async def buggy(stream: millpond.Connection) -> None:
         raise KeyError("a bug")
 
-    server, port = await start(nursery, buggy, poller_name)
+    server, port = await started_server(nursery, buggy, poller_name)
     with caplog.at_level(logging.ERROR, logger="millpond.server"):
         await one_exchange(port, poller_name, eof=False)
         await trio.testing.wait_all_tasks_blocked()
@@ -127,7 +119,7 @@ async def test_a_handler_error_is_logged_with_a_traceback_and_counted(
 async def test_the_access_log_writes_one_line_per_connection_when_enabled(
     poller_name: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server, port = await start(nursery, echo, poller_name, access_log=True)
+    server, port = await started_server(nursery, echo, poller_name, access_log=True)
     with caplog.at_level(logging.INFO, logger="millpond.access"):
         await one_exchange(port, poller_name, eof=True)
         await trio.testing.wait_all_tasks_blocked()
@@ -141,7 +133,7 @@ async def test_the_access_log_writes_one_line_per_connection_when_enabled(
 async def test_the_access_log_is_off_by_default(
     poller_name: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server, port = await start(nursery, echo, poller_name)
+    server, port = await started_server(nursery, echo, poller_name)
     with caplog.at_level(logging.DEBUG, logger="millpond.access"):
         await one_exchange(port, poller_name, eof=True)
         await trio.testing.wait_all_tasks_blocked()

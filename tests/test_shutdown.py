@@ -29,6 +29,11 @@ async def start(
     return server, returned
 
 
+async def stubborn(stream: millpond.Connection) -> None:
+    """A handler that never ends by itself."""
+    await trio.sleep_forever()
+
+
 def port_of(server: millpond.Server) -> int:
     return int(server.addresses[0][1])
 
@@ -110,9 +115,6 @@ async def test_handlers_see_the_shutdown_and_wind_down(
 async def test_a_second_shutdown_cancels_what_is_left_at_once(
     poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async def stubborn(stream: millpond.Connection) -> None:
-        await trio.sleep_forever()
-
     server, returned = await start(nursery, stubborn, poller_name)
     client = await millpond.open_connection(HOST, port_of(server), poller=poller_name)
     await trio.testing.wait_all_tasks_blocked()
@@ -129,9 +131,6 @@ async def test_a_second_shutdown_cancels_what_is_left_at_once(
 async def test_a_later_shutdown_never_extends_the_deadline(
     poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    async def stubborn(stream: millpond.Connection) -> None:
-        await trio.sleep_forever()
-
     server, returned = await start(nursery, stubborn, poller_name)
     client = await millpond.open_connection(HOST, port_of(server), poller=poller_name)
     await trio.testing.wait_all_tasks_blocked()

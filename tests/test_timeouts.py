@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from conftest import echo
+from conftest import echo, started_server
 
 import millpond
 
 HOST = "127.0.0.1"
-
-
-async def start(
-    nursery: trio.Nursery, handler: millpond.server.Handler, poller_name: str, **kwargs: object
-) -> tuple[millpond.Server, int]:
-    server = millpond.Server(handler, 0, host=HOST, poller=poller_name, **kwargs)  # type: ignore[arg-type]
-    await nursery.start(server.run)
-    return server, int(server.addresses[0][1])
 
 
 async def closed_by_server(client: millpond.Connection) -> None:
@@ -33,7 +25,7 @@ async def closed_by_server(client: millpond.Connection) -> None:
 async def test_an_idle_connection_is_closed_after_idle_timeout(
     poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    server, port = await start(nursery, echo, poller_name, idle_timeout=30)
+    server, port = await started_server(nursery, echo, poller_name, idle_timeout=30)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     opened = trio.current_time()
     await closed_by_server(client)
@@ -45,7 +37,7 @@ async def test_an_idle_connection_is_closed_after_idle_timeout(
 async def test_traffic_keeps_a_connection_alive_past_idle_timeout(
     poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    server, port = await start(nursery, echo, poller_name, idle_timeout=30)
+    server, port = await started_server(nursery, echo, poller_name, idle_timeout=30)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     for _ in range(10):  # 200 s in all, never 30 s quiet
         await trio.sleep(20)
@@ -60,7 +52,7 @@ async def test_traffic_keeps_a_connection_alive_past_idle_timeout(
 async def test_a_receive_waiting_too_long_is_a_read_timeout(
     poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    server, port = await start(nursery, echo, poller_name, read_timeout=5)
+    server, port = await started_server(nursery, echo, poller_name, read_timeout=5)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     opened = trio.current_time()
     await closed_by_server(client)
@@ -77,7 +69,7 @@ async def test_a_handler_busy_elsewhere_is_not_a_read_timeout(
         await trio.sleep(60)  # twelve read timeouts, but no receive is waiting
         await stream.send_all(request.upper())
 
-    server, port = await start(nursery, slow_thinker, poller_name, read_timeout=5)
+    server, port = await started_server(nursery, slow_thinker, poller_name, read_timeout=5)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     await client.send_all(b"think")
     with trio.fail_after(3600):
@@ -93,7 +85,9 @@ async def test_a_client_that_stops_reading_is_a_write_timeout(
         while True:
             await stream.send_all(b"w" * 65536)
 
-    server, port = await start(nursery, firehose, poller_name, write_timeout=10, idle_timeout=600)
+    server, port = await started_server(
+        nursery, firehose, poller_name, write_timeout=10, idle_timeout=600
+    )
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     await trio.testing.wait_all_tasks_blocked()  # the handler's send_all is blocked
     blocked = trio.current_time()
@@ -116,7 +110,7 @@ async def test_a_deadline_stops_a_client_that_trickles(
             received += await stream.receive_some()
         await stream.send_all(b"never reached")
 
-    server, port = await start(
+    server, port = await started_server(
         nursery, headers_within_ten_seconds, poller_name, idle_timeout=5, read_timeout=5
     )
     client = await millpond.open_connection(HOST, port, poller=poller_name)
@@ -146,7 +140,7 @@ async def test_a_deadline_moved_earlier_fires_at_the_new_time(
         stream.deadline = trio.current_time() + 2
         await trio.sleep_forever()
 
-    server, port = await start(nursery, changes_its_mind, poller_name)
+    server, port = await started_server(nursery, changes_its_mind, poller_name)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     opened = trio.current_time()
     await closed_by_server(client)
@@ -165,7 +159,7 @@ async def test_a_deadline_moved_later_is_honoured(
         await trio.sleep(15)
         await stream.send_all(b"made it")
 
-    server, port = await start(nursery, extends, poller_name)
+    server, port = await started_server(nursery, extends, poller_name)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     with trio.fail_after(3600):
         assert await client.receive_some() == b"made it"
@@ -182,7 +176,7 @@ async def test_a_connection_past_its_deadline_is_closed_without_memory(
         stream.deadline = trio.current_time() + 3
         await stream.receive_some()
 
-    server, port = await start(nursery, read_with_a_deadline, poller_name, limiter=limiter)
+    server, port = await started_server(nursery, read_with_a_deadline, poller_name, limiter=limiter)
     limiter.acquire_on_behalf_of_nowait("hog", 64 * 1024)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     await client.send_all(b"cannot be afforded")
@@ -195,7 +189,7 @@ async def test_a_connection_past_its_deadline_is_closed_without_memory(
 async def test_timeouts_apply_to_many_connections_each_on_its_own_clock(
     poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    server, port = await start(nursery, echo, poller_name, idle_timeout=10)
+    server, port = await started_server(nursery, echo, poller_name, idle_timeout=10)
     clients = []
     for _ in range(20):
         clients.append(await millpond.open_connection(HOST, port, poller=poller_name))
@@ -213,7 +207,7 @@ async def test_timeouts_apply_to_many_connections_each_on_its_own_clock(
 async def test_closed_connections_leave_no_timer_entries_behind(
     poller_name: str, nursery: trio.Nursery
 ) -> None:
-    server, port = await start(nursery, echo, poller_name, idle_timeout=3600)
+    server, port = await started_server(nursery, echo, poller_name, idle_timeout=3600)
     for _ in range(300):  # closed long before their timers would come due
         client = await millpond.open_connection(HOST, port, poller=poller_name)
         await client.send_all(b"x")
