@@ -12,6 +12,7 @@ Write a handler, serve it::
 """
 
 from ._core.poller import (
+    POLLER_NAMES,
     EpollPoller,
     Poller,
     PollerStatistics,
@@ -30,6 +31,7 @@ from .stream import Connection
 
 __all__ = [
     "DEFAULT_READ_SIZES",
+    "POLLER_NAMES",
     "SIZE_CLASSES",
     "Buffer",
     "BufferLeakWarning",

@@ -106,6 +106,7 @@ ReadableBuffer: TypeAlias = bytes | bytearray | memoryview
 WriteableBuffer: TypeAlias = bytearray | memoryview | mmap.mmap
 
 __all__ = [
+    "POLLER_NAMES",
     "EpollPoller",
     "Poller",
     "PollerStatistics",
@@ -115,6 +116,7 @@ __all__ = [
     "resolve_poller_name",
 ]
 
+#: The names a poller can be asked for by (``get_poller``, ``serve(poller=...)``).
 POLLER_NAMES: Final = ("auto", "epoll", "trio")
 
 # Environment variable that picks the poller when the caller says "auto".

@@ -23,8 +23,7 @@ from functools import partial
 import trio
 
 from ..memory.limiter import BufferLimiter
-from ..server import Server
-from ..server.arguments import DEFAULT_RESERVE_FRACTION
+from ..server import DEFAULT_RESERVE_FRACTION, Server
 from .certificates import server_ssl_context
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 from .inherited import adopt_listeners, take_activation_fds

@@ -19,9 +19,8 @@ from typing import Final
 
 import trio
 
-from ..server import DEFAULT_GRACE_SECONDS
-from ..server.arguments import DEFAULT_BUDGET_BYTES
-from ..server.tls import DEFAULT_HANDSHAKE_TIMEOUT
+from .. import POLLER_NAMES
+from ..server import DEFAULT_BUDGET_BYTES, DEFAULT_GRACE_SECONDS, DEFAULT_HANDSHAKE_TIMEOUT
 from . import values
 from .target import parse_target
 
@@ -48,7 +47,7 @@ LOG_LEVELS: Final = ("critical", "error", "warning", "info", "debug")
 
 # Spelled out rather than imported from the poller, which is not public API;
 # an unknown name would still be refused by Server.
-_POLLERS: Final = ("auto", "epoll", "trio")
+_POLLERS: Final = POLLER_NAMES
 
 # The per-connection timeouts: each closes the connection it times.
 _TIMEOUTS: Final = (

@@ -28,8 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import cast
 
-from ..server import Handler
-from ..server.arguments import check_handler
+from ..server import Handler, check_handler
 from .errors import CommandError
 
 __all__ = ["Target", "load_handler", "parse_target"]

@@ -326,7 +326,10 @@ class Server:
         grace = check_seconds("grace", grace, optional=False)  # type: ignore[assignment]
         self._shutdown_deadline = min(self._shutdown_deadline, trio.current_time() + grace)
         if not self._shutting_down.is_set():
-            logger.info("shutting down: accepting no more connections, %g s for handlers", grace)
+            logger.info(
+                "shutting down: accepting no more connections, %s for handlers",
+                "all the time they need" if grace == math.inf else f"{grace:g} s",
+            )
             self._shutting_down.set()
         elif self._connections is not None:
             logger.info("shutting down: %d connection(s) left, cancelling them in %g s",
