@@ -52,6 +52,15 @@ async def start_server(
     yield start
 
 
+async def started_server(
+    nursery: trio.Nursery, handler: Handler, poller_name: str, **kwargs: object
+) -> tuple[millpond.Server, int]:
+    """``millpond.Server(handler, **kwargs)`` on 127.0.0.1, started in ``nursery``; and its port."""
+    server = millpond.Server(handler, 0, host="127.0.0.1", poller=poller_name, **kwargs)  # type: ignore[arg-type]
+    await nursery.start(server.run)
+    return server, server_port(server)
+
+
 def server_port(server: millpond.Server) -> int:
     """The port a started server listens on."""
     return int(server.addresses[0][1])
@@ -112,9 +121,6 @@ async def socket_pair(
         listener.close()
 
 
-__all__ = ["connect", "echo", "open_fds", "server_port", "socket_pair"]
-
-
 # How long (real time) a run must be idle before the idle clock jumps. Loopback
 # I/O in flight completes in microseconds, so a tenth of a second never jumps
 # over a reply that is on its way, and a test still takes a fraction of a second.
@@ -130,3 +136,6 @@ def idle_clock() -> trio.testing.MockClock:
     waits that long in real time first.
     """
     return trio.testing.MockClock(autojump_threshold=IDLE_JUMP_SECONDS)
+
+
+__all__ = ["connect", "echo", "open_fds", "server_port", "socket_pair", "started_server"]

@@ -20,9 +20,10 @@ defaults are in ``docs/memory.md``.
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn, TypeAlias, TypeVar, overload
 
@@ -122,7 +123,16 @@ class Connection(trio.abc.HalfCloseableStream):
     """
 
     __slots__ = (
+        "_bytes_received",
+        "_bytes_sent",
+        "_clock",
         "_closed",
+        "_deadline",
+        "_deadline_changed",
+        "_eof_received",
+        "_last_activity",
+        "_receive_waiting_since",
+        "_send_blocked_since",
         "_eof_sent",
         "_held_read",
         "_ledger",
@@ -196,6 +206,18 @@ class Connection(trio.abc.HalfCloseableStream):
         # The cancel scope around a wait for memory, so that close() can end
         # it (a task waiting in the limiter is not parked on the socket).
         self._receive_memory_wait: trio.CancelScope | None = None
+        # Counted always (statistics, the access log); cheap integer adds.
+        self._bytes_received = 0
+        self._bytes_sent = 0
+        self._eof_received = False
+        # Timing notes for a server's timeouts (server/timeouts.py): kept only
+        # while _clock is set, so a connection without timeouts reads no clock.
+        self._clock: Callable[[], float] | None = None
+        self._last_activity = 0.0
+        self._receive_waiting_since: float | None = None
+        self._send_blocked_since: float | None = None
+        self._deadline = math.inf
+        self._deadline_changed: Callable[[], None] | None = None
 
     @property
     def socket(self) -> socket.socket:
@@ -206,6 +228,60 @@ class Connection(trio.abc.HalfCloseableStream):
     def poller(self) -> Poller:
         """The poller this connection parks on."""
         return self._poller
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes received so far (what ``receive_some``/``receive_buffer`` returned)."""
+        return self._bytes_received
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes the kernel has taken from ``send_all`` so far."""
+        return self._bytes_sent
+
+    @property
+    def eof_received(self) -> bool:
+        """Whether a receive has returned the peer's end of file."""
+        return self._eof_received
+
+    @property
+    def deadline(self) -> float:
+        """When a server closes this connection, in ``trio.current_time()`` terms (inf: never).
+
+        The per-connection deadline for protocols on top, and the defence
+        against a client that trickles a byte a second (which no inactivity
+        timeout catches): give the request headers ten seconds in all, then
+        move the deadline on for the body::
+
+            stream.deadline = trio.current_time() + 10
+            headers = await read_headers(stream)
+            stream.deadline = trio.current_time() + 60
+
+        Past it, the server cancels the handler and closes the connection
+        (no memory needed), and counts a ``deadline`` close. Setting it on a
+        connection no server watches (``open_connection``'s) stores it and
+        enforces nothing: use ``trio.fail_at`` there.
+        """
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, when: float) -> None:
+        if isinstance(when, bool) or not isinstance(when, int | float):
+            raise TypeError(f"deadline must be a number (trio.current_time() terms), not {when!r}")
+        if math.isnan(when):
+            raise ValueError("deadline must not be NaN")
+        self._deadline = float(when)
+        if self._deadline_changed is not None:
+            self._deadline_changed()
+
+    def _start_timing(
+        self, clock: Callable[[], float] | None, deadline_changed: Callable[[], None] | None
+    ) -> None:
+        """For the server's timeouts: note I/O times with ``clock`` (None: stop)."""
+        self._clock = clock
+        self._deadline_changed = deadline_changed
+        if clock is not None:
+            self._last_activity = clock()
 
     @property
     def closed(self) -> bool:
@@ -273,6 +349,8 @@ class Connection(trio.abc.HalfCloseableStream):
                             self._held_read = 0
                         else:
                             self._release_held_read()
+                    if self._clock is not None:
+                        self._note_receive_waiting()
                     await registration.park_readable()
                     if registration.read_failure is not None:
                         registration.raise_read_failure()
@@ -282,6 +360,8 @@ class Connection(trio.abc.HalfCloseableStream):
                     break
                 granted = 0
                 if data:
+                    if self._clock is not None:
+                        self._note_receive_waiting()
                     granted = await self._wait_for_memory(data)
                     parked = True
             if not parked:
@@ -292,6 +372,8 @@ class Connection(trio.abc.HalfCloseableStream):
             raise
         finally:
             self._receiving = False
+            if self._receive_waiting_since is not None:
+                self._receive_waiting_since = None
         if not data and eof_stops_iteration:
             raise StopAsyncIteration
         return data
@@ -314,7 +396,13 @@ class Connection(trio.abc.HalfCloseableStream):
                 data = registration.recv(max_bytes)
             except OSError as exc:
                 raise self._stream_error(exc) from exc
-            return 0 if data is None else data
+            if data is None:
+                return 0
+            if data:
+                self._note_received(len(data))
+            else:
+                self._eof_received = True
+            return data
         # Hot path: sizes kept in slots by _adapt(), the ledger's read rules
         # called directly, adapt() called only when it would act.
         size = granted
@@ -356,6 +444,9 @@ class Connection(trio.abc.HalfCloseableStream):
             raise self._stream_error(exc) from exc
         if received > 0:
             data = scratch[:received] if size <= MAX_CLASS_BYTES else large  # type: ignore[index]
+            self._bytes_received += received
+            if self._clock is not None:
+                self._last_activity = self._clock()
             if ledger is not None:
                 self._held_read = size
             if size == self._preferred_read and (
@@ -366,7 +457,10 @@ class Connection(trio.abc.HalfCloseableStream):
                 self._shrink_pending = False
             return data  # type: ignore[return-value]
         self._give_back_read(size)  # EAGAIN or EOF: nothing is held after all
-        return 0 if received < 0 else b""
+        if received < 0:
+            return 0
+        self._eof_received = True
+        return b""
 
     @asynccontextmanager
     async def receive_buffer(self, max_bytes: int | None = None) -> AsyncIterator[Buffer]:
@@ -394,6 +488,8 @@ class Connection(trio.abc.HalfCloseableStream):
             parked = False
             while True:
                 if not registration.readable:
+                    if self._clock is not None:
+                        self._note_receive_waiting()
                     await registration.park_readable()
                     if registration.read_failure is not None:
                         registration.raise_read_failure()
@@ -404,6 +500,8 @@ class Connection(trio.abc.HalfCloseableStream):
                         raise trio.WouldBlock
                     buffer = pool.lease_nowait(size, owner=self)
                 except trio.WouldBlock:
+                    if self._clock is not None:
+                        self._note_receive_waiting()
                     buffer = await self._lease_waiting(max_bytes)
                     parked = True
                 try:
@@ -422,6 +520,8 @@ class Connection(trio.abc.HalfCloseableStream):
                     raise
         finally:
             self._receiving = False
+            if self._receive_waiting_since is not None:
+                self._receive_waiting_since = None
         buffer.set_length(received)
         with buffer:
             yield buffer
@@ -489,9 +589,28 @@ class Connection(trio.abc.HalfCloseableStream):
             received = self._registration.recv_into(view, size)
         except OSError as exc:
             raise self._stream_error(exc) from exc
-        if received > 0 and size == READ_SIZE_CLASSES[self._read_index]:
-            self._adapt(received)  # a full-size read, not one shrunk by the budget
+        if received > 0:
+            self._note_received(received)
+            if size == READ_SIZE_CLASSES[self._read_index]:
+                self._adapt(received)  # a full-size read, not one shrunk by the budget
+        elif received == 0:
+            self._eof_received = True
         return received
+
+    def _note_received(self, nbytes: int) -> None:
+        self._bytes_received += nbytes
+        if self._clock is not None:
+            self._last_activity = self._clock()
+
+    def _note_sent(self, nbytes: int) -> None:
+        self._bytes_sent += nbytes
+        if self._clock is not None:
+            self._last_activity = self._clock()
+
+    def _note_receive_waiting(self) -> None:
+        # A receive's first wait (read_timeout counts from it); self._clock is set.
+        if self._receive_waiting_since is None:
+            self._receive_waiting_since = self._clock()  # type: ignore[misc]
 
     def _adapt(self, received: int) -> None:
         self._read_index, self._shrink_pending = adapt(
@@ -534,6 +653,10 @@ class Connection(trio.abc.HalfCloseableStream):
                     sent = self._registration.send(data)
                 except OSError as exc:
                     raise self._stream_error(exc) from exc
+                if sent:
+                    self._bytes_sent += sent
+                    if self._clock is not None:
+                        self._last_activity = self._clock()
                 if sent == len(data):
                     await SCHEDULE_POINT
                 else:
@@ -571,6 +694,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 except OSError as exc:
                     raise self._stream_error(exc) from exc
                 if just_sent:
+                    self._note_sent(just_sent)
                     sent += just_sent
                     if sent < total:
                         remaining = memoryview(data).cast("B")[sent:]
@@ -578,11 +702,14 @@ class Connection(trio.abc.HalfCloseableStream):
                 # EAGAIN: the tail waits in memory until the peer reads.
                 if not charged and self._limiter is not None:
                     charged = self._charge_unsent(total - sent)
+                if self._clock is not None and self._send_blocked_since is None:
+                    self._send_blocked_since = self._clock()
                 await registration.park_writable()
                 if registration.write_failure is not None:
                     registration.raise_write_failure()
                 parked = True
         finally:
+            self._send_blocked_since = None
             if charged:
                 self._limiter.release_on_behalf_of(self, charged)  # type: ignore[union-attr]
         if not parked:

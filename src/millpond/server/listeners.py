@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import sys
+import weakref
 from collections.abc import Sequence
 from typing import Any, Final, TypeAlias
 
@@ -150,6 +151,8 @@ async def open_unix_listener(
     try:
         sock.bind(path)
         try:
+            info = os.stat(path)
+            _UNIX_FILES[sock] = (path, info.st_dev, info.st_ino)
             if mode is not None:
                 os.chmod(path, mode)
             sock.listen(computed_backlog)
@@ -161,6 +164,14 @@ async def open_unix_listener(
         sock.close()
         raise
     return sock
+
+
+# The file each Unix listener of ours was bound to, as (path, device, inode)
+# right after bind: the socket itself cannot tell (fstat on it describes the
+# socket, not the file), and only our own file may be removed at the end.
+_UNIX_FILES: weakref.WeakKeyDictionary[socket.socket, tuple[str, int, int]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _remove_stale_unix_socket(path: str) -> None:
@@ -181,16 +192,18 @@ async def _remove_stale_unix_socket(path: str) -> None:
 
 
 def remove_unix_socket(sock: socket.socket) -> None:
-    """Remove the socket file of a Unix listener this process bound (call before closing it).
+    """Remove the socket file of a Unix listener ``open_unix_listener`` made.
 
-    Only if the path still names this very socket (a newer server may have
-    replaced it since); anything else is left alone.
+    Only if the path still names the file it bound (a newer server may have
+    replaced it since); a socket someone else bound is left alone.
     """
+    bound = _UNIX_FILES.pop(sock, None)
+    if bound is None:
+        return
+    path, device, inode = bound
     try:
-        path = sock.getsockname()
-        if not isinstance(path, str) or not path or path.startswith("\0"):
-            return  # unnamed, or in the abstract namespace
-        if os.stat(path).st_ino == os.fstat(sock.fileno()).st_ino:
+        info = os.stat(path)
+        if (info.st_dev, info.st_ino) == (device, inode):
             os.unlink(path)
     except OSError:
         pass

@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -37,6 +38,7 @@ from ..memory.buffers import BufferPool
 from ..memory.limiter import BufferLimiter
 from ..memory.readsize import ReadSizes
 from ..stream import Connection
+from . import tls
 from .arguments import check_count, check_handler, check_seconds, memory_of
 from .listeners import (
     adopt_listeners,
@@ -47,8 +49,11 @@ from .listeners import (
     open_unix_listener,
     remove_unix_socket,
 )
+from .timeouts import TIMEOUT_KINDS, Reaper, Timeouts
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT, check_ssl_context
 
 __all__ = [
+    "CLOSE_REASONS",
     "DEFAULT_GRACE_SECONDS",
     "Handler",
     "Server",
@@ -95,6 +100,20 @@ CONNECTION_TASK_NAME: Final = "millpond.connection"
 # by default, gunicorn 30 s, systemd sends SIGKILL after 90 s).
 DEFAULT_GRACE_SECONDS: Final = 30.0
 
+#: Why a connection closed, as counted in ``ServerStatistics.closed``.
+CLOSE_REASONS: Final = (
+    "eof",
+    "done",
+    "reset",
+    *TIMEOUT_KINDS,
+    "handshake_timeout",
+    "tls_error",
+    "shutdown",
+    "handler_error",
+)
+
+access_logger = logging.getLogger("millpond.access")
+
 _CURRENT_SERVER: contextvars.ContextVar[Server] = contextvars.ContextVar("millpond_server")
 
 
@@ -122,6 +141,13 @@ class ServerStatistics:
       accept_pauses: times the accept loop paused at ``max_connections``.
       accept_paused_seconds: time spent paused there, in total.
       shutting_down: whether ``shutdown`` has been called.
+      closed: connections closed so far, by reason (``CLOSE_REASONS``): the
+        handler returned after the peer's EOF (``eof``) or before it
+        (``done``), the peer vanished (``reset``), a timeout or the deadline
+        expired (``idle_timeout``, ``read_timeout``, ``write_timeout``,
+        ``deadline``, ``handshake_timeout``), the TLS handshake failed
+        (``tls_error``), shutdown or cancellation (``shutdown``), or the
+        handler raised (``handler_error``).
     """
 
     addresses: tuple[SockAddr, ...]
@@ -133,6 +159,7 @@ class ServerStatistics:
     accept_pauses: int
     accept_paused_seconds: float
     shutting_down: bool
+    closed: dict[str, int]
 
 
 class Server:
@@ -179,11 +206,17 @@ class Server:
         sockets: Sequence[socket.socket] | None = None,
         backlog: int | None = None,
         max_connections: int | None = None,
+        idle_timeout: float | None = None,
+        read_timeout: float | None = None,
+        write_timeout: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         poller: str = "auto",
         limiter: BufferLimiter | None = None,
         pool: BufferPool | None = None,
         read_sizes: ReadSizes | None = None,
         pooled: bool = True,
+        access_log: bool = False,
     ) -> None:
         check_handler(handler)
         if port is not None:
@@ -198,6 +231,18 @@ class Server:
             raise ValueError("give the server somewhere to listen: port, uds or sockets")
         check_backlog(backlog)
         self._max_connections = check_count("max_connections", max_connections)
+        self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
+        self._read_timeout = check_seconds("read_timeout", read_timeout)
+        self._write_timeout = check_seconds("write_timeout", write_timeout)
+        self._ssl_context = check_ssl_context(ssl_context)
+        self._handshake_timeout = check_seconds("handshake_timeout", handshake_timeout)
+        if not isinstance(access_log, bool):
+            raise TypeError(f"access_log must be a bool, not {type(access_log).__name__}")
+        self._access_log = access_log
+        timeouts = Timeouts(self._idle_timeout, self._read_timeout, self._write_timeout)
+        # One timer task for every connection's timeouts and deadline. Always
+        # there: a handler may set a deadline whatever the server's timeouts.
+        self._reaper = Reaper(timeouts)
         self._poller_name = resolve_poller_name(poller)
         self._limiter, self._pool = memory_of(limiter, pool, read_sizes, pooled)
         self._pooled = pooled
@@ -215,6 +260,7 @@ class Server:
         self._handler_errors = 0
         self._accept_backoffs = 0
         self._setup_errors = 0
+        self._closed: dict[str, int] = dict.fromkeys(CLOSE_REASONS, 0)
         self._accept_pauses = 0
         self._accept_paused_seconds = 0.0
         # Set by the connection that frees a slot while the accept loop waits for one.
@@ -262,6 +308,7 @@ class Server:
             accept_pauses=self._accept_pauses,
             accept_paused_seconds=self._accept_paused_seconds,
             shutting_down=self._shutting_down.is_set(),
+            closed=dict(self._closed),
         )
 
     def shutdown(self, grace: float = DEFAULT_GRACE_SECONDS) -> None:
@@ -320,23 +367,27 @@ class Server:
             for sock in listeners:
                 registrations.append(poller.register(sock))
             self._addresses = tuple(sock.getsockname() for sock in listeners)
-            async with trio.open_nursery() as connections:
-                self._connections = connections
-                async with trio.open_nursery() as accepting:
-                    for registration in registrations:
-                        accepting.start_soon(
-                            self._accept_loop, registration, poller, pool, connections
-                        )
-                    if pool is not None:
-                        accepting.start_soon(_trim_periodically, pool)
-                    task_status.started(list(self._addresses))
-                    await self._shutting_down.wait()
-                    accepting.cancel_scope.cancel()
-                # Refuse new clients now, not when the last handler is done.
-                _close_listeners(poller, registrations, listeners)
-                connections.cancel_scope.deadline = self._shutdown_deadline
-                if self._connections_active:
-                    logger.info("waiting for %d connection(s)", self._connections_active)
+            async with trio.open_nursery() as service:
+                # The reaper outlives accepting: timeouts hold during the grace period too.
+                service.start_soon(self._reaper.run)
+                async with trio.open_nursery() as connections:
+                    self._connections = connections
+                    async with trio.open_nursery() as accepting:
+                        for registration in registrations:
+                            accepting.start_soon(
+                                self._accept_loop, registration, poller, pool, connections
+                            )
+                        if pool is not None:
+                            accepting.start_soon(_trim_periodically, pool)
+                        task_status.started(list(self._addresses))
+                        await self._shutting_down.wait()
+                        accepting.cancel_scope.cancel()
+                    # Refuse new clients now, not when the last handler is done.
+                    _close_listeners(poller, registrations, listeners)
+                    connections.cancel_scope.deadline = self._shutdown_deadline
+                    if self._connections_active:
+                        logger.info("waiting for %d connection(s)", self._connections_active)
+                service.cancel_scope.cancel()
             logger.info("shut down")
         finally:
             self._connections = None
@@ -438,19 +489,56 @@ class Server:
         connections.start_soon(self._run_connection, connection, name=CONNECTION_TASK_NAME)
 
     async def _run_connection(self, connection: Connection) -> None:
+        """One connection's life: TLS, the handler under its timeouts, the close, the log."""
+        opened_at = trio.current_time()
+        reason = "shutdown"  # unless the handler ends by itself, below
+        scope = trio.CancelScope()
+        watch = self._reaper.watch(connection, scope)
         try:
-            await self._handler(connection)
-        except trio.BrokenResourceError as exc:
-            logger.info("connection from %s broke: %s", _peer(connection), exc)
-        except Exception:
-            self._handler_errors += 1
-            logger.exception("handler failed for connection from %s", _peer(connection))
+            with scope:
+                reason = await self._handle(connection)
+            if watch.fired is not None:
+                reason = watch.fired
+                logger.info("closed the connection from %s: %s", _peer(connection), reason)
         finally:
+            self._reaper.unwatch(watch)
             self._connections_active -= 1
+            self._closed[reason] += 1
+            if self._access_log:  # before the close: the peer's address goes with it
+                _log_access(connection, self._ssl_context is not None, opened_at, reason)
             connection.close()
             slot_freed, self._slot_freed = self._slot_freed, None
             if slot_freed is not None:
                 slot_freed.set()
+
+    async def _handle(self, connection: Connection) -> str:
+        """Handshake and run the handler; return why the connection ends (not a timeout's)."""
+        stream: trio.abc.Stream = connection
+        if self._ssl_context is not None:
+            try:
+                secured = await tls.handshake(
+                    connection, self._ssl_context, self._handshake_timeout
+                )
+            except trio.BrokenResourceError as exc:
+                logger.info("TLS handshake with %s failed: %s", _peer(connection), _why(exc))
+                return "tls_error"
+            if secured is None:
+                logger.info("TLS handshake with %s timed out", _peer(connection))
+                return "handshake_timeout"
+            stream = secured
+        try:
+            await self._handler(stream)  # type: ignore[arg-type]
+        except Exception as exc:
+            gone = _peer_gone(exc)
+            if gone is None:
+                self._handler_errors += 1
+                logger.exception("handler failed for connection from %s", _peer(connection))
+                return "handler_error"
+            logger.info("connection from %s closed by the peer: %s", _peer(connection), gone)
+            return "reset"
+        if isinstance(stream, trio.SSLStream):
+            await tls.close(stream)
+        return "eof" if connection.eof_received else "done"
 
 
 def _close_listeners(
@@ -475,6 +563,42 @@ async def _trim_periodically(pool: BufferPool) -> None:
         pool.trim()
 
 
+# Errors that mean "the peer went away", not "the handler is wrong": Trio's,
+# the OS's, and anyio's (matched by name: anyio is not a dependency).
+_ANYIO_PEER_GONE: Final = frozenset({"BrokenResourceError", "EndOfStream"})
+
+
+def _peer_gone(exc: BaseException) -> str | None:
+    """Why the peer is gone, if ``exc`` says it is (else None: a handler error)."""
+    if isinstance(exc, trio.BrokenResourceError | ConnectionError | ssl.SSLEOFError):
+        return _why(exc)
+    kind = type(exc)
+    if kind.__module__.split(".")[0] == "anyio" and kind.__name__ in _ANYIO_PEER_GONE:
+        return _why(exc)
+    return None
+
+
+def _why(exc: BaseException) -> str:
+    # Trio's BrokenResourceError often has no message of its own: the cause says it.
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause) not in text:
+        text = f"{text} ({type(cause).__name__}: {cause})"
+    return text
+
+
+def _log_access(connection: Connection, secure: bool, opened_at: float, reason: str) -> None:
+    access_logger.info(
+        "%s %.3fs in=%d out=%d %s%s",
+        _peer(connection),
+        trio.current_time() - opened_at,
+        connection.bytes_received,
+        connection.bytes_sent,
+        reason,
+        " tls" if secure else "",
+    )
+
+
 def _peer(connection: Connection) -> str:
     # Asked only when there is something to log, so that no connection keeps
     # its address alive just in case. After a reset the kernel may not know.
@@ -497,11 +621,17 @@ async def serve(
     sockets: Sequence[socket.socket] | None = None,
     backlog: int | None = None,
     max_connections: int | None = None,
+    idle_timeout: float | None = None,
+    read_timeout: float | None = None,
+    write_timeout: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     poller: str = "auto",
     limiter: BufferLimiter | None = None,
     pool: BufferPool | None = None,
     read_sizes: ReadSizes | None = None,
     pooled: bool = True,
+    access_log: bool = False,
     task_status: trio.TaskStatus[list[SockAddr]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handler`` until cancelled (or shut down through ``current_server()``).
@@ -532,10 +662,16 @@ async def serve(
         sockets=sockets,
         backlog=backlog,
         max_connections=max_connections,
+        idle_timeout=idle_timeout,
+        read_timeout=read_timeout,
+        write_timeout=write_timeout,
+        ssl_context=ssl_context,
+        handshake_timeout=handshake_timeout,
         poller=poller,
         limiter=limiter,
         pool=pool,
         read_sizes=read_sizes,
         pooled=pooled,
+        access_log=access_log,
     )
     await server.run(task_status=task_status)

@@ -1,0 +1,132 @@
+"""Limits: max_connections pauses accepting, and running out of descriptors is survived."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import trio
+import trio.testing
+from conftest import echo
+
+import millpond
+
+HOST = "127.0.0.1"
+
+
+async def test_at_max_connections_accepting_pauses_and_resumes_as_connections_close(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    server = millpond.Server(echo, 0, host=HOST, poller=poller_name, max_connections=2)
+    await nursery.start(server.run)
+    port = server.addresses[0][1]
+    first, second, third = [
+        await millpond.open_connection(HOST, port, poller=poller_name) for _ in range(3)
+    ]
+    await trio.testing.wait_all_tasks_blocked()
+    statistics = server.statistics()
+    assert (statistics.connections_accepted, statistics.connections_active) == (2, 2)
+    assert statistics.accept_pauses == 1
+    # The third waits in the kernel's backlog: connected, not yet served.
+    await third.send_all(b"queued")
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.statistics().connections_accepted == 2
+    await first.aclose()
+    with trio.fail_after(10):
+        assert await third.receive_some() == b"queued"
+    statistics = server.statistics()
+    assert (statistics.connections_accepted, statistics.connections_active) == (3, 2)
+    assert statistics.accept_paused_seconds > 0
+    await second.aclose()
+    await third.aclose()
+
+
+async def test_paused_time_is_counted_on_the_server_clock(
+    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    server = millpond.Server(echo, 0, host=HOST, poller=poller_name, max_connections=1)
+    await nursery.start(server.run)
+    port = server.addresses[0][1]
+    first = await millpond.open_connection(HOST, port, poller=poller_name)
+    second = await millpond.open_connection(HOST, port, poller=poller_name)
+    await trio.sleep(7)
+    await first.aclose()
+    await second.send_all(b"x")
+    with trio.fail_after(10):
+        assert await second.receive_some() == b"x"
+    assert 7 <= server.statistics().accept_paused_seconds < 8
+    await second.aclose()
+
+
+# The server runs in a child with a small RLIMIT_NOFILE, fills every free
+# descriptor, and reports on stdout; the parent drives it over loopback.
+DESCRIPTOR_EXHAUSTION = textwrap.dedent(
+    """
+    import resource, socket, sys, time
+    import trio, millpond
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    async def echo(stream):
+        async for chunk in stream:
+            await stream.send_all(chunk)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            server = millpond.Server(echo, 0, host="127.0.0.1", poller=sys.argv[1])
+            await nursery.start(server.run)
+            hoard = []
+            try:
+                while True:
+                    hoard.append(open("/dev/null"))
+            except OSError:
+                pass
+            print(server.addresses[0][1], flush=True)
+            await trio.to_thread.run_sync(sys.stdin.readline)  # a client is queued
+            cpu_before = time.process_time()
+            await trio.sleep(1.0)  # accept keeps failing with EMFILE meanwhile
+            cpu = time.process_time() - cpu_before
+            backoffs = server.statistics().accept_backoffs
+            for f in hoard:
+                f.close()
+            print(f"{cpu:.3f} {backoffs}", flush=True)
+            await trio.to_thread.run_sync(sys.stdin.readline)  # served: stop
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    """
+)
+
+
+def test_out_of_descriptors_the_server_backs_off_without_spinning_and_recovers(
+    poller_name: str,
+) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", DESCRIPTOR_EXHAUSTION, poller_name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        port = int(child.stdout.readline())
+        client = socket.create_connection((HOST, port), timeout=30)
+        with client:
+            child.stdin.write("queued\n")
+            child.stdin.flush()
+            cpu, backoffs = child.stdout.readline().split()
+            # A spinning accept loop would use the whole second.
+            assert float(cpu) < 0.5
+            assert int(backoffs) >= 2
+            client.sendall(b"served at last")
+            assert client.recv(100) == b"served at last"
+        child.stdin.write("done\n")
+        child.stdin.flush()
+        assert child.wait(timeout=30) == 0
+    finally:
+        child.kill()
+        child.wait()
