@@ -76,13 +76,14 @@ wake the task, which raises it: ``park_readable``'s callers check, and
 from __future__ import annotations
 
 import abc
+import mmap
 import os
 import select
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import Any, Final, NoReturn, TypeAlias
 
 import trio
 from trio.lowlevel import (
@@ -100,8 +101,9 @@ from . import traps
 from .needs_trio import require_trio_run
 from .traps import WOKEN, Park
 
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer, WriteableBuffer
+# What the I/O methods take: the kinds of buffer millpond hands them.
+ReadableBuffer: TypeAlias = bytes | bytearray | memoryview
+WriteableBuffer: TypeAlias = bytearray | memoryview | mmap.mmap
 
 __all__ = [
     "EpollPoller",

@@ -86,7 +86,8 @@ DEFAULT_TRIM_AFTER: Final = 5.0
 # and a fixed constant in the pool's memory bound (docs/buffers.md).
 DEFAULT_MAX_IDLE_BYTES: Final = 8 * 1024 * 1024
 
-# How many tracked leaks statistics() remembers, for the introspection endpoint.
+# How many tracked leaks statistics() remembers: enough to see a pattern, few enough to
+# keep every report (a file, a line, a task name) for as long as the pool lives.
 RECENT_LEAKS_KEPT: Final = 32
 
 _get_ident: Final = threading.get_ident

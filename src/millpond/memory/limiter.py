@@ -45,7 +45,7 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 # statistics() names at most this many holders: enough to spot a leak or a greedy connection,
-# small enough to compute with a heap on every debug-endpoint request.
+# small enough to compute with a heap whenever statistics are asked for.
 TOP_HOLDERS: Final = 10
 
 

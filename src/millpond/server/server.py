@@ -367,6 +367,7 @@ class Server:
             for sock in listeners:
                 registrations.append(poller.register(sock))
             self._addresses = tuple(sock.getsockname() for sock in listeners)
+            logger.info("listening on %s", ", ".join(_address_text(a) for a in self._addresses))
             async with trio.open_nursery() as service:
                 # The reaper outlives accepting: timeouts hold during the grace period too.
                 service.start_soon(self._reaper.run)
@@ -597,6 +598,13 @@ def _log_access(connection: Connection, secure: bool, opened_at: float, reason: 
         reason,
         " tls" if secure else "",
     )
+
+
+def _address_text(address: SockAddr) -> str:
+    if isinstance(address, str):
+        return f"unix:{address}"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _peer(connection: Connection) -> str:
