@@ -137,11 +137,6 @@ async def test_echo_through_tls(
     await echo_once(port, client_context)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="counted 'done': Connection.eof_received sees only the TCP EOF, and the handler "
-    "returned on the TLS one (close_notify), read before the FIN (reported; server side)",
-)
 async def test_a_tls_client_that_closes_is_counted_as_eof(
     echo_server: tuple[millpond.Server, int], client_context: ssl.SSLContext
 ) -> None:

@@ -64,7 +64,12 @@ __all__ = [
 
 logger = logging.getLogger("millpond.server")
 
-Handler: TypeAlias = Callable[[Connection], Awaitable[object]]
+#: What ``serve`` calls per connection: with ``ssl_context`` the handler gets the
+#: ``trio.SSLStream`` over the ``Connection``, without it the ``Connection``.
+Handler: TypeAlias = (
+    Callable[[Connection], Awaitable[object]]
+    | Callable[[trio.SSLStream[Connection]], Awaitable[object]]
+)
 SockAddr: TypeAlias = Any
 
 # accept() errors that mean "the process or the system is out of some
@@ -540,9 +545,11 @@ class Server:
                 return "handler_error"
             logger.info("connection from %s closed by the peer: %s", _peer(connection), gone)
             return "reset"
+        eof = connection.eof_received
         if isinstance(stream, trio.SSLStream):
+            eof = eof or tls.peer_closed(stream)
             await tls.close(stream)
-        return "eof" if connection.eof_received else "done"
+        return "eof" if eof else "done"
 
 
 def _close_listeners(
