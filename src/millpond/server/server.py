@@ -192,7 +192,10 @@ class Server:
     live one is an error; ``uds_mode`` sets its permissions, e.g. ``0o660``),
     and ``sockets`` (listening sockets you bind yourself, e.g. from systemd;
     the server closes them when it stops). ``backlog`` is the listen queue
-    (default: as long as the kernel allows, see ``listeners.DEFAULT_BACKLOG``).
+    (default: as long as the kernel allows, see ``listeners.DEFAULT_BACKLOG``);
+    ``reuse_port=True`` sets ``SO_REUSEPORT`` on the TCP listeners, so that
+    worker processes can share one address (the ``millpond`` command's
+    ``--workers``).
 
     ``max_connections`` caps the connections open at once: at the cap the
     accept loop pauses and the kernel's backlog holds the next clients,
@@ -210,6 +213,7 @@ class Server:
         uds_mode: int | None = None,
         sockets: Sequence[socket.socket] | None = None,
         backlog: int | None = None,
+        reuse_port: bool = False,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
         read_timeout: float | None = None,
@@ -235,6 +239,9 @@ class Server:
         if port is None and uds is None and not adopted:
             raise ValueError("give the server somewhere to listen: port, uds or sockets")
         check_backlog(backlog)
+        if not isinstance(reuse_port, bool):
+            raise TypeError(f"reuse_port must be a bool, not {type(reuse_port).__name__}")
+        self._reuse_port = reuse_port
         self._max_connections = check_count("max_connections", max_connections)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
         self._read_timeout = check_seconds("read_timeout", read_timeout)
@@ -408,7 +415,7 @@ class Server:
         try:
             if self._port is not None:
                 listeners += await open_listeners(
-                    self._port, host=self._host, backlog=self._backlog
+                    self._port, host=self._host, backlog=self._backlog, reuse_port=self._reuse_port
                 )
             if self._uds is not None:
                 listeners.append(
@@ -638,6 +645,7 @@ async def serve(
     uds_mode: int | None = None,
     sockets: Sequence[socket.socket] | None = None,
     backlog: int | None = None,
+    reuse_port: bool = False,
     max_connections: int | None = None,
     idle_timeout: float | None = None,
     read_timeout: float | None = None,
@@ -679,6 +687,7 @@ async def serve(
         uds_mode=uds_mode,
         sockets=sockets,
         backlog=backlog,
+        reuse_port=reuse_port,
         max_connections=max_connections,
         idle_timeout=idle_timeout,
         read_timeout=read_timeout,
