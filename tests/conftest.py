@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
 # pytest finds hooks by name in this module: the time limits live in their own.
 from time_limits import (  # noqa: F401
@@ -118,6 +119,23 @@ async def socket_pair(
         return client, millpond.Connection(sock, poller=poller, pool=pool, read_sizes=read_sizes)
     finally:
         listener.close()
+
+
+# How long (real time) a run must be idle before the idle clock jumps. Loopback
+# I/O in flight completes in microseconds, so a tenth of a second never jumps
+# over a reply that is on its way, and a test still takes a fraction of a second.
+IDLE_JUMP_SECONDS = 0.1
+
+
+@pytest.fixture
+def idle_clock() -> trio.testing.MockClock:
+    """Trio's mock clock, jumping to the next deadline once the run has been idle 0.1 s.
+
+    For timeouts over real sockets: ``autojump_clock`` jumps as soon as every
+    task waits, even for a loopback reply a few microseconds away; this one
+    waits that long in real time first.
+    """
+    return trio.testing.MockClock(autojump_threshold=IDLE_JUMP_SECONDS)
 
 
 __all__ = ["connect", "echo", "open_fds", "server_port", "socket_pair", "started_server"]

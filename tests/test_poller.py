@@ -858,3 +858,26 @@ async def test_fin_queued_behind_data_is_seen_after_the_data(
             client_done.set()
             await handler_done.wait()
     assert received == [b"data then FIN", b""]
+
+
+async def test_a_peek_leaves_the_bytes_and_clears_the_edge_only_when_short(
+    poller_name: str, listener: socket.socket
+) -> None:
+    poller = get_poller(poller_name)
+    sock, peer = tcp_pair(listener)
+    with sock, peer:
+        registration = poller.register(sock)
+        assert registration.peek(10) is None  # nothing yet: EAGAIN
+        assert not registration.readable
+        peer.send(b"PROXY then data")
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await registration.wait_readable()
+        assert registration.peek(5) == b"PROXY"  # enough: still readable
+        assert registration.readable
+        assert registration.peek(100) == b"PROXY then data"  # short: wait for more
+        assert not registration.readable
+        buffer = bytearray(5)
+        assert registration.recv_into(buffer, 5) == 5  # the bytes were still there
+        assert bytes(buffer) == b"PROXY"
+        assert registration.recv(100) == b" then data"
+        poller.unregister(registration)

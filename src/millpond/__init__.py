@@ -12,6 +12,7 @@ Write a handler, serve it::
 """
 
 from ._core.poller import (
+    POLLER_NAMES,
     EpollPoller,
     Poller,
     PollerStatistics,
@@ -19,7 +20,7 @@ from ._core.poller import (
     TrioPoller,
     get_poller,
 )
-from .connect import open_connection
+from .connect import DEFAULT_HAPPY_EYEBALLS_DELAY, open_connection
 from .memory.buffers import Buffer, BufferPool, BufferPoolStatistics, SizeClassStatistics
 from .memory.leaks import BufferLeakWarning, LeakReport
 from .memory.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
@@ -29,7 +30,9 @@ from .server import Server, ServerStatistics, current_server, open_listeners, se
 from .stream import Connection
 
 __all__ = [
+    "DEFAULT_HAPPY_EYEBALLS_DELAY",
     "DEFAULT_READ_SIZES",
+    "POLLER_NAMES",
     "SIZE_CLASSES",
     "Buffer",
     "BufferLeakWarning",

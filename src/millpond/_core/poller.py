@@ -42,7 +42,7 @@ because millpond owns the sockets it registers:
    dispatcher sets them at every edge, whether or not a task is parked, and
    wakes the parked task if there is one. Nothing else sets them, and only
    one thing clears them: the registration's own non-blocking I/O
-   (``recv``, ``recv_into``, ``send``, ``accept``, ``writable_now``), at the
+   (``recv``, ``recv_into``, ``peek``, ``send``, ``accept``, ``writable_now``), at the
    moment the kernel says EAGAIN (or a read comes back short while the peer
    has not hung up). A wake-up does not consume the edge, so a task woken
    and then stopped before its read (cancelled while it queued for memory,
@@ -106,6 +106,7 @@ ReadableBuffer: TypeAlias = bytes | bytearray | memoryview
 WriteableBuffer: TypeAlias = bytearray | memoryview | mmap.mmap
 
 __all__ = [
+    "POLLER_NAMES",
     "EpollPoller",
     "Poller",
     "PollerStatistics",
@@ -115,6 +116,7 @@ __all__ = [
     "resolve_poller_name",
 ]
 
+#: The names a poller can be asked for by (``get_poller``, ``serve(poller=...)``).
 POLLER_NAMES: Final = ("auto", "epoll", "trio")
 
 # Environment variable that picks the poller when the caller says "auto".
@@ -223,6 +225,25 @@ class Registration(abc.ABC):
         """
         try:
             data = self.sock.recv(nbytes)
+        except BlockingIOError:
+            self.readable = False
+            return None
+        if data and len(data) < nbytes and not self.hangup:
+            self.readable = False
+        return data
+
+    def peek(self, nbytes: int) -> bytes | None:
+        """Up to ``nbytes`` of what is queued, left in the queue (``MSG_PEEK``); None on EAGAIN.
+
+        For reading a prefix (a PROXY protocol header) without taking the
+        application's bytes behind it: peek, decide how long the prefix is,
+        then ``recv_into`` exactly that much. A peek that finds fewer than
+        ``nbytes`` (and no hang-up) clears ``readable``, as a short read
+        does: the bytes stay queued, and more of them make a new edge.
+        ``b""`` is EOF.
+        """
+        try:
+            data = self.sock.recv(nbytes, socket.MSG_PEEK)
         except BlockingIOError:
             self.readable = False
             return None

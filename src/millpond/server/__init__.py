@@ -6,6 +6,7 @@ sockets (TCP, Unix, or ones you bring); ``arguments.py`` checks every
 argument first. The public names are importable from ``millpond``.
 """
 
+from .arguments import DEFAULT_BUDGET_BYTES, DEFAULT_RESERVE_FRACTION, check_handler
 from .listeners import DEFAULT_BACKLOG, open_listeners, open_unix_listener
 from .server import (
     DEFAULT_GRACE_SECONDS,
@@ -15,13 +16,18 @@ from .server import (
     current_server,
     serve,
 )
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = [
     "DEFAULT_BACKLOG",
+    "DEFAULT_BUDGET_BYTES",
     "DEFAULT_GRACE_SECONDS",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_RESERVE_FRACTION",
     "Handler",
     "Server",
     "ServerStatistics",
+    "check_handler",
     "current_server",
     "open_listeners",
     "open_unix_listener",

@@ -64,7 +64,12 @@ __all__ = [
 
 logger = logging.getLogger("millpond.server")
 
-Handler: TypeAlias = Callable[[Connection], Awaitable[object]]
+#: What ``serve`` calls per connection: with ``ssl_context`` the handler gets the
+#: ``trio.SSLStream`` over the ``Connection``, without it the ``Connection``.
+Handler: TypeAlias = (
+    Callable[[Connection], Awaitable[object]]
+    | Callable[[trio.SSLStream[Connection]], Awaitable[object]]
+)
 SockAddr: TypeAlias = Any
 
 # accept() errors that mean "the process or the system is out of some
@@ -187,7 +192,10 @@ class Server:
     live one is an error; ``uds_mode`` sets its permissions, e.g. ``0o660``),
     and ``sockets`` (listening sockets you bind yourself, e.g. from systemd;
     the server closes them when it stops). ``backlog`` is the listen queue
-    (default: as long as the kernel allows, see ``listeners.DEFAULT_BACKLOG``).
+    (default: as long as the kernel allows, see ``listeners.DEFAULT_BACKLOG``);
+    ``reuse_port=True`` sets ``SO_REUSEPORT`` on the TCP listeners, so that
+    worker processes can share one address (the ``millpond`` command's
+    ``--workers``).
 
     ``max_connections`` caps the connections open at once: at the cap the
     accept loop pauses and the kernel's backlog holds the next clients,
@@ -205,6 +213,7 @@ class Server:
         uds_mode: int | None = None,
         sockets: Sequence[socket.socket] | None = None,
         backlog: int | None = None,
+        reuse_port: bool = False,
         max_connections: int | None = None,
         idle_timeout: float | None = None,
         read_timeout: float | None = None,
@@ -230,6 +239,9 @@ class Server:
         if port is None and uds is None and not adopted:
             raise ValueError("give the server somewhere to listen: port, uds or sockets")
         check_backlog(backlog)
+        if not isinstance(reuse_port, bool):
+            raise TypeError(f"reuse_port must be a bool, not {type(reuse_port).__name__}")
+        self._reuse_port = reuse_port
         self._max_connections = check_count("max_connections", max_connections)
         self._idle_timeout = check_seconds("idle_timeout", idle_timeout)
         self._read_timeout = check_seconds("read_timeout", read_timeout)
@@ -326,7 +338,10 @@ class Server:
         grace = check_seconds("grace", grace, optional=False)  # type: ignore[assignment]
         self._shutdown_deadline = min(self._shutdown_deadline, trio.current_time() + grace)
         if not self._shutting_down.is_set():
-            logger.info("shutting down: accepting no more connections, %g s for handlers", grace)
+            logger.info(
+                "shutting down: accepting no more connections, %s for handlers",
+                "all the time they need" if grace == math.inf else f"{grace:g} s",
+            )
             self._shutting_down.set()
         elif self._connections is not None:
             logger.info("shutting down: %d connection(s) left, cancelling them in %g s",
@@ -400,7 +415,7 @@ class Server:
         try:
             if self._port is not None:
                 listeners += await open_listeners(
-                    self._port, host=self._host, backlog=self._backlog
+                    self._port, host=self._host, backlog=self._backlog, reuse_port=self._reuse_port
                 )
             if self._uds is not None:
                 listeners.append(
@@ -537,9 +552,11 @@ class Server:
                 return "handler_error"
             logger.info("connection from %s closed by the peer: %s", _peer(connection), gone)
             return "reset"
+        eof = connection.eof_received
         if isinstance(stream, trio.SSLStream):
+            eof = eof or tls.peer_closed(stream)
             await tls.close(stream)
-        return "eof" if connection.eof_received else "done"
+        return "eof" if eof else "done"
 
 
 def _close_listeners(
@@ -628,6 +645,7 @@ async def serve(
     uds_mode: int | None = None,
     sockets: Sequence[socket.socket] | None = None,
     backlog: int | None = None,
+    reuse_port: bool = False,
     max_connections: int | None = None,
     idle_timeout: float | None = None,
     read_timeout: float | None = None,
@@ -669,6 +687,7 @@ async def serve(
         uds_mode=uds_mode,
         sockets=sockets,
         backlog=backlog,
+        reuse_port=reuse_port,
         max_connections=max_connections,
         idle_timeout=idle_timeout,
         read_timeout=read_timeout,

@@ -22,6 +22,7 @@ __all__ = [
     "check_ssl_context",
     "close",
     "handshake",
+    "peer_closed",
 ]
 
 # How long a client may take to finish the TLS handshake. A real client needs
@@ -66,3 +67,23 @@ async def close(stream: trio.SSLStream[Connection]) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     stream.transport_stream.close()
+
+
+def peer_closed(stream: trio.SSLStream[Connection]) -> bool:
+    """Whether the peer has closed its side of TLS (sent ``close_notify``), for the close reason.
+
+    A handler that stops at the TLS end of file returns before the TCP one
+    arrives, so ``Connection.eof_received`` cannot tell. Trio does not say
+    either, so this asks the stream's ``ssl.SSLObject`` (a private attribute
+    of Trio's): once ``close_notify`` is in, a read returns ``b""`` at once;
+    otherwise it would need more data. A Trio without that attribute, or any
+    surprise, answers False (the connection then counts as ``done``, not
+    ``eof``); ``tests/test_tls.py`` notices if that ever happens.
+    """
+    ssl_object = getattr(stream, "_ssl_object", None)
+    if not isinstance(ssl_object, ssl.SSLObject):
+        return False
+    try:
+        return ssl_object.read(1) == b""
+    except (ssl.SSLError, ValueError):
+        return False
