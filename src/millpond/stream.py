@@ -245,6 +245,26 @@ class Connection(trio.abc.HalfCloseableStream):
         return self._eof_received
 
     @property
+    def state(self) -> str:
+        """What the connection is doing right now, for statistics and debugging.
+
+        ``"waiting for memory"`` (a receive queued in the budget),
+        ``"writing"`` (inside ``send_all``), ``"reading"`` (inside a receive
+        that may find data), ``"idle"`` (a receive parked until the peer
+        sends), ``"in handler"`` (none of these: the handler is busy
+        elsewhere) or ``"closed"``.
+        """
+        if self._closed:
+            return "closed"
+        if self._receive_memory_wait is not None:
+            return "waiting for memory"
+        if self._sending:
+            return "writing"
+        if self._receiving:
+            return "reading" if self._registration.readable else "idle"
+        return "in handler"
+
+    @property
     def deadline(self) -> float:
         """When a server closes this connection, in ``trio.current_time()`` terms (inf: never).
 

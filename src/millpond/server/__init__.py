@@ -9,7 +9,9 @@ argument first. The public names are importable from ``millpond``.
 from .arguments import DEFAULT_BUDGET_BYTES, DEFAULT_RESERVE_FRACTION, check_handler
 from .listeners import DEFAULT_BACKLOG, open_listeners, open_unix_listener
 from .server import (
+    CLOSE_REASONS,
     DEFAULT_GRACE_SECONDS,
+    ConnectionStatistics,
     Handler,
     Server,
     ServerStatistics,
@@ -19,11 +21,13 @@ from .server import (
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = [
+    "CLOSE_REASONS",
     "DEFAULT_BACKLOG",
     "DEFAULT_BUDGET_BYTES",
     "DEFAULT_GRACE_SECONDS",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_RESERVE_FRACTION",
+    "ConnectionStatistics",
     "Handler",
     "Server",
     "ServerStatistics",

@@ -54,6 +54,7 @@ from .tls import DEFAULT_HANDSHAKE_TIMEOUT, check_ssl_context
 
 __all__ = [
     "CLOSE_REASONS",
+    "ConnectionStatistics",
     "DEFAULT_GRACE_SECONDS",
     "Handler",
     "Server",
@@ -129,6 +130,28 @@ def current_server() -> Server:
     not hold the ``Server`` object: ``current_server().shutting_down``.
     """
     return _CURRENT_SERVER.get()
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """One open connection, as ``Server.connection_statistics()`` sees it.
+
+    Attributes:
+      peer: the client's address, as text.
+      age_seconds: how long it has been open.
+      bytes_received, bytes_sent: what it has moved.
+      budget_held: bytes of the budget it holds now (its held chunk, leased
+        buffers, a counted send tail).
+      state: ``Connection.state``: reading, writing, waiting for memory, idle,
+        in handler.
+    """
+
+    peer: str
+    age_seconds: float
+    bytes_received: int
+    bytes_sent: int
+    budget_held: int
+    state: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +305,9 @@ class Server:
         self._shutdown_deadline = math.inf
         # The nursery that owns every connection task, while run() is serving.
         self._connections: trio.Nursery | None = None
+        # Every open connection and when it opened (connection_statistics()).
+        self._open: dict[Connection, float] = {}
+        self._poller: Poller | None = None
 
     @property
     def limiter(self) -> BufferLimiter | None:
@@ -292,6 +318,27 @@ class Server:
     def pool(self) -> BufferPool | None:
         """The buffer pool connections read into (created when ``run`` starts)."""
         return self._pool
+
+    @property
+    def poller(self) -> Poller | None:
+        """The poller connections park on (None until ``run`` has started)."""
+        return self._poller
+
+    def connection_statistics(self) -> tuple[ConnectionStatistics, ...]:
+        """One ``ConnectionStatistics`` per open connection (costs a syscall each: on request)."""
+        now = trio.current_time()
+        limiter = self._limiter
+        return tuple(
+            ConnectionStatistics(
+                peer=_peer(connection),
+                age_seconds=now - opened_at,
+                bytes_received=connection.bytes_received,
+                bytes_sent=connection.bytes_sent,
+                budget_held=0 if limiter is None else limiter.held_by(connection),
+                state=connection.state,
+            )
+            for connection, opened_at in list(self._open.items())
+        )
 
     @property
     def addresses(self) -> tuple[SockAddr, ...]:
@@ -371,7 +418,7 @@ class Server:
             self._running = False
 
     async def _run(self, task_status: trio.TaskStatus[list[SockAddr]]) -> None:
-        poller = get_poller(self._poller_name)
+        poller = self._poller = get_poller(self._poller_name)
         if self._pool is None and self._pooled:
             self._pool = BufferPool(self._limiter)
         pool = self._pool
@@ -500,13 +547,14 @@ class Server:
             logger.warning("dropped a connection during setup: %r", exc)
             return
         self._connections_active += 1
+        self._open[connection] = trio.current_time()
         # A constant task name: Trio would otherwise format a new string per
         # connection, and an idle connection should cost little.
         connections.start_soon(self._run_connection, connection, name=CONNECTION_TASK_NAME)
 
     async def _run_connection(self, connection: Connection) -> None:
         """One connection's life: TLS, the handler under its timeouts, the close, the log."""
-        opened_at = trio.current_time()
+        opened_at = self._open.get(connection, trio.current_time())
         reason = "shutdown"  # unless the handler ends by itself, below
         scope = trio.CancelScope()
         watch = self._reaper.watch(connection, scope)
@@ -519,6 +567,7 @@ class Server:
         finally:
             self._reaper.unwatch(watch)
             self._connections_active -= 1
+            self._open.pop(connection, None)
             self._closed[reason] += 1
             if self._access_log:  # before the close: the peer's address goes with it
                 _log_access(connection, self._ssl_context is not None, opened_at, reason)
