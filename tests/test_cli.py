@@ -391,7 +391,7 @@ def test_target_without_the_attribute_lists_the_async_functions(app: Path) -> No
     assert_one_line_error(
         run(["serve", "app:ehco"], app),
         "module 'app' has no attribute 'ehco'",
-        "(its async functions: activation_environment, echo, forever)",
+        "(its async functions: activation_environment, echo, forever, peer)",
     )
 
 
