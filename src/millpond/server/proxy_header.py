@@ -13,10 +13,12 @@ bytes, and those must reach the handler untouched and without delay. Reading
 into a buffer and handing the leftover to the handler would need a way to
 push bytes back into a ``Connection``; peeking (``MSG_PEEK``) lets the parser
 see what is queued, and only the header's own bytes are then taken
-(``recv_into`` of exactly its length). The rest stays in the kernel, with
-the socket's readiness still set, for the handler's first receive. A peek
-that finds the header incomplete clears readiness like a short read, so the
-wait for the rest is woken by the next bytes (poller.py, rule 3).
+(``Registration.take_peeked`` of exactly its length). The rest stays in the
+kernel for the handler's first receive. A short peek clears readiness like a
+short read, so the wait for the rest of an incomplete header is woken by the
+next bytes (poller.py, rule 3); but when the header is complete and bytes
+follow it, no edge will come for those, so taking the header marks the socket
+readable again.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ async def read_header(
             answer = parser.feed(queued[fed:]) if len(queued) > fed else None
             fed = len(queued)
             if isinstance(answer, Parsed):
-                _take(registration, answer.consumed)
+                _take(registration, answer.consumed, len(queued))
                 connection._set_proxy_header(answer.header)
                 return answer.header
             if not registration.readable:  # the peek was short: wait for more
@@ -147,9 +149,9 @@ async def read_header(
     raise ProxyProtocolError(f"no complete PROXY header within {timeout:g} s")
 
 
-def _take(registration: Registration, nbytes: int) -> None:
-    # The header's bytes are queued (the parser saw them): one recv takes them.
-    buffer = bytearray(nbytes)
-    received = registration.recv_into(buffer, nbytes)
+def _take(registration: Registration, nbytes: int, peeked: int) -> None:
+    # The header's bytes are queued (the parser saw them): one recv takes them,
+    # and marks the socket readable again if the client's bytes follow.
+    received = registration.take_peeked(nbytes, peeked)
     if received != nbytes:  # pragma: no cover - the kernel dropped queued bytes
         raise ProxyProtocolError(f"could not take the {nbytes}-byte header back ({received})")
