@@ -96,10 +96,12 @@ def _serve(arguments: Namespace) -> int:
             poller=arguments.poller,
             limiter=limiter,
             access_log=arguments.access_log,
+            debug_address=_debug_address(arguments),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ImportError) as exc:
         # Each flag's value was checked already; what is left is a combination
-        # the server refuses, and its message names the argument.
+        # the server refuses, and its message names the argument (or h11 is
+        # missing for --debug-port).
         _let_go(sockets)
         raise CommandError(str(exc)) from None
     grace = math.inf if arguments.graceful_timeout is None else arguments.graceful_timeout
@@ -111,6 +113,13 @@ def _serve(arguments: Namespace) -> int:
     )
     trio.run(partial(serve_until_signalled, server, grace, banner=banner, where=where))
     return EXIT_OK
+
+
+def _debug_address(arguments: Namespace) -> tuple[str | None, int] | None:
+    if arguments.debug_port is None:
+        return None
+    host = arguments.debug_host or DEFAULT_HOST
+    return None if host == "*" else host, arguments.debug_port
 
 
 def _where(
