@@ -36,6 +36,7 @@ from .memory.buffers import Buffer, BufferPool
 from .memory.ledger import keep_read, read_request, return_read, take_read
 from .memory.readsize import DEFAULT_READ_SIZES, MAX_READ_BYTES, READ_SIZE_CLASSES, ReadSizes, adapt
 from .memory.sizeclasses import MAX_CLASS_BYTES, capacity_for
+from .protocols import ProxyHeader
 
 T = TypeVar("T")
 
@@ -131,6 +132,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_deadline_changed",
         "_eof_received",
         "_last_activity",
+        "_proxy_header",
         "_receive_waiting_since",
         "_send_blocked_since",
         "_eof_sent",
@@ -218,6 +220,8 @@ class Connection(trio.abc.HalfCloseableStream):
         self._send_blocked_since: float | None = None
         self._deadline = math.inf
         self._deadline_changed: Callable[[], None] | None = None
+        # The PROXY protocol header a server read before the handler (server/proxy_header.py).
+        self._proxy_header: ProxyHeader | None = None
 
     @property
     def socket(self) -> socket.socket:
@@ -818,8 +822,24 @@ class Connection(trio.abc.HalfCloseableStream):
         await checkpoint()
 
     def getpeername(self) -> tuple[str, int] | tuple[str, int, int, int]:
-        """The remote address, as ``socket.getpeername`` returns it."""
+        """The remote address, as ``socket.getpeername`` returns it.
+
+        Behind a load balancer that sent a PROXY protocol header, the original
+        client's address from the header; the balancer's own address is then
+        ``connection.socket.getpeername()``.
+        """
+        header = self._proxy_header
+        if header is not None and header.source is not None:
+            return header.source  # type: ignore[return-value]
         return self._sock.getpeername()  # type: ignore[no-any-return]
+
+    @property
+    def proxy_header(self) -> ProxyHeader | None:
+        """The PROXY protocol header the server read (with its TLVs), or None."""
+        return self._proxy_header
+
+    def _set_proxy_header(self, header: ProxyHeader) -> None:
+        self._proxy_header = header
 
     def getsockname(self) -> tuple[str, int] | tuple[str, int, int, int]:
         """The local address, as ``socket.getsockname`` returns it."""

@@ -8,6 +8,7 @@ argument first. The public names are importable from ``millpond``.
 
 from .arguments import DEFAULT_BUDGET_BYTES, DEFAULT_RESERVE_FRACTION, check_handler
 from .listeners import DEFAULT_BACKLOG, open_listeners, open_unix_listener
+from .proxy_header import DEFAULT_ALLOW_FROM, DEFAULT_PROXY_HEADER_TIMEOUT, PROXY_MODES
 from .server import (
     CLOSE_REASONS,
     DEFAULT_GRACE_SECONDS,
@@ -22,6 +23,9 @@ from .tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = [
     "CLOSE_REASONS",
+    "DEFAULT_ALLOW_FROM",
+    "DEFAULT_PROXY_HEADER_TIMEOUT",
+    "PROXY_MODES",
     "DEFAULT_BACKLOG",
     "DEFAULT_BUDGET_BYTES",
     "DEFAULT_GRACE_SECONDS",

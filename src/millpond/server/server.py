@@ -49,6 +49,14 @@ from .listeners import (
     open_unix_listener,
     remove_unix_socket,
 )
+from .proxy_header import (
+    DEFAULT_ALLOW_FROM,
+    DEFAULT_PROXY_HEADER_TIMEOUT,
+    ProxyProtocolError,
+    check_allow_from,
+    check_proxy_mode,
+    read_header,
+)
 from .timeouts import TIMEOUT_KINDS, Reaper, Timeouts
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT, check_ssl_context
 
@@ -117,6 +125,7 @@ CLOSE_REASONS: Final = (
     *TIMEOUT_KINDS,
     "handshake_timeout",
     "tls_error",
+    "proxy_error",
     "shutdown",
     "handler_error",
 )
@@ -177,7 +186,8 @@ class ServerStatistics:
         (``done``), the peer vanished (``reset``), a timeout or the deadline
         expired (``idle_timeout``, ``read_timeout``, ``write_timeout``,
         ``deadline``, ``handshake_timeout``), the TLS handshake failed
-        (``tls_error``), shutdown or cancellation (``shutdown``), or the
+        (``tls_error``), a refused PROXY header (``proxy_error``), shutdown
+        or cancellation (``shutdown``), or the
         handler raised (``handler_error``).
     """
 
@@ -223,6 +233,15 @@ class Server:
     worker processes can share one address (the ``millpond`` command's
     ``--workers``).
 
+    Behind a load balancer that speaks HAProxy's PROXY protocol,
+    ``proxy_protocol="v1"``, ``"v2"`` or ``"auto"`` reads its header before the
+    handler starts (within ``proxy_header_timeout`` seconds), and only from
+    ``proxy_allow_from`` (networks; loopback by default). A refused or
+    malformed header closes that connection (logged, counted
+    ``proxy_error``). The handler then sees the original client in
+    ``getpeername()``, the header in ``connection.proxy_header``, and the
+    client's first bytes untouched.
+
     ``max_connections`` caps the connections open at once: at the cap the
     accept loop pauses and the kernel's backlog holds the next clients,
     until a connection closes (nginx's ``worker_connections``, HAProxy's
@@ -251,6 +270,9 @@ class Server:
         write_timeout: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        proxy_protocol: str = "off",
+        proxy_allow_from: Sequence[str] = DEFAULT_ALLOW_FROM,
+        proxy_header_timeout: float | None = DEFAULT_PROXY_HEADER_TIMEOUT,
         poller: str = "auto",
         limiter: BufferLimiter | None = None,
         pool: BufferPool | None = None,
@@ -280,6 +302,9 @@ class Server:
         self._write_timeout = check_seconds("write_timeout", write_timeout)
         self._ssl_context = check_ssl_context(ssl_context)
         self._handshake_timeout = check_seconds("handshake_timeout", handshake_timeout)
+        self._proxy_protocol = check_proxy_mode(proxy_protocol)
+        self._proxy_allow_from = check_allow_from(proxy_allow_from)
+        self._proxy_header_timeout = check_seconds("proxy_header_timeout", proxy_header_timeout)
         if not isinstance(access_log, bool):
             raise TypeError(f"access_log must be a bool, not {type(access_log).__name__}")
         self._access_log = access_log
@@ -610,6 +635,15 @@ class Server:
     async def _handle(self, connection: Connection) -> str:
         """Handshake and run the handler; return why the connection ends (not a timeout's)."""
         stream: trio.abc.Stream = connection
+        mode = self._proxy_protocol
+        if mode != "off":
+            try:
+                await read_header(
+                    connection, mode, self._proxy_allow_from, self._proxy_header_timeout
+                )
+            except ProxyProtocolError as exc:
+                logger.info("PROXY header from %s refused: %s", _peer(connection), exc)
+                return "proxy_error"
         if self._ssl_context is not None:
             try:
                 secured = await tls.handshake(
@@ -732,6 +766,9 @@ async def serve(
     write_timeout: float | None = None,
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    proxy_protocol: str = "off",
+    proxy_allow_from: Sequence[str] = DEFAULT_ALLOW_FROM,
+    proxy_header_timeout: float | None = DEFAULT_PROXY_HEADER_TIMEOUT,
     poller: str = "auto",
     limiter: BufferLimiter | None = None,
     pool: BufferPool | None = None,
@@ -776,6 +813,9 @@ async def serve(
         write_timeout=write_timeout,
         ssl_context=ssl_context,
         handshake_timeout=handshake_timeout,
+        proxy_protocol=proxy_protocol,
+        proxy_allow_from=proxy_allow_from,
+        proxy_header_timeout=proxy_header_timeout,
         poller=poller,
         limiter=limiter,
         pool=pool,
