@@ -22,6 +22,7 @@ from millpond.debug import (
     metric_families,
     snapshot,
     worker_debug_address,
+    worker_debug_listing,
 )
 from millpond.debug.address import is_loopback
 from millpond.memory.limiter import WAIT_SECONDS_BUCKETS
@@ -143,3 +144,12 @@ def test_each_worker_has_the_base_debug_port_plus_its_index() -> None:
     assert worker_debug_address(("127.0.0.1", 6060), 0) == ("127.0.0.1", 6060)
     assert worker_debug_address(("127.0.0.1", 6060), 3) == ("127.0.0.1", 6063)
     assert worker_debug_address((None, 0), 3) == (None, 0)  # each picks a free port
+
+
+def test_a_supervisor_lists_each_workers_debug_page() -> None:
+    assert worker_debug_listing(("127.0.0.1", 6060), 2) == (
+        "worker 0: http://127.0.0.1:6060/debug/millpond/, "
+        "worker 1: http://127.0.0.1:6061/debug/millpond/"
+    )
+    assert worker_debug_listing(("::1", 6060), 1) == "worker 0: http://[::1]:6060/debug/millpond/"
+    assert "free port" in worker_debug_listing(("127.0.0.1", 0), 4)

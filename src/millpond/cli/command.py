@@ -22,6 +22,7 @@ from functools import partial
 
 import trio
 
+from ..debug import worker_debug_address
 from ..memory.limiter import BufferLimiter
 from ..server import DEFAULT_ALLOW_FROM, DEFAULT_RESERVE_FRACTION, Server
 from .certificates import server_ssl_context
@@ -118,11 +119,15 @@ def _serve(arguments: Namespace) -> int:
     return EXIT_OK
 
 
-def _debug_address(arguments: Namespace) -> tuple[str | None, int] | None:
+def _debug_address(
+    arguments: Namespace, worker: int | None = None
+) -> tuple[str | None, int] | None:
+    # --debug-port and --debug-host; worker i of --workers N serves on the port plus i.
     if arguments.debug_port is None:
         return None
     host = arguments.debug_host or DEFAULT_HOST
-    return None if host == "*" else host, arguments.debug_port
+    address = (None if host == "*" else host, arguments.debug_port)
+    return address if worker is None else worker_debug_address(address, worker)
 
 
 def _where(

@@ -9,7 +9,7 @@ the ``debug`` extra): see docs/debugging.md. Everything here reads public
 statistics only.
 """
 
-from .address import check_debug_address, worker_debug_address
+from .address import check_debug_address, worker_debug_address, worker_debug_listing
 from .metrics import exposition, metric_families
 from .snapshot import (
     BudgetSnapshot,
@@ -39,4 +39,5 @@ __all__ = [
     "metric_families",
     "snapshot",
     "worker_debug_address",
+    "worker_debug_listing",
 ]

@@ -18,7 +18,13 @@ from typing import Any
 
 from ..server.listeners import check_host, check_port
 
-__all__ = ["DebugAddress", "check_debug_address", "is_loopback", "worker_debug_address"]
+__all__ = [
+    "DebugAddress",
+    "check_debug_address",
+    "is_loopback",
+    "worker_debug_address",
+    "worker_debug_listing",
+]
 
 #: ``(host, port)``: where the debug endpoint listens (host None: every interface).
 DebugAddress = tuple[str | None, int]
@@ -68,3 +74,19 @@ def worker_debug_address(address: DebugAddress, index: int) -> DebugAddress:
     """
     host, port = address
     return host, port + index if port else 0
+
+
+def worker_debug_listing(address: DebugAddress, workers: int) -> str:
+    """What a supervisor of ``workers`` workers logs at start: each worker's debug page.
+
+    ``worker 0: http://127.0.0.1:6060/debug/millpond/, worker 1: http://127.0.0.1:6061/...``;
+    with port 0, that each worker picks a free port and logs it.
+    """
+    host, port = address
+    if not port:
+        return "each worker picks a free port and logs it"
+    shown = "*" if host is None else f"[{host}]" if ":" in host else host
+    return ", ".join(
+        f"worker {i}: http://{shown}:{worker_debug_address(address, i)[1]}/debug/millpond/"
+        for i in range(workers)
+    )
