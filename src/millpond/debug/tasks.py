@@ -18,6 +18,7 @@ on the Trio thread, so the tree cannot change underneath it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,7 +119,10 @@ def _place(filename: str, lineno: int, function: str) -> str:
     return f"{_short(filename)}:{lineno} in {function}"
 
 
+@functools.lru_cache(maxsize=1024)
 def _short(filename: str) -> str:
+    # Cached: relpath asks for the working directory each time, and a server
+    # with 10,000 connections has 10,000 frames of the same few files.
     # site-packages/trio/_core/_run.py -> trio/_core/_run.py; a project's files
     # stay relative to the working directory when they are under it.
     marker = os.sep + "site-packages" + os.sep
