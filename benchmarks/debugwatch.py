@@ -4,7 +4,8 @@ Shared by ``soak.py`` and ``debug_under_flood.py``: start ``millpond serve``
 with its debug endpoint on a free port and find the ports in its log, read a
 process's resident memory and open descriptors from ``/proc``, and GET a
 debug page with a plain socket (no HTTP library, one request per
-connection, bounded in size and time). Loopback only.
+connection, bounded in size and time), and pin the server and the load to
+different cores and count the CPU each uses. Loopback only.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,11 +27,29 @@ ROOT = Path(__file__).resolve().parents[1]
 START_GUARD_SECONDS = 30.0
 
 
-def start_server(target: str, *flags: str) -> tuple[subprocess.Popen[bytes], int, int]:
-    """``millpond serve TARGET --port 0 --debug-port 0 FLAGS``; the process and both ports."""
+# The server runs on CPU 0 and the load (this process) on CPU 1, so that neither
+# steals the other's core (the machine has two; see benchmarks/README.md).
+SERVER_CPU = 0
+CLIENT_CPU = 1
+
+
+def pin_this_process(cpu: int = CLIENT_CPU) -> None:
+    """Run this process (the load generator) on ``cpu`` only, where the OS allows it."""
+    if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+
+
+def start_server(
+    target: str, *flags: str, cpu: int = SERVER_CPU
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``millpond serve TARGET --port 0 --debug-port 0 FLAGS`` pinned to ``cpu``.
+
+    Returns the process and both ports (the service's and the debug endpoint's).
+    """
     environment = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    pin = ["taskset", "-c", str(cpu)] if shutil.which("taskset") else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "millpond.cli", "serve", target, "--port", "0",
+        [*pin, sys.executable, "-m", "millpond.cli", "serve", target, "--port", "0",
          "--debug-port", "0", *flags],
         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=environment,
     )  # fmt: skip
@@ -57,6 +77,15 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User plus system CPU seconds used so far by ``pid`` (None: this process, all threads)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def open_fds(pid: int) -> int:

@@ -17,7 +17,8 @@ once more against the baseline taken before the first client.
 Writes ``soak.csv`` and ``soak.png`` into ``--out`` (default
 ``benchmarks/results``) and prints the RSS slope over the second half of the
 run (a least-squares line), as bytes per minute and as a share of RSS per
-10 minutes, plus descriptors and tasks at the baseline and after settling::
+10 minutes, plus descriptors and tasks at the baseline and after settling, and the CPU
+the server (pinned to CPU 0) and the clients (this process, CPU 1) used::
 
     flock /work/notes/bench.lock python benchmarks/soak.py --minutes 30
 
@@ -36,7 +37,7 @@ import time
 from pathlib import Path
 
 import trio
-from debugwatch import ROOT, open_fds, rss_bytes, start_server, stats
+from debugwatch import ROOT, cpu_seconds, open_fds, pin_this_process, rss_bytes, start_server, stats
 
 import millpond
 
@@ -177,6 +178,7 @@ def main() -> None:
     parser.add_argument("--budget", default="64M")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     arguments = parser.parse_args()
+    pin_this_process()
     process, port, debug_port = start_server(
         str(ROOT / "benchmarks" / "soak.py") + ":echo_both_ways", "--budget", arguments.budget,
         "--log-level", "info",
@@ -184,10 +186,14 @@ def main() -> None:
     try:
         time.sleep(1.0)
         baseline = sample(process.pid, debug_port, time.monotonic(), 0)
+        server_cpu, client_cpu, started = cpu_seconds(process.pid), cpu_seconds(), time.monotonic()
         rows = trio.run(
             run_load, process.pid, port, debug_port, arguments.minutes * 60,
             arguments.churners, arguments.steady,
         )  # fmt: skip
+        elapsed = time.monotonic() - started
+        server_share = (cpu_seconds(process.pid) - server_cpu) / elapsed * 100
+        client_share = (cpu_seconds() - client_cpu) / elapsed * 100
         time.sleep(arguments.settle)
         settled = sample(process.pid, debug_port, time.monotonic(), 0)
     finally:
@@ -206,7 +212,9 @@ def main() -> None:
              f"{arguments.steady} steady clients, budget {arguments.budget}")  # fmt: skip
     drew = chart(rows, arguments.out / "soak.png", title)
     messages = rows[-1]["messages"]
-    print(f"messages echoed: {messages:.0f} ({messages / (arguments.minutes * 60):.0f}/s)")
+    print(f"messages echoed: {messages:.0f} ({messages / (arguments.minutes * 60):.0f}/s); "
+          f"the server used {server_share:.0f} % of CPU 0, the clients {client_share:.0f} % "
+          "of CPU 1")  # fmt: skip
     print(f"RSS: baseline {baseline['rss_bytes'] / 2**20:.1f} MiB, second half mean "
           f"{mean_rss / 2**20:.1f} MiB, peak {max(r['rss_bytes'] for r in rows) / 2**20:.1f} MiB, "
           f"after settling {settled['rss_bytes'] / 2**20:.1f} MiB")  # fmt: skip

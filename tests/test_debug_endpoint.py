@@ -22,9 +22,11 @@ import httpx
 import pytest
 import trio
 from conftest import server_port
+from prometheus_client.parser import text_string_to_metric_families
 
 import millpond
 from millpond.debug import endpoint
+from millpond.debug.snapshot import BATCH_SIZES, PRESSURE_LEVELS
 
 # Hang guard only: a page over loopback takes milliseconds.
 GUARD_SECONDS = 20
@@ -140,6 +142,58 @@ async def test_stats_count_an_open_connection_and_list_it_on_request(
         assert stats["process"]["open_fds"] > 0 and stats["process"]["tasks"] > 0
 
 
+async def fetch_while_a_chunk_is_held(
+    server: millpond.Server, client: httpx.AsyncClient, *paths: str
+) -> list[httpx.Response]:
+    """GET ``paths`` while one connection to ``server`` (handler ``hold``) holds a chunk."""
+    limiter = server.limiter
+    assert limiter is not None
+    async with await client_of(server):
+        await until(lambda: limiter.bytes_in_use > 0)  # hold() keeps what it read
+        return [await client.get(path) for path in paths]
+
+
+async def test_stats_hold_every_section_the_issue_lists(
+    debugged: tuple[millpond.Server, httpx.AsyncClient],
+) -> None:
+    (page,) = await fetch_while_a_chunk_is_held(*debugged, "/debug/millpond/stats?connections=1")
+    stats = page.json()
+    connections, budget, pool, poller = (
+        stats[k] for k in ("connections", "limiter", "pool", "poller")
+    )
+    assert set(connections["closed"]) == set(millpond.server.CLOSE_REASONS)
+    assert connections["accept_paused_seconds"] == 0.0
+    assert set(budget["pressure_seconds"]) == set(PRESSURE_LEVELS)
+    assert budget["pressure_seconds"]["none"] > 0
+    (holder,) = budget["top_holders"]
+    assert "Connection" in holder["owner"] and holder["bytes"] == budget["bytes_in_use"]
+    for size_class in pool["size_classes"]:
+        assert {"slabs", "leased", "free", "slabs_trimmed"} <= set(size_class)
+    assert pool["recent_leaks"] == [] and pool["leaks_detected"] == 0
+    assert set(poller["batches"]) == set(BATCH_SIZES) and sum(poller["batches"].values()) > 0
+    assert poller["wakeups"] > 0 and poller["registered"] >= 2  # listener, connection
+    (listed,) = stats["connection_list"]
+    assert listed["state"] == "in handler" and listed["budget_held"] == holder["bytes"]
+
+
+async def test_metrics_over_http_parse_and_agree_with_stats(
+    debugged: tuple[millpond.Server, httpx.AsyncClient],
+) -> None:
+    pages = await fetch_while_a_chunk_is_held(*debugged, "/metrics", "/debug/millpond/stats")
+    metrics, stats = pages[0], pages[1].json()
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(metrics.text)
+        for sample in family.samples
+    }
+    assert values[("millpond_connections_open", ())] == 1
+    in_use = values[("millpond_budget_bytes_in_use", ())]
+    assert in_use == stats["limiter"]["bytes_in_use"] > 0
+    assert values[("millpond_budget_pressure_seconds_total", (("level", "none"),))] > 0
+    assert values[("millpond_budget_wait_seconds_count", ())] == 0
+
+
 async def test_connections_are_sorted_by_budget_held_or_by_age(nursery: trio.Nursery) -> None:
     async def lease_as_asked(stream: millpond.Connection) -> None:
         kib = int(await stream.receive_some())
@@ -237,7 +291,8 @@ def _find(node: dict[str, Any], matches: Callable[[dict[str, Any]], bool]) -> An
 
 async def test_the_endpoint_answers_while_the_budget_is_spent(nursery: trio.Nursery) -> None:
     limiter = millpond.BufferLimiter(8192)
-    server, client = await start_debugged(nursery, limiter=limiter)
+    # No guaranteed read: a connection that holds nothing must queue like the rest.
+    server, client = await start_debugged(nursery, limiter=limiter, guaranteed_read=0)
     limiter.acquire_on_behalf_of_nowait("hog", 8192)  # nothing left for anyone
     async with client, await client_of(server):
         await until(lambda: limiter.statistics().tasks_waiting == 1)
