@@ -1,4 +1,4 @@
-"""Does the debug endpoint answer while the server is flooded and its budget is spent?
+"""Does the debug endpoint answer while 1000 clients flood the server and fill its budget?
 
 Each of ``--runs`` (default 3) runs starts a fresh ``millpond serve
 examples/echo.py:echo --budget 8M --debug-port 0`` pinned to CPU 0 (this
@@ -6,13 +6,16 @@ process, the load, runs on CPU 1), then measures the debug pages twice, side
 by side: **idle**, with no client connected, and **flooded**, after
 ``--clients`` (default 1000) clients have been writing 64 KiB chunks as fast
 as the server takes them, never reading, for ``--ramp`` seconds (every
-echo's send blocks, its tail is charged, the budget is spent and reads queue
-for memory). Each time it GETs each page ``--requests`` times, one at a
-time, on a new connection each (connect, request, whole answer), and keeps
-the latencies. It prints, per run and as the median over the runs, each
-page's median and worst latency idle and flooded and their ratio, the
-budget's state as the stats page reported it, and the CPU the server and the
-load used while flooded. Loopback only; bounded in time; stops by itself::
+echo's send blocks with its tail charged: with 8 MiB the connections hold
+6.1-6.4 MiB, at the pressure level; with ``--budget 2M``, 1.6-1.9 MiB, at
+the pressure or hard level. No read waits for memory: every handler is stuck
+in ``send_all``, and one that holds nothing has its guaranteed read). Each
+time it GETs each page ``--requests`` times, one at a time, on a new
+connection each (connect, request, whole answer), and keeps the latencies.
+It prints, per run and as the median over the runs, each page's median and
+worst latency idle and flooded and their ratio, the budget's state as the
+stats page reported it, and the CPU the server and the load used while
+flooded. Loopback only; bounded in time; stops by itself::
 
     flock /work/notes/bench.lock python benchmarks/debug_under_flood.py
 """
