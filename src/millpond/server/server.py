@@ -636,7 +636,19 @@ class Server:
         watch = self._reaper.watch(connection, scope)
         try:
             with scope:
-                reason = await self._handle(connection)
+                # The handler is awaited here, not in a helper: every frame
+                # between the task and the handler is resumed at each of its
+                # wake-ups (two per echoed message).
+                stream = await self._open_stream(connection)
+                if isinstance(stream, str):
+                    reason = stream
+                else:
+                    try:
+                        await self._handler(stream)  # type: ignore[arg-type]
+                    except Exception as exc:
+                        reason = self._handler_failed(connection, exc)
+                    else:
+                        reason = await self._handler_returned(connection, stream)
             if watch.fired is not None:
                 reason = watch.fired
                 logger.info("closed the connection from %s: %s", _peer(connection), reason)
@@ -652,9 +664,8 @@ class Server:
             if slot_freed is not None:
                 slot_freed.set()
 
-    async def _handle(self, connection: Connection) -> str:
-        """Handshake and run the handler; return why the connection ends (not a timeout's)."""
-        stream: trio.abc.Stream = connection
+    async def _open_stream(self, connection: Connection) -> trio.abc.Stream | str:
+        """The PROXY header and the TLS handshake: the handler's stream, or why it ends here."""
         mode = self._proxy_protocol
         if mode != "off":
             try:
@@ -664,34 +675,38 @@ class Server:
             except ProxyProtocolError as exc:
                 logger.info("PROXY header from %s refused: %s", _peer(connection), exc)
                 return "proxy_error"
-        if self._ssl_context is not None:
-            try:
-                secured = await tls.handshake(
-                    connection, self._ssl_context, self._handshake_timeout
-                )
-            except trio.BrokenResourceError as exc:
-                logger.info("TLS handshake with %s failed: %s", _peer(connection), _why(exc))
-                return "tls_error"
-            if secured is None:
-                logger.info("TLS handshake with %s timed out", _peer(connection))
-                return "handshake_timeout"
-            stream = secured
+        if self._ssl_context is None:
+            return connection
         try:
-            await self._handler(stream)  # type: ignore[arg-type]
-        except Exception as exc:
-            gone = _peer_gone(exc)
-            if gone is None:
-                self._handler_errors += 1
-                logger.exception("handler failed for connection from %s", _peer(connection))
-                return "handler_error"
-            logger.info("connection from %s closed by the peer: %s", _peer(connection), gone)
-            return "reset"
+            secured = await tls.handshake(connection, self._ssl_context, self._handshake_timeout)
+        except trio.BrokenResourceError as exc:
+            logger.info("TLS handshake with %s failed: %s", _peer(connection), _why(exc))
+            return "tls_error"
+        if secured is None:
+            logger.info("TLS handshake with %s timed out", _peer(connection))
+            return "handshake_timeout"
+        return secured
+
+    def _handler_failed(self, connection: Connection, exc: Exception) -> str:
+        """Log and count what the handler raised; return the close reason."""
+        gone = _peer_gone(exc)
+        if gone is None:
+            self._handler_errors += 1
+            logger.exception(
+                "handler failed for connection from %s", _peer(connection), exc_info=exc
+            )
+            return "handler_error"
+        logger.info("connection from %s closed by the peer: %s", _peer(connection), gone)
+        return "reset"
+
+    @staticmethod
+    async def _handler_returned(connection: Connection, stream: trio.abc.Stream) -> str:
+        """Close TLS cleanly after a handler that returned; ``eof`` or ``done``."""
         eof = connection.eof_received
         if isinstance(stream, trio.SSLStream):
             eof = eof or tls.peer_closed(stream)
             await tls.close(stream)
         return "eof" if eof else "done"
-
 
 def _close_listeners(
     poller: Poller | None, registrations: list[Registration], listeners: list[socket.socket]
