@@ -27,6 +27,7 @@ from test_cli import (
     assert_one_line_error,
     assert_usage_error,
     connected,
+    echo_round_trip,
     listening_socket,
     receive_exactly,
     receive_to_eof,
@@ -35,8 +36,8 @@ from test_cli import (
     stop,
 )
 
-from millpond.cli.errors import CommandError
-from millpond.cli.supervisor import check_workers_supported, worker_arguments
+from millpond.cli import main, supervisor
+from millpond.cli.supervisor import check_workers_supported, reuse_port_available, worker_arguments
 from millpond.cli.values import usable_cpus, workers
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT workers, signals")
@@ -46,6 +47,8 @@ import os
 
 import trio
 
+import millpond
+
 
 async def pid(stream):
     await stream.send_all(b"%d\\n" % os.getpid())
@@ -54,6 +57,22 @@ async def pid(stream):
 async def echo(stream):
     async for chunk in stream:
         await stream.send_all(chunk)
+
+
+async def pid_echo(stream):
+    await stream.send_all(b"%d\\n" % os.getpid())
+    await echo(stream)
+
+
+async def forever(stream):
+    await stream.send_all(b"ready\\n")
+    await trio.sleep_forever()
+
+
+async def statistics(stream):
+    server = millpond.current_server()
+    accepted = server.statistics().connections_accepted
+    await stream.send_all(b"%d %d %d\\n" % (os.getpid(), accepted, server.limiter.total_bytes))
 """
 
 STARTED = rb"worker (\d+) started \(pid (\d+)\)"
@@ -126,10 +145,28 @@ def test_workers_auto_is_one_per_usable_cpu() -> None:
     assert workers("3") == 3
 
 
-def test_without_so_reuseport_more_than_one_worker_is_refused() -> None:
-    check_workers_supported(1, has_reuse_port=False)
-    with pytest.raises(CommandError, match=r"--workers 2 needs SO_REUSEPORT.*platform lacks"):
-        check_workers_supported(2, has_reuse_port=False)
+def test_without_so_reuseport_more_than_one_worker_is_refused(
+    app: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(supervisor, "reuse_port_available", lambda: False)
+    monkeypatch.chdir(app)
+    # Refused before anything is bound or started: main returns at once.
+    assert main(["serve", "app:pid", "--port", "0", "--workers", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("millpond: error: --workers 2 needs SO_REUSEPORT")
+    assert "platform lacks" in captured.err
+    check_workers_supported(1, has_reuse_port=False)  # one worker shares nothing
+
+
+def test_so_reuseport_is_asked_of_a_socket_not_only_of_the_constant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert reuse_port_available()  # Linux has it
+    monkeypatch.setattr(socket, "SO_REUSEPORT", 0x7FFF, raising=False)  # an option no kernel knows
+    assert not reuse_port_available()
+    monkeypatch.delattr(socket, "SO_REUSEPORT")
+    assert not reuse_port_available()
 
 
 def test_worker_arguments_go_right_after_serve() -> None:
@@ -193,6 +230,29 @@ async def test_connections_reach_every_worker(app: Path) -> None:
         assert await pids_seen(lambda: ask_pid(port), set(pids)) == set(pids)
         assert await stop(sup) == 0, sup.text()
     assert re.search(rb"worker 0 pid %d millpond.server: listening on" % pids[0], sup.log)
+
+
+@pytest.mark.time_limit(60)
+async def test_each_worker_has_its_own_budget_and_statistics(app: Path) -> None:
+    arguments = ["serve", "app:statistics", "--port", "0", "--workers", "2", "--budget", "1M"]
+    async with supervising(arguments, app) as sup:
+        pids = await workers_listening(sup, 2)
+        port = await sup.port()
+        accepted: dict[int, list[int]] = {pid: [] for pid in pids}
+        for _try in range(400):  # until each worker answered 3 times (the kernel picks)
+            if min(len(counts) for counts in accepted.values()) >= 3:
+                break
+            with trio.fail_after(IO_GUARD_SECONDS):
+                async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+                    pid, count, budget = map(int, (await receive_to_eof(stream)).split())
+            accepted[pid].append(count)
+            assert budget == 1024 * 1024  # --budget is each worker's, not shared out
+        assert await stop(sup) == 0, sup.text()
+    assert min(len(counts) for counts in accepted.values()) >= 3, accepted
+    # One after the other, so each worker's n-th connection is its n-th accept:
+    # its counter counts only what it accepted.
+    for counts in accepted.values():
+        assert counts == list(range(1, len(counts) + 1))
 
 
 @pytest.mark.time_limit(60)
@@ -291,7 +351,7 @@ async def test_sigterm_exits_0_after_the_transfers_in_flight_complete(app: Path)
 @pytest.mark.time_limit(60)
 async def test_sigterm_to_the_process_group_is_one_graceful_shutdown(app: Path) -> None:
     async with supervising(["serve", "app:echo", "--port", "0", "--workers", "2"], app) as sup:
-        await workers_listening(sup, 2)
+        pids = await workers_listening(sup, 2)
         async with await connected(sup, b"ping", b"ping") as stream:
             os.killpg(sup.process.pid, signal.SIGTERM)  # as systemd's KillMode=control-group does
             await sup.wait_for(rb"waiting for 1 connection")
@@ -303,8 +363,96 @@ async def test_sigterm_to_the_process_group_is_one_graceful_shutdown(app: Path) 
             assert await receive_to_eof(stream) == b""
         assert await sup.exit_status() == 0, sup.text()
     assert sup.log.count(b"SIGTERM: stopping every worker gracefully") == 1
-    assert sup.log.count(b"SIGTERM: shutting down gracefully") == 2  # once per worker
+    for slot, pid in enumerate(pids):  # each worker drained once, and exited 0
+        assert (
+            sup.log.count(b"worker %d pid %d millpond.server: SIGTERM: shutting down" % (slot, pid))
+            == 1
+        )
+        assert sup.log.count(b"worker %d pid %d millpond.server: shut down\n" % (slot, pid)) == 1
+        assert sup.log.count(b"worker %d (pid %d) exited with status 0\n" % (slot, pid)) == 1
+    assert sup.log.count(b"shut down\n") == 2
     assert b"Traceback" not in sup.log
+
+
+@pytest.mark.time_limit(60)
+async def test_a_worker_sent_sigterm_twice_drains_once_and_exits_0(app: Path) -> None:
+    arguments = ["serve", "app:pid_echo", "--port", "0", "--workers", "2"]
+    async with supervising(arguments, app) as sup:
+        await workers_listening(sup, 2)
+        async with await trio.open_tcp_stream("127.0.0.1", await sup.port()) as stream:
+            line = await receive_exactly(stream, 1)
+            while not line.endswith(b"\n"):
+                line += await receive_exactly(stream, 1)
+            pid = int(line)  # the worker serving this connection
+            slot = started(sup)[pid]
+            os.kill(pid, signal.SIGTERM)
+            mine = b"worker %d pid %d millpond.server: " % (slot, pid)
+            await sup.wait_for(re.escape(mine) + rb"SIGTERM: shutting down gracefully")
+            os.kill(pid, signal.SIGTERM)
+            await sup.wait_for(re.escape(mine) + rb"SIGTERM while shutting down: nothing more")
+            assert await echo_round_trip(stream, b"still served") == b"still served"
+        await sup.wait_for(rb"worker %d \(pid %d\) exited with status 0" % (slot, pid))
+        # Not asked by the supervisor: it starts another in that slot.
+        await sup.wait_for(rb"worker %d started \(pid (?!%d\))" % (slot, pid))
+        assert await stop(sup) == 0, sup.text()
+    assert sup.log.count(mine + b"SIGTERM: shutting down gracefully") == 1
+    assert sup.log.count(mine + b"shut down\n") == 1
+
+
+@pytest.mark.parametrize("to_the_group", [False, True], ids=["to-supervisor", "ctrl-c"])
+@pytest.mark.time_limit(60)
+async def test_a_second_sigint_cancels_every_workers_connections(
+    app: Path, to_the_group: bool
+) -> None:
+    # As in the single process (test_cli.py): the first SIGINT drains, the
+    # second cancels. The grace period is far longer than the hang guard.
+    arguments = ["serve", "app:forever", "--port", "0", "--workers", "2"]
+    arguments += ["--graceful-timeout", "3600"]
+    async with supervising(arguments, app) as sup:
+        await workers_listening(sup, 2)
+
+        def interrupt() -> None:
+            if to_the_group:  # a terminal's Ctrl-C: every process of the group
+                os.killpg(sup.process.pid, signal.SIGINT)
+            else:
+                sup.send_signal(signal.SIGINT)
+
+        async with await connected(sup, b"", b"ready\n") as stream:
+            interrupt()
+            await sup.wait_for(rb"SIGINT: stopping every worker gracefully")
+            await sup.wait_for(rb"waiting for 1 connection")
+            await trio.sleep(0.2)  # the connection outlives the first SIGINT
+            assert sup.process.returncode is None
+            interrupt()
+            await sup.wait_for(rb"SIGINT while stopping: cancelling the connections left")
+            assert await receive_to_eof(stream) == b""
+        assert await sup.exit_status() == 0, sup.text()
+    assert sup.log.count(b"SIGINT while shutting down: cancelling the connections left") >= 1
+    assert b"Traceback" not in sup.log
+
+
+@pytest.mark.time_limit(60)
+async def test_sigterms_to_the_group_until_it_is_gone_exit_0(app: Path) -> None:
+    # systemd repeats nothing, but a group kill may reach a process at any
+    # moment of its end: the supervisor must not die of one either, after it
+    # stopped waiting for signals. The workers' exit is made slow (atexit).
+    (app / "slow_exit.py").write_text(
+        APP + "\nimport atexit, time\natexit.register(time.sleep, 0.2)\n"
+    )
+    arguments = ["serve", "slow_exit:pid", "--port", "0", "--workers", "2"]
+    async with supervising(arguments, app) as sup:
+        await workers_listening(sup, 2)
+        os.killpg(sup.process.pid, signal.SIGTERM)
+        await sup.wait_for(rb"shut down\n")
+        while sup.process.poll() is None:
+            try:
+                os.killpg(sup.process.pid, signal.SIGTERM)
+            except ProcessLookupError:  # every process of the group is gone
+                break
+            await trio.sleep(0.001)
+        assert await sup.exit_status() == 0, sup.text()
+    assert sup.log.count(b"exited with status 0\n") == 2, sup.text()
+    assert b"killed by" not in sup.log
 
 
 @pytest.mark.time_limit(60)

@@ -234,7 +234,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         default=DEFAULT_GRACE_SECONDS,
         metavar="SECONDS",
         help="on SIGTERM or Ctrl-C, how long connections may take to finish before they "
-        f"are cancelled; none waits for ever (default: {DEFAULT_GRACE_SECONDS:g})",
+        "are cancelled (a second Ctrl-C cancels them at once; a second SIGTERM changes "
+        f"nothing); none waits for ever (default: {DEFAULT_GRACE_SECONDS:g})",
     )
 
     tls = serve.add_argument_group("TLS")

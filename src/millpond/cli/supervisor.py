@@ -82,12 +82,30 @@ from .options import version
 from .places import Places, listening_places
 from .roster import Action, Exit, Log, Roster, Send, Start, StopListening
 
-__all__ = ["check_workers_supported", "supervise", "worker_arguments"]
+__all__ = ["check_workers_supported", "reuse_port_available", "supervise", "worker_arguments"]
 
 logger = logging.getLogger("millpond.supervisor")
 
 # The signals the roster acts on; SIGCHLD is caught only to wake the loop.
 _SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def reuse_port_available() -> bool:
+    """Whether this platform lets several listening sockets share a port (``SO_REUSEPORT``).
+
+    The constant alone is not enough: Python defines it from the headers it
+    was built with, and a kernel (or an emulation layer: WSL 1, gVisor) may
+    still refuse the option, so a socket is asked too.
+    """
+    option = getattr(socket, "SO_REUSEPORT", None)
+    if option is None:
+        return False
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, option, 1)
+    except OSError:
+        return False
+    return True
 
 
 def check_workers_supported(workers: int, has_reuse_port: bool) -> None:
@@ -125,7 +143,7 @@ def supervise(arguments: Namespace, argv: Sequence[str]) -> int:
     before any worker starts.
     """
     workers: int = arguments.workers
-    check_workers_supported(workers, hasattr(socket, "SO_REUSEPORT"))
+    check_workers_supported(workers, reuse_port_available())
     configure_logging(arguments.log_level, arguments.access_log)
     places = listening_places(arguments, take_activation_fds(os.environ, os.getpid()))
     inherited = adopt_listeners(places.inherited)
@@ -258,8 +276,11 @@ class _SignalInbox:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        # The supervisor is about to exit: a stop signal now (a repeated
+        # SIGTERM, a second Ctrl-C) changes nothing, and must not kill it with
+        # its default action, so the stop signals are ignored, not restored.
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, signal.SIG_IGN if signum in _SIGNALS else handler)
         signal.set_wakeup_fd(self._previous_wakeup)
         self.reader.close()
         self._writer.close()
