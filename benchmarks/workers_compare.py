@@ -239,7 +239,9 @@ COLUMNS = (
 
 def table(rows: list[dict[str, Any]], layouts: Sequence[Layout]) -> str:
     lines = [
-        "| layout | " + " | ".join(title for _key, title, _fmt in COLUMNS) + " | runs |",
+        "| layout | "
+        + " | ".join(title for _key, title, _fmt in COLUMNS)
+        + " | runs (disturbed) |",
         "|---" * (len(COLUMNS) + 2) + "|",
     ]
     base = None
@@ -252,7 +254,9 @@ def table(rows: list[dict[str, Any]], layouts: Sequence[Layout]) -> str:
         cells = [fmt.format(medians[key]) for key, _title, fmt in COLUMNS]
         cells[0] += f" ({medians['msgs_per_s'] / base:.2f}x)"
         lines.append(
-            f"| {layout.name}: {layout.describe()} | " + " | ".join(cells) + f" | {len(mine)} |"
+            f"| {layout.name}: {layout.describe()} | "
+            + " | ".join(cells)
+            + f" | {len(mine)} ({sum(1 for row in mine if row.get('disturbed'))}) |"
         )
     return "\n".join(lines)
 
