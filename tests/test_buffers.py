@@ -268,7 +268,7 @@ async def test_release_from_a_worker_thread_returns_slot_and_capacity() -> None:
 
 
 async def test_trim_returns_idle_slabs_only_after_the_quiet_period(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     pool = BufferPool(trim_after=5.0)
     pool.lease_nowait(1024).release()
@@ -281,7 +281,7 @@ async def test_trim_returns_idle_slabs_only_after_the_quiet_period(
     assert (stats.bytes_reserved_by_slabs, stats.slabs_trimmed) == (0, 1)
 
 
-async def test_slab_in_use_again_is_not_trimmed(autojump_clock: trio.testing.MockClock) -> None:
+async def test_slab_in_use_again_is_not_trimmed(idle_clock: trio.testing.MockClock) -> None:
     pool = BufferPool(trim_after=5.0)
     pool.lease_nowait(1024).release()
     await trio.sleep(4.0)
@@ -291,7 +291,7 @@ async def test_slab_in_use_again_is_not_trimmed(autojump_clock: trio.testing.Moc
 
 
 async def test_idle_slabs_are_trimmed_lazily_as_buffers_come_and_go(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     pool = BufferPool(trim_after=5.0)
     first, second = pool.lease_nowait(64 * KiB), pool.lease_nowait(64 * KiB)

@@ -114,7 +114,7 @@ async def _receive_in(scope: trio.CancelScope, stream: millpond.Connection) -> N
 
 
 async def test_receive_woken_then_timed_out_in_a_read_loop_answers_once_memory_is_back(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     # The issue's own scenario, with one client: a handler polls under a timeout.
     left, right, limiter = await starved_pair(poller_name)

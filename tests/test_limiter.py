@@ -271,7 +271,7 @@ async def test_cancelled_in_the_same_tick_before_the_release_is_simply_withdrawn
 
 
 async def test_waiter_under_move_on_after_gives_up_on_time_and_next_is_served(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 50)
@@ -299,7 +299,7 @@ async def test_waiter_under_move_on_after_gives_up_on_time_and_next_is_served(
 
 
 async def test_waiting_does_not_extend_a_fail_after_deadline(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 100)
@@ -312,7 +312,7 @@ async def test_waiting_does_not_extend_a_fail_after_deadline(
 
 
 async def test_reserve_that_times_out_while_waiting_releases_nothing(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 100)
@@ -498,7 +498,7 @@ async def proxy_workload(limiter: BufferLimiter, connections: int, chunk: int) -
 
 
 async def test_proxy_workload_completes_with_a_reserve(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(8 * 1000 + 1000, reserved_bytes=1000)
     finished = await proxy_workload(limiter, connections=8, chunk=1000)
@@ -507,7 +507,7 @@ async def test_proxy_workload_completes_with_a_reserve(
 
 
 async def test_proxy_workload_deadlocks_without_a_reserve(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(8 * 1000 + 1000)
     with pytest.raises(trio.TooSlowError):

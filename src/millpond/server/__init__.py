@@ -12,6 +12,7 @@ from .proxy_header import DEFAULT_ALLOW_FROM, DEFAULT_PROXY_HEADER_TIMEOUT, PROX
 from .server import (
     CLOSE_REASONS,
     DEFAULT_GRACE_SECONDS,
+    DEFAULT_GUARANTEED_READ,
     ConnectionStatistics,
     Handler,
     Server,
@@ -29,6 +30,7 @@ __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_BUDGET_BYTES",
     "DEFAULT_GRACE_SECONDS",
+    "DEFAULT_GUARANTEED_READ",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_RESERVE_FRACTION",
     "ConnectionStatistics",

@@ -64,6 +64,7 @@ __all__ = [
     "CLOSE_REASONS",
     "ConnectionStatistics",
     "DEFAULT_GRACE_SECONDS",
+    "DEFAULT_GUARANTEED_READ",
     "Handler",
     "Server",
     "ServerStatistics",
@@ -108,6 +109,13 @@ TRIM_INTERVAL_SECONDS: Final = 5.0
 
 # Name of every connection task (see Server._start_connection).
 CONNECTION_TASK_NAME: Final = "millpond.connection"
+
+# What each connection may read while the budget is spent, as long as it holds
+# nothing of it (Linux's tcp_rmem[0]): one minimum read, so a client whose
+# handler answers promptly is served while a flood holds the whole budget in
+# handlers blocked on peers that never read. It costs at most this much per
+# connection beyond the budget (docs/memory.md); 0 makes reads wait instead.
+DEFAULT_GUARANTEED_READ: Final = 1024
 
 # How long shutdown() lets handlers finish unless told otherwise: long enough
 # for a request in flight, short enough for a deploy (uvicorn waits for ever
@@ -270,6 +278,7 @@ class Server:
         pool: BufferPool | None = None,
         read_sizes: ReadSizes | None = None,
         pooled: bool = True,
+        guaranteed_read: int = DEFAULT_GUARANTEED_READ,
         access_log: bool = False,
     ) -> None:
         check_handler(handler)
@@ -296,6 +305,11 @@ class Server:
         self._proxy_protocol = check_proxy_mode(proxy_protocol)
         self._proxy_allow_from = check_allow_from(proxy_allow_from)
         self._proxy_header_timeout = check_seconds("proxy_header_timeout", proxy_header_timeout)
+        if type(guaranteed_read) is not int:
+            raise TypeError(f"guaranteed_read must be an int, not {type(guaranteed_read).__name__}")
+        if guaranteed_read < 0:
+            raise ValueError(f"guaranteed_read must be >= 0, not {guaranteed_read}")
+        self._guaranteed_read = guaranteed_read
         if not isinstance(access_log, bool):
             raise TypeError(f"access_log must be a bool, not {type(access_log).__name__}")
         self._access_log = access_log
@@ -562,7 +576,13 @@ class Server:
     ) -> None:
         """Wrap an accepted socket and start its handler; a failure costs only this socket."""
         try:
-            connection = Connection(sock, poller=poller, pool=pool, read_sizes=self._read_sizes)
+            connection = Connection(
+                sock,
+                poller=poller,
+                pool=pool,
+                read_sizes=self._read_sizes,
+                guaranteed_read=self._guaranteed_read,
+            )
         except Exception as exc:
             # Whatever it is (the client reset before setup, a budget or a
             # pool refusing, a bug in a constructor), it concerns this one
@@ -743,6 +763,7 @@ async def serve(
     pool: BufferPool | None = None,
     read_sizes: ReadSizes | None = None,
     pooled: bool = True,
+    guaranteed_read: int = DEFAULT_GUARANTEED_READ,
     access_log: bool = False,
     task_status: trio.TaskStatus[list[SockAddr]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -788,6 +809,7 @@ async def serve(
         pool=pool,
         read_sizes=read_sizes,
         pooled=pooled,
+        guaranteed_read=guaranteed_read,
         access_log=access_log,
     )
     await server.run(task_status=task_status)
