@@ -18,7 +18,9 @@ import sys
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import trio
 from test_cli import (
@@ -483,3 +485,58 @@ async def test_workers_stop_when_the_supervisor_is_killed(app: Path) -> None:
         assert await sup.exit_status() == -signal.SIGKILL
     assert sup.log.count(b"the supervisor is gone: shutting down gracefully") == 2
     assert sup.log.count(b"shut down\n") == 2
+
+
+# --- the debug endpoint under --workers ---
+
+
+async def debug_stats(port: int) -> dict[str, Any]:
+    """The debug endpoint's statistics at 127.0.0.1:``port``, as JSON."""
+    async with httpx.AsyncClient(timeout=IO_GUARD_SECONDS) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/debug/millpond/stats")
+    assert response.status_code == 200, response.text
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
+@pytest.mark.time_limit(90)
+async def test_each_worker_serves_its_debug_endpoint_through_a_sighup(app: Path) -> None:
+    arguments = ["serve", "app:pid", "--port", "0", "--workers", "2", "--debug-port", "0"]
+    async with supervising(arguments, app) as sup:
+        old = await workers_listening(sup, 2)
+        listing = await sup.wait_for(
+            rb"debug endpoints: worker 0: http://127\.0\.0\.1:(\d+)/debug/millpond/, "
+            rb"worker 1: http://127\.0\.0\.1:(\d+)/debug/millpond/\n"
+        )
+        ports = [int(listing.group(1)), int(listing.group(2))]
+        for port, pid in zip(ports, old, strict=True):  # each worker its own statistics
+            assert (await debug_stats(port))["process"]["pid"] == pid
+        main_port = await sup.port()
+        served = {await ask_pid(main_port) for _ in range(4)}
+        sup.send_signal(signal.SIGHUP)
+        await sup.wait_for(rb"SIGHUP: every worker replaced")
+        new = await workers_listening(sup, 2)
+        assert not set(new) & set(old)
+        # The same ports, now the new workers' (the old ones are draining or gone).
+        for port, pid in zip(ports, new, strict=True):
+            for _try in range(100):
+                stats = await debug_stats(port)
+                if stats["process"]["pid"] == pid:
+                    break
+            assert stats["process"]["pid"] == pid
+            assert stats["connections"]["accepted"] == 0  # a new worker counts from zero
+        assert served <= set(old)
+        assert await stop(sup) == 0, sup.text()
+    assert b"before it listened" not in sup.log
+
+
+def test_a_debug_port_in_use_is_refused_before_any_worker_starts(app: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        arguments = ["serve", "app:pid", "--port", "0", "--workers", "2"]
+        result = run([*arguments, "--debug-port", str(port)], app)
+    assert_one_line_error(
+        result, f"cannot listen for worker 0's debug endpoint on 127.0.0.1:{port}", "in use"
+    )

@@ -25,15 +25,14 @@ import sys
 from argparse import Namespace
 from collections.abc import Sequence
 
-from ..debug import worker_debug_address
 from ..memory.limiter import BufferLimiter
 from ..server import DEFAULT_ALLOW_FROM, DEFAULT_RESERVE_FRACTION, Server
 from .certificates import server_ssl_context
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 from .inherited import adopt_listeners, take_activation_fds
 from .logs import configure_logging
-from .options import DEFAULT_HOST, parse_arguments, version
-from .places import listening_places, supervised_places
+from .options import parse_arguments, version
+from .places import debug_address, listening_places, supervised_places
 from .running import run_server
 from .supervisor import supervise
 from .target import load_handler
@@ -85,6 +84,10 @@ def _serve(arguments: Namespace) -> int:
             arguments.budget, reserved_bytes=arguments.budget // DEFAULT_RESERVE_FRACTION
         )
     sockets = adopt_listeners(places.inherited)
+    # A worker serves its debug endpoint on the sockets the supervisor holds for its slot.
+    debug_sockets = adopt_listeners(
+        [(fd, f"debug fd {fd} from the supervisor") for fd in arguments.worker_debug_fd]
+    )
     try:
         server = Server(
             handler,
@@ -106,13 +109,14 @@ def _serve(arguments: Namespace) -> int:
             poller=arguments.poller,
             limiter=limiter,
             access_log=arguments.access_log,
-            debug_address=_debug_address(arguments, worker),
+            debug_address=None if debug_sockets else debug_address(arguments),
+            debug_sockets=debug_sockets or None,
         )
     except (TypeError, ValueError, ImportError) as exc:
         # Each flag's value was checked already; what is left is a combination
         # the server refuses, and its message names the argument (or h11 is
         # missing for --debug-port).
-        _let_go(sockets)
+        _let_go([*sockets, *debug_sockets])
         raise CommandError(str(exc)) from None
     grace = math.inf if arguments.graceful_timeout is None else arguments.graceful_timeout
     over_tls = " over TLS" if ssl_context is not None else ""
@@ -133,18 +137,6 @@ def _ignore_hangups() -> None:
     # pending, and is dropped here, as ignoring a pending signal does.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-
-
-def _debug_address(
-    arguments: Namespace, worker: int | None = None
-) -> tuple[str | None, int] | None:
-    # --debug-port and --debug-host; worker i of --workers N serves on the port plus i.
-    if arguments.debug_port is None:
-        return None
-    host = arguments.debug_host or DEFAULT_HOST
-    address = (None if host == "*" else host, arguments.debug_port)
-    return address if worker is None else worker_debug_address(address, worker)
-
 
 
 def _let_go(sockets: Sequence[socket.socket]) -> None:

@@ -204,13 +204,14 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     processes.add_argument(
         "--worker-channel", type=values.file_descriptor, help=argparse.SUPPRESS
     )
-    processes.add_argument(
-        "--worker-fd",
-        type=values.file_descriptor,
-        action="append",
-        default=[],
-        help=argparse.SUPPRESS,
-    )
+    for handed in ("--worker-fd", "--worker-debug-fd"):  # listeners, debug endpoint's
+        processes.add_argument(
+            handed,
+            type=values.file_descriptor,
+            action="append",
+            default=[],
+            help=argparse.SUPPRESS,
+        )
 
     limits = serve.add_argument_group("limits and timeouts")
     limits.add_argument(

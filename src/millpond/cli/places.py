@@ -76,3 +76,11 @@ def supervised_places(fds: Sequence[int]) -> Places:
     """A ``--workers`` worker's places: the listening sockets its supervisor handed it, no other."""
     handed = tuple((fd, f"fd {fd} from the supervisor") for fd in fds)
     return Places(DEFAULT_HOST, None, None, handed)
+
+
+def debug_address(arguments: Namespace) -> tuple[str | None, int] | None:
+    """Where ``--debug-port``/``--debug-host`` ask for the debug endpoint (None: not asked)."""
+    if arguments.debug_port is None:
+        return None
+    host = arguments.debug_host or DEFAULT_HOST
+    return None if host == "*" else host, arguments.debug_port

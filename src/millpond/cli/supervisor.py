@@ -73,13 +73,14 @@ from typing import Any, Final
 
 import trio
 
+from ..debug.address import worker_debug_address, worker_debug_listing
 from ..server import open_listeners, open_unix_listener
 from ..server.listeners import remove_unix_socket
 from .errors import CommandError
 from .inherited import adopt_listeners, take_activation_fds
 from .logs import configure_logging
 from .options import version
-from .places import Places, listening_places
+from .places import Places, debug_address, listening_places
 from .roster import Action, Exit, Log, Roster, Send, Start, StopListening
 
 __all__ = ["check_workers_supported", "reuse_port_available", "supervise", "worker_arguments"]
@@ -119,7 +120,7 @@ def check_workers_supported(workers: int, has_reuse_port: bool) -> None:
 
 
 def worker_arguments(
-    argv: Sequence[str], index: int, channel: int, fds: Sequence[int]
+    argv: Sequence[str], index: int, channel: int, fds: Sequence[int], debug_fds: Sequence[int] = ()
 ) -> list[str]:
     """The command line of worker ``index``: the supervisor's own, plus the supervisor's flags.
 
@@ -130,6 +131,8 @@ def worker_arguments(
     extra = ["--worker-index", str(index), "--worker-channel", str(channel)]
     for fd in fds:
         extra += ["--worker-fd", str(fd)]
+    for fd in debug_fds:
+        extra += ["--worker-debug-fd", str(fd)]
     return [*argv[:at], *extra, *argv[at:]]
 
 
@@ -150,6 +153,7 @@ def supervise(arguments: Namespace, argv: Sequence[str]) -> int:
     listeners = _Listeners(shared=list(inherited))
     try:
         _bind(listeners, places, workers, arguments.backlog, arguments.uds_mode)
+        _bind_debug(listeners, debug_address(arguments), workers)
         grace = math.inf if arguments.graceful_timeout is None else arguments.graceful_timeout
         logger.info(
             "supervising %d worker(s) of %s with millpond %s on %s (pid %d); SIGTERM or "
@@ -160,6 +164,9 @@ def supervise(arguments: Namespace, argv: Sequence[str]) -> int:
             listeners.describe(places),
             os.getpid(),
         )
+        if listeners.debug:
+            listing = worker_debug_listing([listeners.debug_addresses(i) for i in range(workers)])
+            logger.info("debug endpoints: %s", listing)
         with _SignalInbox() as inbox:
             return _Supervisor(Roster(workers, grace), argv, listeners, inbox).run()
     finally:
@@ -172,11 +179,20 @@ class _Listeners:
 
     slots: list[list[socket.socket]] = field(default_factory=list)
     shared: list[socket.socket] = field(default_factory=list)
+    debug: list[list[socket.socket]] = field(default_factory=list)  # per slot, if asked for
 
     def of(self, slot: int) -> list[socket.socket]:
         """What worker ``slot`` serves: its slot's TCP listeners, then the shared ones."""
         own = self.slots[slot] if self.slots else []
         return [*own, *self.shared]
+
+    def debug_of(self, slot: int) -> list[socket.socket]:
+        """The debug endpoint's listeners of worker ``slot`` (none without ``--debug-port``)."""
+        return self.debug[slot] if self.debug else []
+
+    def debug_addresses(self, slot: int) -> list[Any]:
+        """Where worker ``slot``'s debug endpoint listens."""
+        return [sock.getsockname() for sock in self.debug_of(slot)]
 
     def describe(self, places: Places) -> str:
         """Where the workers listen, with the port the system picked for port 0."""
@@ -191,7 +207,8 @@ class _Listeners:
 
     def close(self) -> None:
         """Stop listening: the kernel refuses new clients once the workers have closed theirs."""
-        for sock in [*(s for slot in self.slots for s in slot), *self.shared]:
+        debug = (s for slot in self.debug for s in slot)
+        for sock in [*(s for slot in self.slots for s in slot), *self.shared, *debug]:
             if sock.fileno() >= 0:
                 if sock.family == socket.AF_UNIX:
                     remove_unix_socket(sock)  # only a socket file this process bound
@@ -225,6 +242,32 @@ async def _open_listeners(
             port = sockets[0].getsockname()[1]
     if places.uds is not None:
         listeners.shared.append(await open_unix_listener(places.uds, backlog=backlog, mode=mode))
+
+
+def _bind_debug(
+    listeners: _Listeners, address: tuple[str | None, int] | None, workers: int
+) -> None:
+    # The debug endpoints' sockets (--debug-port), one set per slot on the
+    # base port plus the slot's index (port 0: a free one each), held here
+    # for the same reason as the slots' listeners: a worker replacing another
+    # (SIGHUP) serves its debug port from the socket the old one still holds
+    # while it drains, where binding its own would find the port taken.
+    if address is not None:
+        trio.run(_open_debug_listeners, listeners, address, workers)
+
+
+async def _open_debug_listeners(
+    listeners: _Listeners, address: tuple[str | None, int], workers: int
+) -> None:
+    for slot in range(workers):
+        host, port = worker_debug_address(address, slot)
+        try:
+            listeners.debug.append(await open_listeners(port, host=host))
+        except OSError as exc:
+            raise CommandError(
+                f"cannot listen for worker {slot}'s debug endpoint on "
+                f"{_address_text((host or '*', port))}: {exc.strerror or exc}"
+            ) from None
 
 
 def _refuse_a_port_in_use(places: Places) -> None:
@@ -390,15 +433,15 @@ class _Supervisor:
 
     def _start(self, start: Start) -> list[Action]:
         ours, theirs = socket.socketpair()
-        sockets = self._listeners.of(start.slot)
-        fds = [sock.fileno() for sock in sockets]
-        arguments = worker_arguments(self._argv, start.slot, theirs.fileno(), fds)
+        fds = [sock.fileno() for sock in self._listeners.of(start.slot)]
+        debug_fds = [sock.fileno() for sock in self._listeners.debug_of(start.slot)]
+        arguments = worker_arguments(self._argv, start.slot, theirs.fileno(), fds, debug_fds)
         try:
             with _hangups_blocked():
                 process = subprocess.Popen(
                     [sys.executable, "-m", "millpond.cli", *arguments],
                     stdin=subprocess.DEVNULL,
-                    pass_fds=[theirs.fileno(), *fds],
+                    pass_fds=[theirs.fileno(), *fds, *debug_fds],
                 )
         except OSError as exc:
             ours.close()
