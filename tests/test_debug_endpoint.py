@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import socket
 import sys
 import tracemalloc
@@ -370,6 +371,35 @@ def test_a_bad_debug_address_is_refused_when_the_server_is_made(
 ) -> None:
     with pytest.raises(error, match="debug_address"):
         millpond.Server(hold, 0, debug_address=address)  # type: ignore[arg-type]
+
+
+async def test_debug_sockets_bound_elsewhere_are_served_and_closed(nursery: trio.Nursery) -> None:
+    # What a --workers supervisor does: it binds, the worker's server serves.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = millpond.Server(hold, 0, host="127.0.0.1", debug_sockets=[listener])
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+            await inner.start(server.run)
+            assert server.debug_addresses == (("127.0.0.1", port),)
+            async with httpx.AsyncClient(timeout=GUARD_SECONDS) as client:
+                stats = (await client.get(f"http://127.0.0.1:{port}/debug/millpond/stats")).json()
+            assert stats["process"]["pid"] == os.getpid()
+            scope.cancel()
+    assert listener.fileno() == -1  # the server owns them, as it owns sockets=
+
+
+def test_bad_debug_sockets_are_refused_when_the_server_is_made() -> None:
+    with socket.socket() as unbound:
+        with pytest.raises(ValueError, match="debug_sockets: .*not listening"):
+            millpond.Server(hold, 0, debug_sockets=[unbound])
+    with pytest.raises(TypeError, match="debug_sockets: sockets must be a sequence"):
+        millpond.Server(hold, 0, debug_sockets=unbound)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="debug_sockets must hold at least one"):
+        millpond.Server(hold, 0, debug_sockets=[])
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        with pytest.raises(ValueError, match="debug_address or debug_sockets, not both"):
+            millpond.Server(hold, 0, debug_address=("127.0.0.1", 0), debug_sockets=[listener])
 
 
 def test_without_h11_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

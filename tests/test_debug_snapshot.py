@@ -147,9 +147,14 @@ def test_each_worker_has_the_base_debug_port_plus_its_index() -> None:
 
 
 def test_a_supervisor_lists_each_workers_debug_page() -> None:
-    assert worker_debug_listing(("127.0.0.1", 6060), 2) == (
+    bound = [[("127.0.0.1", 6060)], [("127.0.0.1", 6061)]]
+    assert worker_debug_listing(bound) == (
         "worker 0: http://127.0.0.1:6060/debug/millpond/, "
         "worker 1: http://127.0.0.1:6061/debug/millpond/"
     )
-    assert worker_debug_listing(("::1", 6060), 1) == "worker 0: http://[::1]:6060/debug/millpond/"
-    assert "free port" in worker_debug_listing(("127.0.0.1", 0), 4)
+    assert worker_debug_listing([[("::1", 6060, 0, 0)]]) == (
+        "worker 0: http://[::1]:6060/debug/millpond/"
+    )
+    assert worker_debug_listing([[("0.0.0.0", 7000), ("::", 7000, 0, 0)]]) == (
+        "worker 0: http://0.0.0.0:7000/debug/millpond/ and http://[::]:7000/debug/millpond/"
+    )

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import socket
+from collections.abc import Sequence
 from typing import Any
 
-from ..server.listeners import check_host, check_port
+from ..server.listeners import adopt_listeners, check_host, check_port
 
 __all__ = [
     "DebugAddress",
     "check_debug_address",
+    "check_debug_sockets",
     "is_loopback",
     "worker_debug_address",
     "worker_debug_listing",
@@ -48,12 +51,34 @@ def check_debug_address(address: object) -> DebugAddress:
         check_port(port)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"debug_address: {exc}") from None
+    _check_h11("debug_address")
+    return host, port
+
+
+def check_debug_sockets(sockets: object) -> list[socket.socket]:
+    """Adopt listening sockets bound elsewhere for the debug endpoint, or raise naming them.
+
+    What a ``--workers`` supervisor passes each worker, so that the worker
+    replacing another (SIGHUP) serves the same debug port at once, from the
+    same socket, instead of finding it taken. The checks are
+    ``Server(sockets=...)``'s, and h11 must be installed.
+    """
+    try:
+        adopted = adopt_listeners(sockets)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"debug_sockets: {exc}") from None
+    if not adopted:
+        raise ValueError("debug_sockets must hold at least one listening socket")
+    _check_h11("debug_sockets")
+    return adopted
+
+
+def _check_h11(argument: str) -> None:
     if importlib.util.find_spec("h11") is None:
         raise ImportError(
-            "debug_address needs h11, which the debug endpoint speaks HTTP with: "
+            f"{argument} needs h11, which the debug endpoint speaks HTTP with: "
             "pip install 'millpond[debug]'"
         )
-    return host, port
 
 
 def is_loopback(sockaddr: Any) -> bool:
@@ -70,23 +95,27 @@ def is_loopback(sockaddr: Any) -> bool:
 def worker_debug_address(address: DebugAddress, index: int) -> DebugAddress:
     """Worker ``index``'s debug address under ``--workers``: the base port plus the index.
 
-    Port 0 stays 0 (each worker picks a free port and logs it).
+    Port 0 stays 0 (a free port for each). The ``--workers`` supervisor binds
+    these and hands each worker its own (``Server(debug_sockets=...)``).
     """
     host, port = address
     return host, port + index if port else 0
 
 
-def worker_debug_listing(address: DebugAddress, workers: int) -> str:
-    """What a supervisor of ``workers`` workers logs at start: each worker's debug page.
+def worker_debug_listing(addresses: Sequence[Sequence[Any]]) -> str:
+    """What a supervisor logs at start: each worker's debug page, from the sockets it bound.
 
-    ``worker 0: http://127.0.0.1:6060/debug/millpond/, worker 1: http://127.0.0.1:6061/...``;
-    with port 0, that each worker picks a free port and logs it.
+    ``addresses[i]`` are worker ``i``'s bound debug addresses (``getsockname()``):
+    ``worker 0: http://127.0.0.1:6060/debug/millpond/, worker 1: http://127.0.0.1:6061/...``.
     """
-    host, port = address
-    if not port:
-        return "each worker picks a free port and logs it"
-    shown = "*" if host is None else f"[{host}]" if ":" in host else host
+    if isinstance(addresses, str) or not isinstance(addresses, Sequence):
+        raise TypeError(f"addresses must be a sequence per worker, not {addresses!r}")
     return ", ".join(
-        f"worker {i}: http://{shown}:{worker_debug_address(address, i)[1]}/debug/millpond/"
-        for i in range(workers)
+        f"worker {i}: " + " and ".join(f"http://{_host_port(a)}/debug/millpond/" for a in bound)
+        for i, bound in enumerate(addresses)
     )
+
+
+def _host_port(sockaddr: Any) -> str:
+    host, port = str(sockaddr[0]), sockaddr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -67,15 +67,16 @@ _SERVER_HEADER = b"millpond-debug"
 
 
 class DebugEndpoint:
-    """The debug endpoint of ``server`` at ``address``: :meth:`bind`, then :meth:`run`.
+    """The debug endpoint of ``server`` at ``where`` (an address, or listening sockets):
+    :meth:`bind`, then :meth:`run`.
 
-    Made by ``Server`` when it has a ``debug_address``; it is not useful on
+    Made by ``Server`` when it has a ``debug_address`` or ``debug_sockets``; it is not useful on
     its own. ``addresses`` are the bound addresses once :meth:`bind` returned.
     """
 
-    def __init__(self, server: Server, address: DebugAddress) -> None:
+    def __init__(self, server: Server, where: DebugAddress | list[socket.socket]) -> None:
         self._server = server
-        self._address = address
+        self._where = where
         self._sockets: list[socket.socket] = []
         self._profiler = HeapProfiler()
 
@@ -85,8 +86,12 @@ class DebugEndpoint:
         return tuple(sock.getsockname() for sock in self._sockets if sock.fileno() >= 0)
 
     async def bind(self) -> None:
-        """Bind and listen on the debug address (``OSError`` if it is taken)."""
-        host, port = self._address
+        """Bind and listen on the debug address (``OSError`` if it is taken); sockets given
+        ready-made (``Server(debug_sockets=...)``) are used as they are."""
+        if isinstance(self._where, list):
+            self._sockets = self._where
+            return
+        host, port = self._where
         self._sockets = await open_listeners(port, host=host)
 
     async def run(self) -> None:

@@ -258,7 +258,9 @@ class Server:
     ``debug_address=("127.0.0.1", 6060)`` also serves the debug endpoint
     there (statistics, Prometheus metrics, heap profiles, the task tree:
     docs/debugging.md), outside the budget; off by default, and it needs
-    h11 (``pip install 'millpond[debug]'``).
+    h11 (``pip install 'millpond[debug]'``). ``debug_sockets`` serves it on
+    listening sockets bound elsewhere instead (a ``--workers`` supervisor
+    holds one per worker slot, so that a replacement serves the same port).
     """
 
     def __init__(
@@ -289,6 +291,7 @@ class Server:
         guaranteed_read: int = DEFAULT_GUARANTEED_READ,
         access_log: bool = False,
         debug_address: tuple[str | None, int] | None = None,
+        debug_sockets: Sequence[socket.socket] | None = None,
     ) -> None:
         check_handler(handler)
         if port is not None:
@@ -322,11 +325,17 @@ class Server:
         if not isinstance(access_log, bool):
             raise TypeError(f"access_log must be a bool, not {type(access_log).__name__}")
         self._access_log = access_log
-        self._debug_address = None
+        self._debug_where: tuple[str | None, int] | list[socket.socket] | None = None
+        if debug_address is not None and debug_sockets is not None:
+            raise ValueError("give debug_address or debug_sockets, not both")
         if debug_address is not None:
             from ..debug.address import check_debug_address  # the debug layer sits above
 
-            self._debug_address = check_debug_address(debug_address)
+            self._debug_where = check_debug_address(debug_address)
+        elif debug_sockets is not None:
+            from ..debug.address import check_debug_sockets
+
+            self._debug_where = check_debug_sockets(debug_sockets)
         self._debug: DebugEndpoint | None = None
         timeouts = Timeouts(self._idle_timeout, self._read_timeout, self._write_timeout)
         # One timer task for every connection's timeouts and deadline. Always
@@ -488,11 +497,11 @@ class Server:
             for sock in listeners:
                 registrations.append(poller.register(sock))
             self._addresses = tuple(sock.getsockname() for sock in listeners)
-            if self._debug_address is not None:
+            if self._debug_where is not None:
                 # Imported only when asked for: the endpoint needs h11.
                 from ..debug.endpoint import DebugEndpoint
 
-                self._debug = DebugEndpoint(self, self._debug_address)
+                self._debug = DebugEndpoint(self, self._debug_where)
                 await self._debug.bind()
             logger.info("listening on %s", ", ".join(_address_text(a) for a in self._addresses))
             async with trio.open_nursery() as service:
