@@ -6,10 +6,11 @@ Run it in front of one or more servers::
 
 Each client gets the next upstream in turn; one that refuses or does not
 answer within ``--connect-timeout`` seconds is skipped for the next (a client
-for which every upstream fails is closed). Bytes move both ways at once,
-with ``splice(2)`` where both sides are plain TCP on Linux (``--no-splice``:
-pooled buffers); a slow side pauses the fast one, half-closes pass through
-each way, and SIGINT or SIGTERM stops it gracefully (a second one at once).
+for which every upstream fails is closed). Bytes move both ways at once, with
+``splice(2)`` where both sides are plain TCP on Linux (``--no-splice``:
+budgeted reads and ``send_all``); a slow side pauses the fast one,
+half-closes pass through each way, and SIGINT or SIGTERM stops it gracefully
+(a second one at once).
 The design is in docs/proxy.md; proxy_forward.py moves the bytes.
 """
 
@@ -213,7 +214,7 @@ async def main(args: argparse.Namespace) -> None:
             addresses = await nursery.start(serve_then_stop)
             for address in addresses:
                 print(f"listening on {address[0]}:{address[1]}", flush=True)
-            mode = "pooled buffers" if args.no_splice else "splice where both sides are TCP"
+            mode = "receive_some/send_all" if args.no_splice else "splice where both sides are TCP"
             print(f"forwarding with {mode}", flush=True)
             grace = args.grace
             async for signum in signals:
@@ -247,14 +248,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-splice",
         action="store_true",
-        help="move bytes through pooled buffers even where splice(2) could be used",
+        help="move bytes through Python (budgeted reads, send_all) even where splice could",
     )
     parser.add_argument(
         "--pipe-size",
         type=int,
         default=DEFAULT_PIPE_SIZE,
         metavar="BYTES",
-        help=f"kernel pipe size for splice (default {DEFAULT_PIPE_SIZE}, the kernel's)",
+        help=f"kernel pipe size for splice (default {DEFAULT_PIPE_SIZE}, pipe-max-size's default)",
     )
     parser.add_argument(
         "--budget-mib",

@@ -5,17 +5,18 @@ write to ``sink``, pass on the end of file) and nothing else: choosing the
 upstream, counting connections and the command line are proxy.py's.
 
 Backpressure is the same on both paths: a direction never reads more than it
-can write. It holds at most one chunk (one pooled buffer, or one pipe's
-worth), and it does not read again until ``sink`` has taken all of it. A sink
-that stops reading therefore stops its direction, the kernel's socket buffers
-fill, and TCP's window closes on the sender: the slow side pauses the fast
-side, end to end, with nothing piling up in the proxy.
+can write. It holds at most one chunk (one read, or one pipe's worth), and
+it does not read again until ``sink`` has taken all of it. A sink that stops
+reading therefore stops its direction, the kernel's socket buffers fill, and
+TCP's window closes on the sender: the slow side pauses the fast side, end
+to end, with nothing piling up in the proxy.
 
 Two ways to move a chunk
 ------------------------
-* ``forward_pooled`` (any two millpond streams, TLS included): a pooled
-  buffer lent by ``receive_buffer()`` (charged to the server's budget) and
-  ``send_all`` of its view. Two copies per byte, kernel to buffer to kernel.
+* ``forward_pooled`` (any two Trio streams, TLS included): ``receive_some``
+  (on a millpond ``Connection``, a read charged to the server's budget until
+  the next one) and ``send_all``. Two copies per byte, kernel to Python to
+  kernel.
 * ``forward_spliced`` (both sides plain TCP sockets, Linux): ``splice(2)``
   from the source socket into a pipe and from the pipe into the sink socket,
   as HAProxy does. The bytes never enter Python, and on Linux the pipe takes
@@ -71,16 +72,21 @@ __all__ = ["Pipe", "PipePool", "Tally", "can_splice", "forward_pooled", "forward
 # SPLICE_F_MOVE is a hint the kernel may use to move pages rather than copy.
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 
-# What a pipe holds unless told otherwise: the kernel's default (16 pages).
-# Larger pipes (F_SETPIPE_SZ, up to /proc/sys/fs/pipe-max-size) mean fewer
-# splices per GiB, but every user has a quota of pipe pages
-# (/proc/sys/fs/pipe-user-pages-soft, 64 MiB by default); past it the kernel
-# hands out one-page pipes, so the proxy's default stays the kernel's.
-DEFAULT_PIPE_SIZE: Final = 65536
+# What a pipe holds unless told otherwise: 1 MiB, the most an unprivileged
+# process may ask for (/proc/sys/fs/pipe-max-size) and millpond's largest read.
+# Moving a GiB through 64 KiB pipes (the kernel's default, 16 pages) took
+# twice the CPU (0.79 s per GiB against 0.36, benchmarks/proxy_compare.py
+# --pipe-size). What a pipe actually holds is charged to the budget, whatever
+# its size; the size only sets how much one splice may move.
+DEFAULT_PIPE_SIZE: Final = 1 << 20
 
-# The smallest charge a spliced read takes under memory pressure: one page,
-# the unit a pipe holds.
+# The smallest charge a spliced read takes (and every one under memory
+# pressure): one page, the unit a pipe holds.
 MIN_SPLICE_BYTES: Final = 4096
+
+# The first chunk's charge, before the size adapts: a Connection's first read
+# is 4 KiB; 16 KiB is HAProxy's buffer, and reaches 1 MiB in six full chunks.
+FIRST_SPLICE_BYTES: Final = 16384
 
 # Errors from splice() that mean the peer or the network broke the connection.
 _BROKEN_ERRNOS: Final = frozenset(
@@ -116,23 +122,19 @@ async def forward_pooled(
 ) -> None:
     """Move bytes from ``source`` to ``sink`` until EOF, then ``send_eof`` on ``sink``.
 
-    One pooled buffer at a time: the next read waits until ``send_all`` has
-    handed the whole chunk to the kernel, and the buffer goes back to the pool
-    when the ``async with`` block ends. ``source`` must be a
-    ``millpond.Connection`` (``receive_buffer``) or any Trio stream
-    (``receive_some``, one chunk at a time as well).
+    One chunk at a time: the next read waits until ``send_all`` has handed the
+    whole chunk to the kernel. On a ``millpond.Connection`` the chunk is read
+    under the server's budget and stays charged until the next read.
+
+    ``receive_some`` rather than ``receive_buffer``: measured, a lent buffer
+    cost 1.35-1.44 s of CPU per GiB where ``receive_some`` costs 0.77, because
+    a read above 64 KiB (a bulk stream's reads grow to 1 MiB) is lent a fresh
+    dedicated mapping each time, and its page faults made ``recv_into`` take
+    ~680 us per MiB (docs/proxy.md, "What the library could do better").
     """
-    if isinstance(source, millpond.Connection):
-        while True:
-            async with source.receive_buffer() as buffer:
-                if not buffer.nbytes:
-                    break
-                await sink.send_all(buffer.view)
-                tally.bytes += buffer.nbytes
-    else:
-        while chunk := await source.receive_some():
-            await sink.send_all(chunk)
-            tally.bytes += len(chunk)
+    async for chunk in source:
+        await sink.send_all(chunk)
+        tally.bytes += len(chunk)
     await sink.send_eof()
 
 
@@ -143,13 +145,12 @@ class Pipe:
 
     def __init__(self, size: int = DEFAULT_PIPE_SIZE) -> None:
         self.read_fd, self.write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.size = DEFAULT_PIPE_SIZE
-        if size != DEFAULT_PIPE_SIZE:
-            try:
-                self.size = fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, size)
-            except OSError:
-                # Over pipe-max-size or the user's quota: keep what the kernel gave.
-                self.size = fcntl.fcntl(self.write_fd, fcntl.F_GETPIPE_SZ)
+        try:
+            self.size = fcntl.fcntl(self.write_fd, fcntl.F_SETPIPE_SZ, size)
+        except OSError:
+            # Over pipe-max-size, or over a hard quota of pipe pages
+            # (/proc/sys/fs/pipe-user-pages-hard): keep what the kernel gave.
+            self.size = fcntl.fcntl(self.write_fd, fcntl.F_GETPIPE_SZ)
 
     def close(self) -> None:
         """Close both ends (what the pipe still holds is dropped)."""
@@ -164,9 +165,13 @@ class PipePool:
     an *empty* pipe for the next taker, up to ``max_idle`` of them, and closes
     the rest. A pipe that may hold data (a direction that failed mid-chunk)
     must be closed instead, never given back.
+
+    Every user has a soft quota of pipe pages (/proc/sys/fs/pipe-user-pages-soft,
+    64 MiB of pipes by default, counted at their full size); past it the kernel
+    makes new pipes small. 16 idle 1 MiB pipes use a quarter of it.
     """
 
-    def __init__(self, pipe_size: int = DEFAULT_PIPE_SIZE, max_idle: int = 64) -> None:
+    def __init__(self, pipe_size: int = DEFAULT_PIPE_SIZE, max_idle: int = 16) -> None:
         self.pipe_size = pipe_size
         self.max_idle = max_idle
         self._idle: list[Pipe] = []
@@ -235,34 +240,37 @@ async def forward_spliced(
     checkpoint = trio.lowlevel.checkpoint
     owner = _Charge(f"fd {source_fd} -> fd {sink_fd}")
     pipe: Pipe | None = None
+    want = FIRST_SPLICE_BYTES  # what the next chunk is charged: adapts, as reads do
     charged = 0
     in_pipe = 0  # bytes spliced in and not yet out
+    yielded = True  # parked or checkpointed since the last chunk
     try:
         while True:
-            parked = False
             if not reader.readable:
                 # Idle: hold no budget and no pipe while waiting for the peer.
-                if charged:
-                    limiter.release_read(owner, charged)  # type: ignore[union-attr]
-                    charged = 0
+                if charged and limiter is not None:
+                    limiter.release_read(owner, charged)
+                charged = 0
                 if pipe is not None:
                     pipes.give_back(pipe)
                     pipe = None
                 await reader.wait_readable()
-                parked = True
+                yielded = True
             if pipe is None:
                 pipe = pipes.take()
             # Readable first, memory second (as Connection does): the bytes wait
             # in the kernel until the budget can hold them.
             if not charged:
                 if limiter is None:
-                    charged = pipe.size
+                    charged = want
                 else:
-                    charged = limiter.acquire_read_nowait(
-                        owner, pipe.size, MIN_SPLICE_BYTES
-                    ) or await limiter.acquire_read(owner, MIN_SPLICE_BYTES)
+                    charged = limiter.acquire_read_nowait(owner, want, MIN_SPLICE_BYTES)
+                    if not charged:
+                        charged = await limiter.acquire_read(owner, MIN_SPLICE_BYTES)
+                        yielded = True
+            asked = min(charged, pipe.size)
             try:
-                spliced = splice(source_fd, pipe.write_fd, min(charged, pipe.size), flags=flags)
+                spliced = splice(source_fd, pipe.write_fd, asked, flags=flags)
             except BlockingIOError:
                 # The pipe is empty, so the EAGAIN is the socket's: it is drained.
                 # This is the only place the source's readiness is consumed, with
@@ -275,6 +283,18 @@ async def forward_spliced(
             if not spliced:
                 break  # EOF from the source
             in_pipe = spliced
+            # Netty's adaptive reads, simplified: a full chunk doubles the next
+            # charge, one that used half of it or less halves it.
+            if spliced == asked:
+                want = min(want * 2, pipe.size)
+            elif spliced <= asked // 2:
+                want = max(want // 2, MIN_SPLICE_BYTES)
+            if not yielded:
+                # Fairness: one chunk per turn. Taken here rather than after the
+                # chunk is out, so that a direction about to park (the next
+                # splice says EAGAIN) does not pay for a schedule point as well.
+                await checkpoint()
+            yielded = False
             while in_pipe:
                 try:
                     in_pipe -= splice(pipe.read_fd, sink_fd, in_pipe, flags=flags)
@@ -283,7 +303,7 @@ async def forward_spliced(
                     # buffer is full. Same rule: cleared right after the EAGAIN.
                     writer.writable = False
                     await writer.wait_writable()
-                    parked = True
+                    yielded = True
                 except OSError as exc:
                     raise _broken(exc) from exc
             tally.bytes += spliced
@@ -291,12 +311,10 @@ async def forward_spliced(
                 # Give the charge back at every chunk, so waiters in the
                 # limiter's line are served between our chunks.
                 limiter.release_read(owner, charged)
-                charged = 0
-            if not parked:
-                await checkpoint()  # fairness: one chunk, then let others run
+            charged = 0
     finally:
-        if charged:
-            limiter.release_read(owner, charged)  # type: ignore[union-attr]
+        if charged and limiter is not None:
+            limiter.release_read(owner, charged)
         if pipe is not None:
             if in_pipe:
                 pipe.close()  # interrupted mid-chunk: never reuse a pipe with data
