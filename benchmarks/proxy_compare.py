@@ -453,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "64 B message.",
         "",
     ]
-    text = "\n".join(header) + report + "\n"
+    text = "\n".join(header) + "\n" + report + "\n"
     print(text)
     if failures:
         print(f"{failures} measurement(s) failed; see the log above")
