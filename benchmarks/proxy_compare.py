@@ -3,7 +3,7 @@
 Usage:
     flock /work/notes/bench.lock python benchmarks/proxy_compare.py [--rounds 5]
         [--duration 4] [--proxies millpond,millpond-no-splice,haproxy,haproxy-splice,uvloop]
-        [--scenarios bulk,echo-64]
+        [--scenarios bulk,echo-64] [--proxies millpond,millpond-b --b-proxy OTHER/proxy.py]
 
 Every proxy forwards to the same backend, the C echo server (benchmarks/servers/echo_ref.c),
 and is driven by the same C load generator (benchmarks/loadgen.c), both pinned to one core
@@ -80,7 +80,15 @@ ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 PROXY = ROOT / "examples" / "proxy.py"
 UVLOOP_PROXY = BENCH_DIR / "servers" / "uvloop_proxy.py"
-PROXY_NAMES = ("millpond", "millpond-no-splice", "haproxy", "haproxy-splice", "uvloop")
+PROXY_NAMES = (
+    "millpond",
+    "millpond-no-splice",
+    "millpond-b",
+    "haproxy",
+    "haproxy-splice",
+    "uvloop",
+)
+DEFAULT_PROXIES = "millpond,millpond-no-splice,haproxy,haproxy-splice,uvloop"
 SCENARIO_NAMES = ("bulk", "echo-64")
 MIB = 1 << 20
 GIB = 1 << 30
@@ -125,6 +133,7 @@ class Config:
     tmp: Path
     pipe_size: int
     quiet_wait: float
+    b_proxy: Path | None
 
     @property
     def echo_config(self) -> EchoConfig:
@@ -153,8 +162,9 @@ class Config:
 def proxy_command(cfg: Config, name: str, port: int) -> list[str] | None:
     """The command line of proxy `name` listening on `port`; None if it is not installed."""
     upstream = f"{HOST}:{cfg.backend_port}"
-    if name in ("millpond", "millpond-no-splice"):
-        command = [sys.executable, str(PROXY), "--host", HOST, "--port", str(port)]
+    if name in ("millpond", "millpond-no-splice", "millpond-b"):
+        script = cfg.b_proxy if name == "millpond-b" else PROXY
+        command = [sys.executable, str(script), "--host", HOST, "--port", str(port)]
         command += ["--upstream", upstream]
         if name == "millpond-no-splice":
             return command + ["--no-splice"]
@@ -317,8 +327,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="rounds; proxies interleaved per round")
     p.add_argument("--duration", type=float, default=4.0, help="measured window, s")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up before the window, s")
+    p.add_argument("--proxies", default=DEFAULT_PROXIES, help="from: " + ", ".join(PROXY_NAMES))
     p.add_argument(
-        "--proxies", default=",".join(PROXY_NAMES), help="from: " + ", ".join(PROXY_NAMES)
+        "--b-proxy",
+        type=Path,
+        default=None,
+        help="millpond-b: another proxy.py (a change under test), run like millpond",
     )
     p.add_argument(
         "--scenarios", default=",".join(SCENARIO_NAMES), help="from: " + ", ".join(SCENARIO_NAMES)
@@ -365,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(proxies) - set(PROXY_NAMES)
     if unknown:
         raise SystemExit(f"unknown proxies: {sorted(unknown)}")
+    if "millpond-b" in proxies and args.b_proxy is None:
+        raise SystemExit("millpond-b needs --b-proxy PATH")
     table_of = {
         "bulk": Scenario("bulk", args.bulk_conns, MIB, args.bulk_inflight),
         "echo-64": Scenario("echo-64", 100, 64, 1),
@@ -411,6 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 Path(tmp),
                 args.pipe_size,
                 args.quiet_wait,
+                args.b_proxy,
             )
             for round_ in range(1, args.rounds + 1):
                 for sc in scenarios:

@@ -22,6 +22,7 @@ import functools
 import json
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Final
@@ -157,6 +158,15 @@ class Proxy:
         """Move bytes both ways until both sides have sent EOF, or one side breaks."""
         spliced = self.splice and can_splice(client, upstream)
         self._spliced += spliced
+        if spliced:
+            for stream in (client, upstream):
+                # Connection sets a 16 KiB TCP_NOTSENT_LOWAT (as Trio does) so that
+                # wait_send_all_might_not_block means "the queue is short"; a splice
+                # direction never asks that, and the low-water mark only made the
+                # kernel wake it for every 16 KiB of room. 0 restores the system's
+                # default (off): 0.32 s of CPU per GiB instead of 0.37, 4 of 4 paired
+                # rounds (proxy_compare.py --scenarios bulk --b-proxy).
+                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
         async with trio.open_nursery() as nursery:
             for source, sink, tally in (
                 (client, upstream, self._upstream_tally),
