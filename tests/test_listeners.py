@@ -135,3 +135,32 @@ def test_a_socket_that_is_not_listening_is_refused() -> None:
         idle.bind((HOST, 0))
         with pytest.raises(ValueError, match="not listening"):
             millpond.Server(echo, sockets=[idle])
+
+
+async def test_two_servers_share_a_port_with_reuse_port(poller_name: str) -> None:
+    async with trio.open_nursery() as nursery:
+        first = millpond.Server(echo, 0, host=HOST, reuse_port=True, poller=poller_name)
+        [(_, port)] = await nursery.start(first.run)
+        second = millpond.Server(echo, port, host=HOST, reuse_port=True, poller=poller_name)
+        await nursery.start(second.run)
+        for _ in range(20):
+            client = await millpond.open_connection(HOST, port, poller=poller_name)
+            await client.send_all(b"either")
+            with trio.fail_after(10):
+                assert await client.receive_some() == b"either"
+            await client.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        accepted = [s.statistics().connections_accepted for s in (first, second)]
+        assert sum(accepted) == 20
+        first.shutdown(0)
+        second.shutdown(0)
+
+
+async def test_without_reuse_port_a_second_server_on_the_port_fails(poller_name: str) -> None:
+    async with trio.open_nursery() as nursery:
+        first = millpond.Server(echo, 0, host=HOST, poller=poller_name)
+        [(_, port)] = await nursery.start(first.run)
+        with pytest.raises(OSError) as raised:
+            await millpond.Server(echo, port, host=HOST, poller=poller_name).run()
+        assert raised.value.errno == errno.EADDRINUSE
+        first.shutdown(0)

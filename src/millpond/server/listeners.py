@@ -69,17 +69,25 @@ def check_backlog(backlog: object) -> int:
 
 
 async def open_listeners(
-    port: int, *, host: str | None = None, backlog: int | None = None
+    port: int, *, host: str | None = None, backlog: int | None = None, reuse_port: bool = False
 ) -> list[socket.socket]:
     """Bind and listen like ``trio.open_tcp_listeners``; return non-blocking sockets.
 
     ``host=None`` binds every interface, IPv4 and IPv6 where available. With
     ``port=0`` the first socket picks a free port and the others reuse it
     where they can, so one number reaches the server on every family.
+    ``reuse_port=True`` sets ``SO_REUSEPORT``, so that several processes (one
+    worker per core) can each listen on the same address and the kernel
+    spreads connections among them; ``ValueError`` where the platform has
+    no ``SO_REUSEPORT``.
     """
     check_port(port)
     check_host(host)
     computed_backlog = check_backlog(backlog)
+    if not isinstance(reuse_port, bool):
+        raise TypeError(f"reuse_port must be a bool, not {type(reuse_port).__name__}")
+    if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("reuse_port=True needs SO_REUSEPORT, which this platform lacks")
     infos = await trio.socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -98,6 +106,8 @@ async def open_listeners(
             try:
                 if sys.platform != "win32":
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 _bind(sock, sockaddr, chosen_port)
