@@ -233,6 +233,14 @@ def running(
         stop_process(proc, signal.SIGTERM)
 
 
+def user_system_ticks(pid: int) -> tuple[int, int]:
+    """utime and stime of process `pid` (all threads), in clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+
+
 def measure(cfg: Config, name: str, sc: Scenario) -> Row:
     """One window of `sc` through proxy `name`: echo_compare's measurement, with the proxy
     in the server's place."""
@@ -244,12 +252,16 @@ def measure(cfg: Config, name: str, sc: Scenario) -> Row:
     with running(argv, cfg.proxy_cpu, port, log_name) as proc:
         args = ["echo", HOST, str(port), str(sc.conns), str(sc.size)]
         args += [str(cfg.duration), str(cfg.warmup), str(sc.inflight)]
+        user0, system0 = user_system_ticks(proc.pid)
         window = measure_window(
             cfg.echo_config, RunningServer(name, proc, port, LOG_DIR / log_name), args, 90
         )
+        user1, system1 = user_system_ticks(proc.pid)
     result = window["loadgen"]
     seconds = window["window_s"]
     moved = 2 * result["msgs"] * sc.size  # up to the backend and back down
+    # Over warm-up and window together (the window's markers only give the sum).
+    busy = (user1 - user0) + (system1 - system0)
     return {
         "proxy": name,
         "scenario": sc.name,
@@ -261,6 +273,8 @@ def measure(cfg: Config, name: str, sc: Scenario) -> Row:
         "cpu_us_per_msg": 1e6 * window["server_cpu_s"] / result["msgs"] if result["msgs"] else None,
         "p50_us": result["p50_us"],
         "p99_us": result["p99_us"],
+        "proxy_system_share_pct": round(100.0 * (system1 - system0) / busy, 1) if busy else None,
+        "loadgen_cpu_pct": window["client_cpu_pct"],
         "proxy_core_busy_pct": window["server_core_busy_pct"],
         "client_core_busy_pct": window["client_core_busy_pct"],
         # busy time on the proxy's core not explained by the proxy: other load
@@ -287,9 +301,11 @@ def table(rows: list[Row], proxies: Sequence[str], scenarios: Sequence[Scenario]
     names = [sc.name for sc in scenarios]
     if "bulk" in names:
         lines += [
-            "| proxy | bulk GiB/s (both ways) | proxy CPU s per GiB | proxy CPU % | p99 ms "
+            "| proxy | bulk GiB/s (both ways) | proxy CPU s per GiB | proxy CPU % "
+            "| of which kernel % | p99 ms | load generator CPU % "
+            "| load generator + backend core busy % "
             "| other load on the proxy's core % | rounds |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name in proxies:
             mine = [r for r in rows if r["proxy"] == name and r["scenario"] == "bulk"]
@@ -299,15 +315,20 @@ def table(rows: list[Row], proxies: Sequence[str], scenarios: Sequence[Scenario]
                     f"| {name} | {fmt(median(mine, 'gib_per_s'), 2)} "
                     f"| {fmt(median(mine, 'cpu_s_per_gib'), 3)} "
                     f"| {fmt(median(mine, 'proxy_cpu_pct'), 0)} "
+                    f"| {fmt(median(mine, 'proxy_system_share_pct'), 0)} "
                     f"| {fmt(None if p99 is None else p99 / 1000, 1)} "
+                    f"| {fmt(median(mine, 'loadgen_cpu_pct'), 0)} "
+                    f"| {fmt(median(mine, 'client_core_busy_pct'), 0)} "
                     f"| {fmt(median(mine, 'proxy_core_other_pct'), 0)} | {len(mine)} |"
                 )
         lines.append("")
     if "echo-64" in names:
         lines += [
-            "| proxy | 64 B echo msgs/s | proxy CPU µs per msg | proxy CPU % | p50 µs "
-            "| p99 µs | other load on the proxy's core % | rounds |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| proxy | 64 B echo msgs/s | proxy CPU µs per msg | proxy CPU % "
+            "| of which kernel % | p50 µs | p99 µs | load generator CPU % "
+            "| load generator + backend core busy % "
+            "| other load on the proxy's core % | rounds |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name in proxies:
             mine = [r for r in rows if r["proxy"] == name and r["scenario"] == "echo-64"]
@@ -316,7 +337,10 @@ def table(rows: list[Row], proxies: Sequence[str], scenarios: Sequence[Scenario]
                     f"| {name} | {fmt(median(mine, 'msgs_per_s'), 0)} "
                     f"| {fmt(median(mine, 'cpu_us_per_msg'), 2)} "
                     f"| {fmt(median(mine, 'proxy_cpu_pct'), 0)} "
+                    f"| {fmt(median(mine, 'proxy_system_share_pct'), 0)} "
                     f"| {fmt(median(mine, 'p50_us'), 0)} | {fmt(median(mine, 'p99_us'), 0)} "
+                    f"| {fmt(median(mine, 'loadgen_cpu_pct'), 0)} "
+                    f"| {fmt(median(mine, 'client_core_busy_pct'), 0)} "
                     f"| {fmt(median(mine, 'proxy_core_other_pct'), 0)} | {len(mine)} |"
                 )
     return "\n".join(lines)
@@ -446,6 +470,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"proxy CPU {row['proxy_cpu_pct']:5.1f}% "
                             f"({row['cpu_s_per_gib'] or 0:.3f} s/GiB, "
                             f"{row['cpu_us_per_msg'] or 0:.2f} µs/msg), "
+                            f"load generator CPU {row['loadgen_cpu_pct']}%, "
                             f"other load on proxy core {row['proxy_core_other_pct']}%"
                         )
     load_after = loadavg()
