@@ -21,9 +21,9 @@ import dataclasses
 import functools
 import json
 import logging
-import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -36,6 +36,7 @@ from proxy_forward import (
     forward_pooled,
     forward_spliced,
 )
+from serving import add_server_arguments, serve_until_signalled
 
 import millpond
 
@@ -45,9 +46,12 @@ logger = logging.getLogger("millpond.proxy")
 # server's accept queue, short enough that a dead one costs a client little.
 DEFAULT_CONNECT_TIMEOUT: Final = 5.0
 
-# Seconds a graceful shutdown lets proxied connections finish (the server's
-# own default is 30 s; a proxy in front of long downloads may want more).
-DEFAULT_GRACE: Final = 10.0
+# How long a client for which no upstream answered may take to read our EOF and
+# close its side, while what it already sent is read and dropped. Closing a socket
+# with unread bytes makes Linux send a reset instead of a FIN (RFC 2525, 2.17), and a
+# client that sent its request at once would see "connection reset" rather than a
+# clean end; Apache's lingering close waits up to 2 s for the same reason.
+NO_UPSTREAM_LINGER: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +99,21 @@ class Proxy:
         pipe_size: int = DEFAULT_PIPE_SIZE,
     ) -> None:
         if not upstreams:
-            raise ValueError("upstreams must name at least one HOST:PORT")
+            raise ValueError("upstreams must name at least one (host, port)")
+        for upstream in upstreams:
+            match upstream:
+                case (str(), int(port)) if 0 < port < 65536:
+                    pass
+                case _:
+                    raise ValueError(f"upstreams: expected (host, port), got {upstream!r}")
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float):
+            raise TypeError(f"connect_timeout must be a number, not {connect_timeout!r}")
+        if not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be > 0, not {connect_timeout!r}")
+        if isinstance(pipe_size, bool) or not isinstance(pipe_size, int):
+            raise TypeError(f"pipe_size must be an int, not {pipe_size!r}")
+        if pipe_size < 4096:
+            raise ValueError(f"pipe_size must be >= 4096 (one page), not {pipe_size}")
         self.upstreams = upstreams
         self.connect_timeout = connect_timeout
         self.splice = splice
@@ -132,6 +150,7 @@ class Proxy:
             upstream = await self.connect_upstream(client.poller)
             if upstream is None:
                 self._no_upstream += 1
+                await self.close_gently(client)
                 return  # the server closes the client
             async with upstream:
                 await self.relay(client, upstream)
@@ -154,6 +173,17 @@ class Proxy:
             self._upstream_failures += 1
         return None
 
+    async def close_gently(self, client: millpond.Connection) -> None:
+        """Send EOF, then read and drop what ``client`` sends until its own EOF (at most
+        ``NO_UPSTREAM_LINGER`` seconds), so that the close is a FIN, not a reset."""
+        with trio.move_on_after(NO_UPSTREAM_LINGER):
+            try:
+                await client.send_eof()
+                async for _ in client:
+                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client is gone already
+
     async def relay(self, client: millpond.Connection, upstream: millpond.Connection) -> None:
         """Move bytes both ways until both sides have sent EOF, or one side breaks."""
         spliced = self.splice and can_splice(client, upstream)
@@ -172,6 +202,7 @@ class Proxy:
                 (client, upstream, self._upstream_tally),
                 (upstream, client, self._downstream_tally),
             ):
+                forward: Callable[[], Awaitable[None]]
                 if spliced:
                     forward = functools.partial(
                         forward_spliced, source, sink, self.pipes, self.limiter, tally
@@ -180,13 +211,19 @@ class Proxy:
                     forward = functools.partial(forward_pooled, source, sink, tally)
                 nursery.start_soon(self._direction, forward, nursery.cancel_scope)
 
-    async def _direction(self, forward: functools.partial[object], scope: trio.CancelScope) -> None:
-        # One side broke: there is nobody left to tell, in either direction.
+    async def _direction(
+        self, forward: Callable[[], Awaitable[None]], scope: trio.CancelScope
+    ) -> None:
+        # One side broke: there is nobody left to tell, in either direction. Both
+        # sockets are closed once the nursery ends (the upstream by relay's caller,
+        # the client by the server). The other direction may break too before its
+        # cancellation lands: one connection counts one reset.
         try:
             await forward()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._resets += 1
-            scope.cancel()
+            if not scope.cancel_called:
+                self._resets += 1
+                scope.cancel()
 
 
 def parse_upstream(text: str) -> tuple[str, int]:
@@ -198,7 +235,7 @@ def parse_upstream(text: str) -> tuple[str, int]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    """Serve the proxy, print where it listens, stop gracefully on SIGINT/SIGTERM."""
+    """Serve the proxy until SIGINT/SIGTERM, then print its statistics."""
     limiter = millpond.BufferLimiter(args.budget_mib << 20, reserved_bytes=args.budget_mib << 16)
     pool = millpond.BufferPool(limiter)
     proxy = Proxy(
@@ -212,34 +249,19 @@ async def main(args: argparse.Namespace) -> None:
     server = millpond.Server(
         proxy, args.port, host=args.host, poller=args.poller, limiter=limiter, pool=pool
     )
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def serve_then_stop(
-                *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
-            ) -> None:
-                await server.run(task_status=task_status)  # returns after a shutdown
-                nursery.cancel_scope.cancel()  # stop listening for signals
-
-            addresses = await nursery.start(serve_then_stop)
-            for address in addresses:
-                print(f"listening on {address[0]}:{address[1]}", flush=True)
-            mode = "receive_some/send_all" if args.no_splice else "splice where both sides are TCP"
-            print(f"forwarding with {mode}", flush=True)
-            grace = args.grace
-            async for signum in signals:
-                print(f"{signal.Signals(signum).name}: stopping", flush=True)
-                server.shutdown(grace)
-                grace = 0  # a second signal: at once
-    proxy.pipes.close()
+    mode = "receive_some/send_all" if args.no_splice else "splice where both sides are TCP"
+    print(f"forwarding with {mode}", flush=True)
+    try:
+        await serve_until_signalled(server, args.grace)
+    finally:
+        proxy.pipes.close()
     print("statistics " + json.dumps(dataclasses.asdict(proxy.statistics())), flush=True)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    add_server_arguments(parser, 8000)
     parser.add_argument(
         "--upstream",
         type=parse_upstream,
@@ -272,13 +294,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=64,
         help="memory budget for buffers and pipes, in MiB (default 64)",
-    )
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=DEFAULT_GRACE,
-        metavar="SECONDS",
-        help=f"on SIGINT/SIGTERM, let connections finish this long (default {DEFAULT_GRACE:g})",
     )
     parser.add_argument(
         "--poller", choices=("auto", "epoll", "trio"), default="auto", help="readiness backend"
