@@ -260,7 +260,12 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description="A TCP reverse proxy: round-robin over upstreams, splice(2) where both "
+        "sides are TCP, backpressure and half-close both ways.",
+        epilog="example: python examples/proxy.py --port 8000 "
+        "--upstream 127.0.0.1:9001 --upstream 127.0.0.1:9002",
+    )
     add_server_arguments(parser, 8000)
     parser.add_argument(
         "--upstream",
