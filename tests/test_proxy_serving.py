@@ -111,7 +111,7 @@ async def test_a_header_from_outside_the_allowed_networks_is_refused(
 
 
 async def test_no_header_when_one_is_required_is_closed_at_the_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(
         nursery, report_peer, poller_name, proxy_protocol="v2", proxy_header_timeout=5

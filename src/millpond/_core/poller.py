@@ -520,7 +520,15 @@ class _EpollRegistration(Registration):
             raise trio.BusyResourceError("another task is already waiting to read")
         self.read_task = current_task()
         park = self.read_park
-        return wait_task_rescheduled(self._abort_read) if park is None else park
+        if park is None:
+            # Registered before the proof passed: switch to the fast path as
+            # soon as it has (a connection accepted in the run's first ticks
+            # must not park the slow way for its whole life). Nobody is
+            # parked here, so the dispatcher sees the slot of this park.
+            if not traps.PROVEN:
+                return wait_task_rescheduled(self._abort_read)
+            park = self.read_park = Park(self._abort_read)
+        return park
 
     def park_writable(self) -> Awaitable[None]:
         if self.closed:

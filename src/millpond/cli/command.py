@@ -22,6 +22,7 @@ from functools import partial
 
 import trio
 
+from ..debug import worker_debug_address
 from ..memory.limiter import BufferLimiter
 from ..server import DEFAULT_ALLOW_FROM, DEFAULT_RESERVE_FRACTION, Server
 from .certificates import server_ssl_context
@@ -99,10 +100,12 @@ def _serve(arguments: Namespace) -> int:
             poller=arguments.poller,
             limiter=limiter,
             access_log=arguments.access_log,
+            debug_address=_debug_address(arguments),
         )
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ImportError) as exc:
         # Each flag's value was checked already; what is left is a combination
-        # the server refuses, and its message names the argument.
+        # the server refuses, and its message names the argument (or h11 is
+        # missing for --debug-port).
         _let_go(sockets)
         raise CommandError(str(exc)) from None
     grace = math.inf if arguments.graceful_timeout is None else arguments.graceful_timeout
@@ -114,6 +117,17 @@ def _serve(arguments: Namespace) -> int:
     )
     trio.run(partial(serve_until_signalled, server, grace, banner=banner, where=where))
     return EXIT_OK
+
+
+def _debug_address(
+    arguments: Namespace, worker: int | None = None
+) -> tuple[str | None, int] | None:
+    # --debug-port and --debug-host; worker i of --workers N serves on the port plus i.
+    if arguments.debug_port is None:
+        return None
+    host = arguments.debug_host or DEFAULT_HOST
+    address = (None if host == "*" else host, arguments.debug_port)
+    return address if worker is None else worker_debug_address(address, worker)
 
 
 def _where(

@@ -262,6 +262,23 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "(portable), auto ($MILLPOND_POLLER, else epoll on Linux) (default: auto)",
     )
 
+    debugging = serve.add_argument_group("seeing inside (docs/debugging.md)")
+    debugging.add_argument(
+        "--debug-port",
+        type=values.port,
+        metavar="N",
+        help="serve the debug endpoint on this port: statistics, Prometheus /metrics, "
+        "connections, buffers, heap profiles, the task tree, outside the budget; 0 picks a "
+        "free port and logs it (default: off)",
+    )
+    debugging.add_argument(
+        "--debug-host",
+        type=values.host,
+        metavar="ADDRESS",
+        help=f"address of the debug endpoint; anything but loopback logs a warning, since "
+        f"its pages name peers, files and lines (default: {DEFAULT_HOST})",
+    )
+
     logs = serve.add_argument_group("logging")
     logs.add_argument(
         "--log-level",
@@ -287,4 +304,6 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         serve.error("--keyfile needs --certfile")
     if arguments.uds_mode is not None and arguments.uds is None:
         serve.error("--uds-mode needs --uds")
+    if arguments.debug_host is not None and arguments.debug_port is None:
+        serve.error("--debug-host needs --debug-port")
     return arguments
