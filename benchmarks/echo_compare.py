@@ -424,6 +424,22 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def start_logged(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server process from the repository root, its output (both streams) to
+    ``log_path``, in a session of its own (the runner's Ctrl-C must not hit it directly)."""
+    with open(log_path, "wb") as logf:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=server_env(),
+            cwd=ROOT,
+            start_new_session=True,
+            preexec_fn=reset_signals,
+        )
+
+
 @contextmanager
 def running_server(
     cfg: Config, name: str, scenario: str, extra: Sequence[str] = ()
@@ -437,17 +453,7 @@ def running_server(
         port = free_port()
         argv = ["taskset", "-c", str(cfg.server_cpu), *cfg.servers[name], *extra]
         argv += ["--host", HOST, "--port", str(port)]
-        with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=server_env(),
-                cwd=ROOT,
-                start_new_session=True,  # Ctrl-C of the runner must not hit it directly
-                preexec_fn=reset_signals,
-            )
+        proc = start_logged(argv, log_path)
         server = RunningServer(name, proc, port, log_path)
         if wait_listening(cfg, server):
             break

@@ -103,16 +103,22 @@ class Limits:
                 raise ValueError(f"{name} must be a finite number > 0, not {value}")
 
 
+# What a head takes besides its method, target, names and values (see head_size).
+REQUEST_LINE_FRAMING: Final = len(b"  HTTP/1.1\r\n\r\n")  # two spaces, version, two line ends
+HEADER_LINE_FRAMING: Final = len(b": \r\n")
+
+
 def head_size(method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> int:
     """Bytes of ``METHOD target HTTP/1.1\\r\\n``, one ``name: value\\r\\n`` per header, ``\\r\\n``.
 
     The measure ``max_head_bytes`` applies to, the same for every parser: what
     the head takes once parsed (optional white space and line folding, which
-    parsers drop, are not counted).
+    parsers drop, are not counted). A parser that sees the head piece by piece
+    may add it up as it goes (``HttptoolsParser`` does): the same sum.
     """
-    size = len(method) + len(target) + len(b"  HTTP/1.1\r\n\r\n")
+    size = len(method) + len(target) + REQUEST_LINE_FRAMING
     for name, value in headers:
-        size += len(name) + len(value) + len(b": \r\n")
+        size += len(name) + len(value) + HEADER_LINE_FRAMING
     return size
 
 

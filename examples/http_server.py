@@ -49,7 +49,7 @@ from http_limits import (
     check_declared_body,
     check_received_body,
 )
-from http_parsers import END, PARSERS, Parser, Request
+from http_parsers import END, PARSERS, Event, Parser, Request
 
 import millpond
 
@@ -109,11 +109,13 @@ class HttpHandler:
     ::
 
         http = HttpHandler(demo_app, parser="httptools")
-        server = millpond.Server(http, 8000)
+        server = millpond.Server(http, 8000, read_timeout=5, write_timeout=30)
 
-    Run ``http.close_idle_on_shutdown(server)`` beside the server, so a
-    graceful shutdown does not wait for keep-alive connections that have
-    nothing to finish.
+    Give the server ``read_timeout=limits.keep_alive_seconds``: it ends the
+    wait for a next request (and any single read that waits that long). Run
+    ``http.close_idle_on_shutdown(server)`` beside it, so that a graceful
+    shutdown does not wait for keep-alive connections that have nothing to
+    finish.
     """
 
     def __init__(
@@ -154,28 +156,28 @@ class HttpHandler:
     ) -> Request | None:
         """The next request's head; None if the client closed or the server is shutting down.
 
-        Waiting for the first byte of a request is the keep-alive wait (and a
-        shutdown closes the connection then); from that byte on, the whole
-        head must arrive within ``head_seconds``.
+        Waiting for the first bytes of a request is the keep-alive wait, which
+        the server's ``read_timeout`` ends (and a shutdown). A head that did
+        not come whole with them has ``head_seconds`` in all, from then on.
         """
-        limits = self._limits
         event = parser.next_event()
+        if event is None and parser.idle:
+            if server.shutting_down.is_set():
+                return None
+            self._idle.add(stream)
+            try:
+                data = await stream.receive_some()
+            except trio.ClosedResourceError:
+                return None  # closed by close_idle_on_shutdown
+            finally:
+                self._idle.discard(stream)
+            if not data:
+                return None
+            parser.feed(data)
+            event = parser.next_event()
         if event is None:
-            if parser.idle:
-                if server.shutting_down.is_set():
-                    return None
-                stream.deadline = trio.current_time() + limits.keep_alive_seconds
-                self._idle.add(stream)
-                try:
-                    data = await stream.receive_some()
-                except trio.ClosedResourceError:
-                    return None  # closed by close_idle_on_shutdown
-                finally:
-                    self._idle.discard(stream)
-                if not data:
-                    return None
-                parser.feed(data)
-            stream.deadline = trio.current_time() + limits.head_seconds
+            # Not whole in one read: a slow client, or a slowloris.
+            stream.deadline = trio.current_time() + self._limits.head_seconds
             while (event := parser.next_event()) is None:
                 data = await stream.receive_some()
                 if not data:
@@ -193,14 +195,16 @@ class HttpHandler:
         server: millpond.Server,
     ) -> bool:
         """Read the body, run the app, send its response; whether the connection stays open."""
-        started = trio.current_time()
+        started = trio.current_time() if self._access_log else 0.0
         check_declared_body(request.content_length, self._limits)
-        body = await self._read_body(stream, parser, request, pool)
+        event = parser.next_event()
+        body = None if event is END else await self._read_body(stream, parser, request, pool, event)
         try:
             if body is not None:
                 request.body = body.view()
-            # The app's time is its own; a client that stops reading meets write_timeout.
-            stream.deadline = math.inf
+            if stream.deadline != math.inf:
+                # The app's time is its own; a client that stops reading meets write_timeout.
+                stream.deadline = math.inf
             try:
                 response = await self._app(request)
             except Exception:
@@ -224,21 +228,26 @@ class HttpHandler:
         parser: Parser,
         request: Request,
         pool: millpond.BufferPool,
-    ) -> PooledBody | None:
-        """The request body, read into ``pool`` within ``body_seconds`` (None if empty);
-        the caller releases it."""
-        event = parser.next_event()
-        if event is END:
-            return None  # no body (a GET), or all of it parsed already and empty
-        stream.deadline = trio.current_time() + self._limits.body_seconds
-        if request.expects_continue and event is None:
-            await stream.send_all(parser.continue_response())
+        event: Event,
+    ) -> PooledBody:
+        """The request body from ``event`` on, read into ``pool``; the caller releases it.
+
+        What did not come with the head has ``body_seconds`` in all, from the
+        first wait for it; a client that sent ``Expect: 100-continue`` is told
+        to go on then.
+        """
         body = PooledBody(pool, stream, self._limits)
+        waited = False
         try:
             if request.content_length:
                 await body.expect(request.content_length)
             while event is not END:
                 if event is None:
+                    if not waited:  # the body did not all come with the head
+                        waited = True
+                        stream.deadline = trio.current_time() + self._limits.body_seconds
+                        if request.expects_continue:
+                            await stream.send_all(parser.continue_response())
                     data = await stream.receive_some()
                     if not data:
                         raise trio.BrokenResourceError("the client closed in the middle of a body")
@@ -434,6 +443,7 @@ async def main(args: argparse.Namespace) -> None:
         host=args.host,
         poller=args.poller,
         limiter=millpond.BufferLimiter(args.budget_mib << 20, reserved_bytes=args.budget_mib << 16),
+        read_timeout=args.limits.keep_alive_seconds,  # the keep-alive wait: see _read_head
         write_timeout=args.write_timeout,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -481,7 +491,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--keep-alive-timeout",
         type=float,
         default=DEFAULT_KEEP_ALIVE_SECONDS,
-        help="seconds an open connection may wait for the first byte of its next request",
+        help="seconds a connection may wait for its next request (and any one read may wait)",
     )
     parser.add_argument(
         "--head-timeout",

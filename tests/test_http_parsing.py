@@ -273,6 +273,12 @@ def test_a_head_line_that_never_ends_is_431_once_over_the_limit(parser_name: str
     assert refusal.status == 431
 
 
+def test_a_request_line_that_never_ends_is_431_once_over_the_limit(parser_name: str) -> None:
+    # llhttp hands the target over piece by piece: each piece counts.
+    refusal = refusal_for(parser_name, Limits(max_head_bytes=1024), b"GET /", *[b"a" * 100] * 30)
+    assert refusal.status == 431
+
+
 def test_more_header_lines_than_allowed_is_431(parser_name: str) -> None:
     head = b"GET / HTTP/1.1\r\nhost: x\r\n" + b"x-a: b\r\n" * 20 + b"\r\n"
     assert refusal_for(parser_name, Limits(max_headers=10), head).status == 431
