@@ -206,9 +206,33 @@ def requirements(config: Configuration, pyproject: Path = ROOT / "pyproject.toml
     """
     document = tomllib.loads(pyproject.read_text())
     project = document["project"]
-    tests = [r for r in project["optional-dependencies"]["test"] if _project(r) not in LINTERS]
+    extras = project["optional-dependencies"]
+    tests = [
+        r
+        for r in _without_self(extras["test"], extras, project["name"])
+        if _project(r) not in LINTERS
+    ]
     pins = [f"trio=={config.trio}"] if config.trio else []
     return [*project["dependencies"], *tests, *pins, *document["build-system"]["requires"]]
+
+
+def _without_self(
+    wanted: list[str], extras: dict[str, list[str]], name: str
+) -> list[str]:
+    """``wanted`` with the project's own extras (``"millpond[anyio]"``) replaced by what they hold.
+
+    pip resolves such a self-reference only while installing the project itself; these
+    requirements are installed before it, from the index, where the project is not.
+    """
+    expanded: list[str] = []
+    for requirement in wanted:
+        if _project(requirement) != name:
+            expanded.append(requirement)
+            continue
+        listed = re.search(r"\[([^\]]*)\]", requirement)
+        for extra in (listed.group(1).split(",") if listed else []):
+            expanded += _without_self(extras[extra.strip()], extras, name)
+    return expanded
 
 
 # An editable install writes the package's metadata into the source tree

@@ -117,7 +117,9 @@ async def test_handler_timing_out_while_waiting_for_memory_is_closed_cleanly(
         with trio.fail_after(1):
             await stream.receive_some()
 
-    server = pooled_server(impatient, poller_name, limiter)
+    server = millpond.Server(  # reads wait for memory: no guaranteed minimum
+        impatient, 0, host="127.0.0.1", poller=poller_name, limiter=limiter, guaranteed_read=0
+    )
     await nursery.start(server.run)
     client = await millpond.open_connection(
         "127.0.0.1", server.addresses[0][1], poller=poller_name

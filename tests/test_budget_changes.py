@@ -106,7 +106,9 @@ async def test_shrinking_the_budget_while_a_handler_waits_for_memory_neither_rai
     poller_name: str, nursery: trio.Nursery
 ) -> None:
     limiter = millpond.BufferLimiter(64 * KIB, reserved_bytes=8 * KIB)
-    server = millpond.Server(echo, 0, host="127.0.0.1", poller=poller_name, limiter=limiter)
+    server = millpond.Server(  # reads wait for memory: no guaranteed minimum
+        echo, 0, host="127.0.0.1", poller=poller_name, limiter=limiter, guaranteed_read=0
+    )
     await nursery.start(server.run)
     limiter.acquire_on_behalf_of_nowait("hog", 56 * KIB)  # the whole ordinary budget
     client = await millpond.open_connection(

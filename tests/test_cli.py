@@ -63,6 +63,10 @@ async def activation_environment(stream):
     await stream.send_all(repr(os.environ.get("LISTEN_FDS")).encode())
 
 
+async def peer(stream):
+    await stream.send_all(repr(stream.getpeername()[:2]).encode())
+
+
 class Handlers:
     async def handle(self, stream):
         await echo(stream)
@@ -310,7 +314,8 @@ def test_serve_help_explains_every_flag(tmp_path: Path) -> None:
     flags = (
         "--host --port --uds --uds-mode --fd --backlog --max-connections --idle-timeout "
         "--read-timeout --write-timeout --handshake-timeout --graceful-timeout --certfile "
-        "--keyfile --budget --poller --log-level --access-log"
+        "--keyfile --budget --poller --log-level --access-log --proxy-protocol "
+        "--proxy-allow-from --proxy-header-timeout"
     ).split()
     for flag in flags:
         assert flag in result.stdout, flag
@@ -386,7 +391,7 @@ def test_target_without_the_attribute_lists_the_async_functions(app: Path) -> No
     assert_one_line_error(
         run(["serve", "app:ehco"], app),
         "module 'app' has no attribute 'ehco'",
-        "(its async functions: activation_environment, echo, forever)",
+        "(its async functions: activation_environment, echo, forever, peer)",
     )
 
 
@@ -431,6 +436,7 @@ def test_target_not_async(app: Path) -> None:
         (["--log-level", "loud"], "argument --log-level: invalid choice"),
         (["--keyfile", "key.pem"], "--keyfile needs --certfile"),
         (["--uds-mode", "600"], "--uds-mode needs --uds"),
+        (["--proxy-protocol", "v3"], "argument --proxy-protocol: invalid choice"),
     ],
 )
 def test_bad_flag_value_is_a_usage_error(app: Path, arguments: list[str], fragment: str) -> None:
@@ -658,6 +664,19 @@ async def test_idle_timeout_reaches_the_server(app: Path) -> None:
         async with await connected(running, b"", b"ready\n") as stream:
             assert await receive_to_eof(stream) == b""  # closed by the server, not by us
         await running.wait_for(rb"idle_timeout")
+        assert await stop(running) == 0, running.text()
+
+
+@pytest.mark.time_limit(60)
+async def test_proxy_protocol_gives_the_handler_the_original_client(app: Path) -> None:
+    from millpond.protocols import build_v1
+
+    arguments = ["serve", "app:peer", "--port", "0", "--proxy-protocol", "v1"]
+    async with serving(arguments, app) as running:
+        stream = await trio.open_tcp_stream("127.0.0.1", await running.port())
+        async with stream:
+            await stream.send_all(build_v1(("192.0.2.9", 4242), ("192.0.2.1", 80)))
+            assert await receive_to_eof(stream) == b"('192.0.2.9', 4242)"
         assert await stop(running) == 0, running.text()
 
 

@@ -151,3 +151,33 @@ async def test_connections_count_the_bytes_they_move(poller_name: str) -> None:
         assert await right.receive_some() == b""
     assert (left.bytes_sent, right.bytes_received, right.eof_received) == (1000, 1000, True)
     assert (left.bytes_received, left.eof_received) == (0, False)
+
+
+async def test_each_open_connection_reports_its_state_bytes_and_budget(
+    poller_name: str, nursery: trio.Nursery
+) -> None:
+    limiter = millpond.BufferLimiter(1 << 20)
+    in_handler = trio.Event()
+
+    async def handler(stream: millpond.Connection) -> None:
+        chunk = await stream.receive_some()  # holds its charge until it asks again
+        await stream.send_all(chunk)
+        in_handler.set()
+        await trio.sleep_forever()
+
+    server, port = await started_server(nursery, handler, poller_name, limiter=limiter)
+    idle = await millpond.open_connection(HOST, port, poller=poller_name)
+    busy = await millpond.open_connection(HOST, port, poller=poller_name)
+    await busy.send_all(b"12345")
+    assert await busy.receive_some() == b"12345"
+    await in_handler.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    by_state = {c.state: c for c in server.connection_statistics()}
+    assert set(by_state) == {"idle", "in handler"}
+    busy_info = by_state["in handler"]
+    assert (busy_info.bytes_received, busy_info.bytes_sent) == (5, 5)
+    assert busy_info.budget_held == millpond.DEFAULT_READ_SIZES.initial
+    assert busy_info.peer.startswith("127.0.0.1:") and busy_info.age_seconds >= 0
+    assert by_state["idle"].budget_held == 0
+    for client in (idle, busy):
+        await client.aclose()

@@ -698,6 +698,8 @@ async def test_statistics_report_usage_waiters_and_top_holders() -> None:
         timeouts=0,
         pressure=Pressure.PRESSURE,
         top_holders=tuple((repr(f"owner{i}"), 10 * (i + 1)) for i in range(10, 0, -1)),
+        pressure_seconds=stats.pressure_seconds,  # time: tested on its own clock below
+        pressure_changes=1,
     )
 
 
@@ -859,3 +861,20 @@ def test_transfer_of_more_than_the_giver_holds_is_a_runtime_error() -> None:
     with pytest.raises(ValueError, match="nbytes"):
         limiter.transfer("pool", "conn", 0)
     assert (limiter.held_by("pool"), limiter.held_by("conn")) == (10, 0)
+
+
+def test_time_at_each_pressure_level_is_counted() -> None:
+    limiter = BufferLimiter(100, reserved_bytes=20)  # pressure at 75, hard at 80
+    now = [1000.0]
+    limiter._ledger.clock = lambda: now[0]
+    limiter._ledger.level_since = now[0]
+    now[0] += 5  # 5 s at NONE
+    limiter.acquire_on_behalf_of_nowait("a", 75)
+    now[0] += 3  # 3 s at PRESSURE
+    limiter.acquire_on_behalf_of_nowait("a", 5)
+    now[0] += 2  # 2 s at HARD
+    limiter.release_on_behalf_of("a", 80)  # back to NONE
+    now[0] += 1
+    statistics = limiter.statistics()
+    assert statistics.pressure_seconds == (6.0, 3.0, 2.0)
+    assert statistics.pressure_changes == 3

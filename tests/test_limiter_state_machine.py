@@ -446,6 +446,8 @@ class LimiterMachine(RuleBasedStateMachine):
             assert stats.bytes_available == 0
         hard = stats.bytes_in_use >= model.total - model.reserved
         assert (stats.pressure is Pressure.HARD) == hard
+        # The level tracked for the time statistics is the level computed now.
+        assert self.limiter._ledger.level == self.limiter.pressure
         # An ordinary waiter's owner holds nothing (else it would have been promoted).
         assert not any(model.held.get(w.owner) for w in model.ordinary)
 

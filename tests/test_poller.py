@@ -881,3 +881,43 @@ async def test_a_peek_leaves_the_bytes_and_clears_the_edge_only_when_short(
         assert bytes(buffer) == b"PROXY"
         assert registration.recv(100) == b" then data"
         poller.unregister(registration)
+
+
+async def test_a_read_the_flag_allowed_that_finds_nothing_counts_as_a_stale_edge(
+    poller_name: str, listener: socket.socket
+) -> None:
+    poller = get_poller(poller_name)
+    sock, peer = tcp_pair(listener)
+    with sock, peer:
+        registration = poller.register(sock)
+        before = poller.statistics().stale_read_edges
+        assert registration.recv(10) is None  # the flag was clear: not stale
+        assert poller.statistics().stale_read_edges == before
+        peer.send(b"exactly")
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            await registration.wait_readable()
+        assert registration.recv(7) == b"exactly"  # a full read: the flag stays
+        assert registration.recv(7) is None  # it was stale
+        assert poller.statistics().stale_read_edges == before + 1
+        poller.unregister(registration)
+
+
+@linux_only
+async def test_the_dispatcher_counts_its_batches_by_size(listener: socket.socket) -> None:
+    poller = get_poller("epoll")
+    pairs = [tcp_pair(listener) for _ in range(5)]
+    registrations = [poller.register(sock) for sock, _ in pairs]
+    try:
+        await trio.testing.wait_all_tasks_blocked()  # the registrations' first edges
+        before = poller.statistics().batches
+        for _, peer in pairs:
+            peer.send(b"x")  # five edges at once, before the dispatcher runs
+        await trio.testing.wait_all_tasks_blocked()
+        after = poller.statistics().batches
+        assert [b - a for a, b in zip(before, after, strict=True)] == [0, 1, 0, 0, 0, 0]
+    finally:
+        for registration in registrations:
+            poller.unregister(registration)
+        for sock, peer in pairs:
+            sock.close()
+            peer.close()

@@ -146,7 +146,8 @@ async def test_shutdown_never_waits_for_memory(
     poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     limiter = millpond.BufferLimiter(64 * 1024)
-    server, returned = await start(nursery, echo, poller_name, limiter=limiter)
+    # Reads wait for memory (no guaranteed minimum), so one is waiting at the shutdown.
+    server, returned = await start(nursery, echo, poller_name, limiter=limiter, guaranteed_read=0)
     client = await millpond.open_connection(HOST, port_of(server), poller=poller_name)
     limiter.acquire_on_behalf_of_nowait("hog", 64 * 1024)
     await client.send_all(b"this read must wait for memory")

@@ -176,7 +176,9 @@ async def test_a_connection_past_its_deadline_is_closed_without_memory(
         stream.deadline = trio.current_time() + 3
         await stream.receive_some()
 
-    server, port = await started_server(nursery, read_with_a_deadline, poller_name, limiter=limiter)
+    server, port = await started_server(  # reads wait for memory: no guaranteed minimum
+        nursery, read_with_a_deadline, poller_name, limiter=limiter, guaranteed_read=0
+    )
     limiter.acquire_on_behalf_of_nowait("hog", 64 * 1024)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
     await client.send_all(b"cannot be afforded")

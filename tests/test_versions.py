@@ -118,3 +118,16 @@ def test_every_trio_name_the_package_uses_exists_in_this_trio() -> None:
         f"trio {trio.__version__} lacks {missing}: raise the minimum in pyproject.toml "
         "(and say which name sets it) or stop using the name"
     )
+
+
+def test_the_matrix_installs_the_projects_own_extras_by_what_they_hold() -> None:
+    # pip cannot take "millpond[anyio]" from the index before millpond is installed.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / ".ci"))
+    try:
+        import matrix
+    finally:
+        sys.path.pop(0)
+    wanted = matrix.requirements(matrix.Configuration("check", "3.12"))
+    assert not [r for r in wanted if r.lower().startswith("millpond")]
+    assert any(r.startswith("anyio") for r in wanted)
+    assert any(r.startswith("h11") for r in wanted)

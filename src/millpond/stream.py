@@ -33,9 +33,10 @@ from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 from ._core.poller import Poller, Registration, get_poller
 from ._core.traps import SCHEDULE_POINT
 from .memory.buffers import Buffer, BufferPool
-from .memory.ledger import keep_read, read_request, return_read, take_read
+from .memory.ledger import _Ledger, keep_read, read_request, return_read, take_read
 from .memory.readsize import DEFAULT_READ_SIZES, MAX_READ_BYTES, READ_SIZE_CLASSES, ReadSizes, adapt
 from .memory.sizeclasses import MAX_CLASS_BYTES, capacity_for
+from .protocols import ProxyHeader
 
 T = TypeVar("T")
 
@@ -130,7 +131,9 @@ class Connection(trio.abc.HalfCloseableStream):
         "_deadline",
         "_deadline_changed",
         "_eof_received",
+        "_guaranteed_read",
         "_last_activity",
+        "_proxy_header",
         "_receive_waiting_since",
         "_send_blocked_since",
         "_eof_sent",
@@ -161,10 +164,13 @@ class Connection(trio.abc.HalfCloseableStream):
         poller: Poller | str = "auto",
         pool: BufferPool | None = None,
         read_sizes: ReadSizes | None = None,
+        guaranteed_read: int = 0,
     ) -> None:
         # Validate and prepare everything first, register last: a failure
         # leaves nothing registered, and the socket is still the caller's.
         _check_connected_stream(sock)
+        if type(guaranteed_read) is not int or guaranteed_read < 0:
+            raise ValueError(f"guaranteed_read must be an int >= 0, not {guaranteed_read!r}")
         if isinstance(poller, str):
             poller = get_poller(poller)
         elif not isinstance(poller, Poller):
@@ -203,6 +209,8 @@ class Connection(trio.abc.HalfCloseableStream):
         # limiter: the handler holds them until it asks for more (see
         # _receive), so they count against the budget until then.
         self._held_read = 0
+        # What a read may take beyond a spent budget (see _read_now): 0 waits instead.
+        self._guaranteed_read = guaranteed_read
         # The cancel scope around a wait for memory, so that close() can end
         # it (a task waiting in the limiter is not parked on the socket).
         self._receive_memory_wait: trio.CancelScope | None = None
@@ -218,6 +226,8 @@ class Connection(trio.abc.HalfCloseableStream):
         self._send_blocked_since: float | None = None
         self._deadline = math.inf
         self._deadline_changed: Callable[[], None] | None = None
+        # The PROXY protocol header a server read before the handler (server/proxy_header.py).
+        self._proxy_header: ProxyHeader | None = None
 
     @property
     def socket(self) -> socket.socket:
@@ -243,6 +253,26 @@ class Connection(trio.abc.HalfCloseableStream):
     def eof_received(self) -> bool:
         """Whether a receive has returned the peer's end of file."""
         return self._eof_received
+
+    @property
+    def state(self) -> str:
+        """What the connection is doing right now, for statistics and debugging.
+
+        ``"waiting for memory"`` (a receive queued in the budget),
+        ``"writing"`` (inside ``send_all``), ``"reading"`` (inside a receive
+        that may find data), ``"idle"`` (a receive parked until the peer
+        sends), ``"in handler"`` (none of these: the handler is busy
+        elsewhere) or ``"closed"``.
+        """
+        if self._closed:
+            return "closed"
+        if self._receive_memory_wait is not None:
+            return "waiting for memory"
+        if self._sending:
+            return "writing"
+        if self._receiving:
+            return "reading" if self._registration.readable else "idle"
+        return "in handler"
 
     @property
     def deadline(self) -> float:
@@ -426,7 +456,9 @@ class Connection(trio.abc.HalfCloseableStream):
                 else:
                     size = take_read(ledger, self, preferred, minimum)
                     if not size:
-                        return minimum
+                        size = self._guaranteed(ledger, minimum)
+                        if not size:
+                            return minimum
         # The lease of the pool's scratch buffer lasts one syscall: the bytes
         # are copied out before anything else can run (see
         # BufferPool.scratch). The charge stays (_held_read).
@@ -461,6 +493,26 @@ class Connection(trio.abc.HalfCloseableStream):
             return 0
         self._eof_received = True
         return b""
+
+    def _guaranteed(self, ledger: _Ledger, minimum: int) -> int:
+        """The guaranteed minimum read, charged past the budget; 0 if there is none.
+
+        Linux guarantees every socket ``tcp_rmem[0]`` of receive memory even
+        at its hard limit, so that each can always make progress; this is
+        the same promise for a connection that holds nothing of the budget
+        (it gave its last chunk back before asking). Without it, a budget
+        held entirely by handlers blocked on peers that never read (a flood)
+        would keep a well-behaved client waiting for memory that nobody will
+        release. The charge is counted at once (``charge_on_behalf_of``), so
+        the budget's bound becomes ``total_bytes`` plus ``guaranteed_read``
+        per connection reading at once (docs/memory.md).
+        """
+        guaranteed = self._guaranteed_read
+        if not guaranteed or self in ledger.held:
+            return 0
+        size = min(guaranteed, minimum)
+        self._limiter.charge_on_behalf_of(self, size)  # type: ignore[union-attr]
+        return size
 
     @asynccontextmanager
     async def receive_buffer(self, max_bytes: int | None = None) -> AsyncIterator[Buffer]:
@@ -798,8 +850,24 @@ class Connection(trio.abc.HalfCloseableStream):
         await checkpoint()
 
     def getpeername(self) -> tuple[str, int] | tuple[str, int, int, int]:
-        """The remote address, as ``socket.getpeername`` returns it."""
+        """The remote address, as ``socket.getpeername`` returns it.
+
+        Behind a load balancer that sent a PROXY protocol header, the original
+        client's address from the header; the balancer's own address is then
+        ``connection.socket.getpeername()``.
+        """
+        header = self._proxy_header
+        if header is not None and header.source is not None:
+            return header.source  # type: ignore[return-value]
         return self._sock.getpeername()  # type: ignore[no-any-return]
+
+    @property
+    def proxy_header(self) -> ProxyHeader | None:
+        """The PROXY protocol header the server read (with its TLVs), or None."""
+        return self._proxy_header
+
+    def _set_proxy_header(self, header: ProxyHeader) -> None:
+        self._proxy_header = header
 
     def getsockname(self) -> tuple[str, int] | tuple[str, int, int, int]:
         """The local address, as ``socket.getsockname`` returns it."""

@@ -173,6 +173,7 @@ class Registration(abc.ABC):
 
     __slots__ = (
         "closed",
+        "counts",
         "fd",
         "hangup",
         "read_failure",
@@ -182,9 +183,12 @@ class Registration(abc.ABC):
         "write_failure",
     )
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, counts: list[int] | None = None) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        # The poller's counters this registration adds to (see PollerStatistics):
+        # [reads that found nothing, writes that found no room], despite the flag.
+        self.counts = [0, 0] if counts is None else counts
         # A fresh registration knows nothing: EPOLL_CTL_ADD reports what is
         # already there as an edge, and a level-triggered wait returns at once.
         self.readable = False
@@ -212,7 +216,7 @@ class Registration(abc.ABC):
         try:
             received = self.sock.recv_into(buffer, nbytes)
         except BlockingIOError:
-            self.readable = False
+            self._read_found_nothing()
             return -1
         if 0 < received < nbytes and not self.hangup:
             self.readable = False
@@ -226,7 +230,7 @@ class Registration(abc.ABC):
         try:
             data = self.sock.recv(nbytes)
         except BlockingIOError:
-            self.readable = False
+            self._read_found_nothing()
             return None
         if data and len(data) < nbytes and not self.hangup:
             self.readable = False
@@ -245,7 +249,7 @@ class Registration(abc.ABC):
         try:
             data = self.sock.recv(nbytes, socket.MSG_PEEK)
         except BlockingIOError:
-            self.readable = False
+            self._read_found_nothing()
             return None
         if data and len(data) < nbytes and not self.hangup:
             self.readable = False
@@ -256,6 +260,8 @@ class Registration(abc.ABC):
         try:
             return self.sock.send(data)
         except BlockingIOError:
+            if self.writable:
+                self.counts[1] += 1
             self.writable = False
             return 0
 
@@ -264,8 +270,14 @@ class Registration(abc.ABC):
         try:
             return self.sock.accept()
         except BlockingIOError:
-            self.readable = False
+            self._read_found_nothing()
             return None
+
+    def _read_found_nothing(self) -> None:
+        # EAGAIN: the edge is consumed. If the flag said "maybe", it was stale.
+        if self.readable:
+            self.counts[0] += 1
+        self.readable = False
 
     def writable_now(self) -> bool:
         """Ask the kernel (one ``poll`` syscall) whether a send would not block.
@@ -346,6 +358,14 @@ class PollerStatistics:
       dispatcher_wakeups: times the dispatcher woke up (epoll only).
       events_dispatched: readiness events read from the kernel (epoll only).
       edges_remembered: events that found no parked task and were kept.
+      stale_read_edges: reads (or accepts) the readiness flag allowed that
+        found nothing (EAGAIN): an edge whose data was already read. What it
+        costs is one syscall each; remembered minus stale is roughly the
+        remembered edges that were used.
+      stale_write_edges: the same for sends.
+      empty_polls: dispatcher wake-ups that found no event (spurious).
+      batches: how many polls returned 1-3, 4-15, 16-63, 64-255, 256-1023
+        and 1024 events (a full batch: the dispatcher polls again at once).
     """
 
     backend: str
@@ -355,6 +375,10 @@ class PollerStatistics:
     dispatcher_wakeups: int
     events_dispatched: int
     edges_remembered: int
+    stale_read_edges: int = 0
+    stale_write_edges: int = 0
+    empty_polls: int = 0
+    batches: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
 
 
 class Poller(abc.ABC):
@@ -378,6 +402,8 @@ class Poller(abc.ABC):
 
     def __init__(self) -> None:
         self._registrations: dict[int, Registration] = {}
+        # Stale read and write edges, added to by every registration (Registration.counts).
+        self._stale_counts = [0, 0]
 
     @abc.abstractmethod
     def register(self, sock: socket.socket) -> Registration:
@@ -442,8 +468,8 @@ _READY: Final = _Ready()
 class _EpollRegistration(Registration):
     __slots__ = ("read_park", "read_task", "write_park", "write_task")
 
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(sock)
+    def __init__(self, sock: socket.socket, counts: list[int] | None = None) -> None:
+        super().__init__(sock, counts)
         self.read_task: Task | None = None
         self.write_task: Task | None = None
         # Made once and awaited at every park (see traps.py): a park then
@@ -531,6 +557,9 @@ class EpollPoller(Poller):
         self._dispatcher_wakeups = 0
         self._events_dispatched = 0
         self._edges_remembered = 0
+        self._empty_polls = 0
+        # Polls by how many events they returned: 1-3, 4-15, ..., 1024 (see PollerStatistics).
+        self._batches = [0] * 6
         spawn_system_task(self._dispatch, name="millpond.poller.dispatch")
 
     def register(self, sock: socket.socket) -> Registration:
@@ -538,7 +567,7 @@ class EpollPoller(Poller):
         if self._closed:
             raise RuntimeError("this poller's Trio run has finished")
         self._check_socket(sock)
-        registration = _EpollRegistration(sock)
+        registration = _EpollRegistration(sock, self._stale_counts)
         self._epoll.register(registration.fd, _INTEREST)
         self._registrations[registration.fd] = registration
         return registration
@@ -579,6 +608,10 @@ class EpollPoller(Poller):
             dispatcher_wakeups=self._dispatcher_wakeups,
             events_dispatched=self._events_dispatched,
             edges_remembered=self._edges_remembered,
+            stale_read_edges=self._stale_counts[0],
+            stale_write_edges=self._stale_counts[1],
+            empty_polls=self._empty_polls,
+            batches=tuple(self._batches),
         )
 
     async def _dispatch(self) -> None:
@@ -590,6 +623,7 @@ class EpollPoller(Poller):
         read_events = _READ_EVENTS
         write_events = _WRITE_EVENTS
         hangup_events = _HANGUP_EVENTS
+        batches = self._batches
         # Tasks parked on a traps.Park are woken with one shared outcome;
         # those in Trio's wait_task_rescheduled (no Park) need a fresh one.
         woken = WOKEN
@@ -631,8 +665,14 @@ class EpollPoller(Poller):
                                     reschedule(task)
                                 else:
                                     reschedule(task, woken)
-                    self._events_dispatched += len(events)
+                    count = len(events)
+                    self._events_dispatched += count
                     self._edges_remembered += remembered
+                    if count:
+                        # Buckets by powers of four: one bit_length per poll.
+                        batches[min((count.bit_length() - 1) >> 1, 5)] += 1
+                    else:
+                        self._empty_polls += 1
                     if len(events) < MAX_EVENTS_PER_POLL:
                         break
                     # A full batch: let the woken tasks run, then drain more.
@@ -687,7 +727,7 @@ class TrioPoller(Poller):
     def register(self, sock: socket.socket) -> Registration:
         """Start tracking ``sock``; Trio itself needs no registration."""
         self._check_socket(sock)
-        registration = _TrioRegistration(sock)
+        registration = _TrioRegistration(sock, self._stale_counts)
         self._registrations[registration.fd] = registration
         return registration
 
@@ -711,6 +751,8 @@ class TrioPoller(Poller):
             dispatcher_wakeups=0,
             events_dispatched=0,
             edges_remembered=0,
+            stale_read_edges=self._stale_counts[0],
+            stale_write_edges=self._stale_counts[1],
         )
 
 

@@ -23,7 +23,7 @@ from functools import partial
 import trio
 
 from ..memory.limiter import BufferLimiter
-from ..server import DEFAULT_RESERVE_FRACTION, Server
+from ..server import DEFAULT_ALLOW_FROM, DEFAULT_RESERVE_FRACTION, Server
 from .certificates import server_ssl_context
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, CommandError
 from .inherited import adopt_listeners, take_activation_fds
@@ -93,6 +93,9 @@ def _serve(arguments: Namespace) -> int:
             write_timeout=arguments.write_timeout,
             ssl_context=ssl_context,
             handshake_timeout=arguments.handshake_timeout,
+            proxy_protocol=arguments.proxy_protocol,
+            proxy_allow_from=arguments.proxy_allow_from or DEFAULT_ALLOW_FROM,
+            proxy_header_timeout=arguments.proxy_header_timeout,
             poller=arguments.poller,
             limiter=limiter,
             access_log=arguments.access_log,

@@ -20,7 +20,14 @@ from typing import Final
 import trio
 
 from .. import POLLER_NAMES
-from ..server import DEFAULT_BUDGET_BYTES, DEFAULT_GRACE_SECONDS, DEFAULT_HANDSHAKE_TIMEOUT
+from ..server import (
+    DEFAULT_ALLOW_FROM,
+    DEFAULT_BUDGET_BYTES,
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_PROXY_HEADER_TIMEOUT,
+    PROXY_MODES,
+)
 from . import values
 from .target import parse_target
 
@@ -210,6 +217,32 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="SECONDS",
         help="close a client that has not finished the TLS handshake in that long; none "
         f"waits for ever (default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+
+    balancer = serve.add_argument_group("behind a load balancer (PROXY protocol)")
+    balancer.add_argument(
+        "--proxy-protocol",
+        choices=PROXY_MODES,
+        default="off",
+        help="read HAProxy's PROXY protocol header (v1 text, v2 binary, or auto to accept "
+        "either) before the handler starts; the handler then sees the original client as "
+        "its peer (default: off)",
+    )
+    balancer.add_argument(
+        "--proxy-allow-from",
+        action="append",
+        metavar="NETWORK",
+        default=None,
+        help="a network (CIDR) allowed to send the header; repeatable; connections from "
+        f"anywhere else are refused (default: {', '.join(DEFAULT_ALLOW_FROM)})",
+    )
+    balancer.add_argument(
+        "--proxy-header-timeout",
+        type=values.seconds_or_none,
+        default=DEFAULT_PROXY_HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection whose header has not arrived in that long "
+        f"(default: {DEFAULT_PROXY_HEADER_TIMEOUT:g})",
     )
 
     memory = serve.add_argument_group("memory and I/O")

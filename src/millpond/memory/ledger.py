@@ -9,8 +9,10 @@ anybody, so every rule can be tested without Trio (``limiter.py`` wraps it).
 from __future__ import annotations
 
 import enum
+import math
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import trio
@@ -126,12 +128,57 @@ class _Ledger:
         self.ordinary_limit = total - reserved
         # Cached because readers ask on every read; recomputed by resize().
         self.pressure_bytes = self._compute_pressure_bytes()
+        # Time spent at each pressure level (statistics). The level is
+        # recomputed only when in_use crosses one of the two bounds below,
+        # which the read path checks with one comparison each way.
+        self.clock: Callable[[], float] = time.monotonic
+        self.level = self._level_now()
+        self.level_since = self.clock()
+        self.level_seconds = [0.0, 0.0, 0.0]
+        self.level_changes = 0
+        self.level_up_at: float = math.inf
+        self.level_down_below: float = -math.inf
+        self._set_level_bounds()
 
     def _compute_pressure_bytes(self) -> int:
         if self.explicit_pressure is not None:
             return self.explicit_pressure
         num, den = DEFAULT_PRESSURE_FRACTION
         return min(self.total * num // den, self.ordinary_limit)
+
+    def note_level(self) -> None:
+        """After ``in_use`` or a threshold changed: move to the level it is at, counting time."""
+        level = self._level_now()
+        if level != self.level:
+            now = self.clock()
+            self.level_seconds[self.level] += now - self.level_since
+            self.level_since = now
+            self.level = level
+            self.level_changes += 1
+        self._set_level_bounds()
+
+    def _level_now(self) -> int:
+        # The pressure property's rule, as an int (Pressure is an IntEnum of the same values).
+        if self.in_use >= self.ordinary_limit:
+            return 2
+        if self.in_use >= self.pressure_bytes:
+            return 1
+        return 0
+
+    def _set_level_bounds(self) -> None:
+        # Where in_use leaves the current level, up or down: the read path's one comparison.
+        if self.level == 0:
+            self.level_up_at, self.level_down_below = self.pressure_bytes, -math.inf
+        elif self.level == 1:
+            self.level_up_at, self.level_down_below = self.ordinary_limit, self.pressure_bytes
+        else:
+            self.level_up_at, self.level_down_below = math.inf, self.ordinary_limit
+
+    def seconds_at_each_level(self) -> tuple[float, float, float]:
+        """Time spent at ``NONE``, ``PRESSURE`` and ``HARD`` so far, the current stay included."""
+        seconds = list(self.level_seconds)
+        seconds[self.level] += self.clock() - self.level_since
+        return seconds[0], seconds[1], seconds[2]
 
     @property
     def pressure(self) -> Pressure:
@@ -175,6 +222,8 @@ class _Ledger:
         if in_use > self.peak:
             self.peak = in_use
         self.grants += 1
+        if in_use >= self.level_up_at:
+            self.note_level()
         return True
 
     def force(self, owner: object, nbytes: int) -> None:
@@ -193,6 +242,7 @@ class _Ledger:
         if self.in_use > self.peak:
             self.peak = self.in_use
         self.grants += 1
+        self.note_level()
 
     def transfer(self, giver: object, taker: object, nbytes: int) -> Sequence[_Waiter]:
         """Move ``nbytes`` held by ``giver`` to ``taker``: memory that changes hands, freed by
@@ -273,6 +323,8 @@ class _Ledger:
         self.in_use -= nbytes
         if self.privileged or self.ordinary:
             return self._serve()
+        if self.in_use < self.level_down_below:
+            self.note_level()
         return _NOBODY
 
     def resize(self, total: int) -> tuple[Sequence[_Waiter], Sequence[_Waiter]]:
@@ -289,7 +341,9 @@ class _Ledger:
         for waiter in refused:
             self._dequeue(waiter)
             waiter.move(_State.REFUSED)
-        return self._serve(), refused
+        granted = self._serve()
+        self.note_level()  # the bounds moved
+        return granted, refused
 
     def _dequeue(self, waiter: _Waiter) -> None:
         if waiter.privileged:
@@ -338,6 +392,7 @@ class _Ledger:
                     del ordinary[promoted]
                     promoted.privileged = True
                     privileged[promoted] = None
+        self.note_level()
         return granted
 
 
@@ -397,6 +452,8 @@ def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> i
     if in_use > ledger.peak:
         ledger.peak = in_use
     ledger.grants += 1
+    if in_use >= ledger.level_up_at:
+        ledger.note_level()
     return nbytes
 
 
@@ -434,4 +491,6 @@ def return_read(ledger: _Ledger, owner: object, nbytes: int) -> bool:
     else:
         return False
     ledger.in_use -= nbytes
+    if ledger.in_use < ledger.level_down_below:
+        ledger.note_level()
     return True

@@ -66,7 +66,9 @@ class BufferLimiterStatistics:
     * ``grants``: requests that were granted (and kept).
     * ``timeouts``: waiting requests that gave up because they were cancelled, including those
       that were granted but cancelled before they could resume.
-    * ``pressure``: the current :class:`Pressure` level.
+    * ``pressure``: the current :class:`Pressure` level; ``pressure_seconds``: the time spent
+      at each level (``NONE``, ``PRESSURE``, ``HARD``) since the limiter was made, and
+      ``pressure_changes``: how often the level changed.
     * ``top_holders``: up to ten ``(repr(owner), bytes)`` pairs, largest first.
     """
 
@@ -82,6 +84,8 @@ class BufferLimiterStatistics:
     timeouts: int
     pressure: Pressure
     top_holders: tuple[tuple[str, int], ...]
+    pressure_seconds: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    pressure_changes: int = 0
 
 
 def _checked_int(name: str, value: object, minimum: int) -> int:
@@ -570,6 +574,8 @@ class BufferLimiter:
             timeouts=ledger.timeouts,
             pressure=ledger.pressure,
             top_holders=tuple((repr(owner), nbytes) for owner, nbytes in top),
+            pressure_seconds=ledger.seconds_at_each_level(),
+            pressure_changes=ledger.level_changes,
         )
 
     # -- Trio and threads ------------------------------------------------------------------

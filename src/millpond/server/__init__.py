@@ -8,8 +8,12 @@ argument first. The public names are importable from ``millpond``.
 
 from .arguments import DEFAULT_BUDGET_BYTES, DEFAULT_RESERVE_FRACTION, check_handler
 from .listeners import DEFAULT_BACKLOG, open_listeners, open_unix_listener
+from .proxy_header import DEFAULT_ALLOW_FROM, DEFAULT_PROXY_HEADER_TIMEOUT, PROXY_MODES
 from .server import (
+    CLOSE_REASONS,
     DEFAULT_GRACE_SECONDS,
+    DEFAULT_GUARANTEED_READ,
+    ConnectionStatistics,
     Handler,
     Server,
     ServerStatistics,
@@ -19,11 +23,17 @@ from .server import (
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT
 
 __all__ = [
+    "CLOSE_REASONS",
+    "DEFAULT_ALLOW_FROM",
+    "DEFAULT_PROXY_HEADER_TIMEOUT",
+    "PROXY_MODES",
     "DEFAULT_BACKLOG",
     "DEFAULT_BUDGET_BYTES",
     "DEFAULT_GRACE_SECONDS",
+    "DEFAULT_GUARANTEED_READ",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_RESERVE_FRACTION",
+    "ConnectionStatistics",
     "Handler",
     "Server",
     "ServerStatistics",

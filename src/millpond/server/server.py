@@ -49,12 +49,22 @@ from .listeners import (
     open_unix_listener,
     remove_unix_socket,
 )
+from .proxy_header import (
+    DEFAULT_ALLOW_FROM,
+    DEFAULT_PROXY_HEADER_TIMEOUT,
+    ProxyProtocolError,
+    check_allow_from,
+    check_proxy_mode,
+    read_header,
+)
 from .timeouts import TIMEOUT_KINDS, Reaper, Timeouts
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT, check_ssl_context
 
 __all__ = [
     "CLOSE_REASONS",
+    "ConnectionStatistics",
     "DEFAULT_GRACE_SECONDS",
+    "DEFAULT_GUARANTEED_READ",
     "Handler",
     "Server",
     "ServerStatistics",
@@ -100,6 +110,13 @@ TRIM_INTERVAL_SECONDS: Final = 5.0
 # Name of every connection task (see Server._start_connection).
 CONNECTION_TASK_NAME: Final = "millpond.connection"
 
+# What each connection may read while the budget is spent, as long as it holds
+# nothing of it (Linux's tcp_rmem[0]): one minimum read, so a client whose
+# handler answers promptly is served while a flood holds the whole budget in
+# handlers blocked on peers that never read. It costs at most this much per
+# connection beyond the budget (docs/memory.md); 0 makes reads wait instead.
+DEFAULT_GUARANTEED_READ: Final = 1024
+
 # How long shutdown() lets handlers finish unless told otherwise: long enough
 # for a request in flight, short enough for a deploy (uvicorn waits for ever
 # by default, gunicorn 30 s, systemd sends SIGKILL after 90 s).
@@ -113,6 +130,7 @@ CLOSE_REASONS: Final = (
     *TIMEOUT_KINDS,
     "handshake_timeout",
     "tls_error",
+    "proxy_error",
     "shutdown",
     "handler_error",
 )
@@ -129,6 +147,28 @@ def current_server() -> Server:
     not hold the ``Server`` object: ``current_server().shutting_down``.
     """
     return _CURRENT_SERVER.get()
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatistics:
+    """One open connection, as ``Server.connection_statistics()`` sees it.
+
+    Attributes:
+      peer: the client's address, as text.
+      age_seconds: how long it has been open.
+      bytes_received, bytes_sent: what it has moved.
+      budget_held: bytes of the budget it holds now (its held chunk, leased
+        buffers, a counted send tail).
+      state: ``Connection.state``: reading, writing, waiting for memory, idle,
+        in handler.
+    """
+
+    peer: str
+    age_seconds: float
+    bytes_received: int
+    bytes_sent: int
+    budget_held: int
+    state: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +191,8 @@ class ServerStatistics:
         (``done``), the peer vanished (``reset``), a timeout or the deadline
         expired (``idle_timeout``, ``read_timeout``, ``write_timeout``,
         ``deadline``, ``handshake_timeout``), the TLS handshake failed
-        (``tls_error``), shutdown or cancellation (``shutdown``), or the
+        (``tls_error``), a refused PROXY header (``proxy_error``), shutdown
+        or cancellation (``shutdown``), or the
         handler raised (``handler_error``).
     """
 
@@ -197,6 +238,15 @@ class Server:
     worker processes can share one address (the ``millpond`` command's
     ``--workers``).
 
+    Behind a load balancer that speaks HAProxy's PROXY protocol,
+    ``proxy_protocol="v1"``, ``"v2"`` or ``"auto"`` reads its header before the
+    handler starts (within ``proxy_header_timeout`` seconds), and only from
+    ``proxy_allow_from`` (networks; loopback by default). A refused or
+    malformed header closes that connection (logged, counted
+    ``proxy_error``). The handler then sees the original client in
+    ``getpeername()``, the header in ``connection.proxy_header``, and the
+    client's first bytes untouched.
+
     ``max_connections`` caps the connections open at once: at the cap the
     accept loop pauses and the kernel's backlog holds the next clients,
     until a connection closes (nginx's ``worker_connections``, HAProxy's
@@ -220,11 +270,15 @@ class Server:
         write_timeout: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+        proxy_protocol: str = "off",
+        proxy_allow_from: Sequence[str] = DEFAULT_ALLOW_FROM,
+        proxy_header_timeout: float | None = DEFAULT_PROXY_HEADER_TIMEOUT,
         poller: str = "auto",
         limiter: BufferLimiter | None = None,
         pool: BufferPool | None = None,
         read_sizes: ReadSizes | None = None,
         pooled: bool = True,
+        guaranteed_read: int = DEFAULT_GUARANTEED_READ,
         access_log: bool = False,
     ) -> None:
         check_handler(handler)
@@ -248,6 +302,14 @@ class Server:
         self._write_timeout = check_seconds("write_timeout", write_timeout)
         self._ssl_context = check_ssl_context(ssl_context)
         self._handshake_timeout = check_seconds("handshake_timeout", handshake_timeout)
+        self._proxy_protocol = check_proxy_mode(proxy_protocol)
+        self._proxy_allow_from = check_allow_from(proxy_allow_from)
+        self._proxy_header_timeout = check_seconds("proxy_header_timeout", proxy_header_timeout)
+        if type(guaranteed_read) is not int:
+            raise TypeError(f"guaranteed_read must be an int, not {type(guaranteed_read).__name__}")
+        if guaranteed_read < 0:
+            raise ValueError(f"guaranteed_read must be >= 0, not {guaranteed_read}")
+        self._guaranteed_read = guaranteed_read
         if not isinstance(access_log, bool):
             raise TypeError(f"access_log must be a bool, not {type(access_log).__name__}")
         self._access_log = access_log
@@ -282,6 +344,9 @@ class Server:
         self._shutdown_deadline = math.inf
         # The nursery that owns every connection task, while run() is serving.
         self._connections: trio.Nursery | None = None
+        # Every open connection and when it opened (connection_statistics()).
+        self._open: dict[Connection, float] = {}
+        self._poller: Poller | None = None
 
     @property
     def limiter(self) -> BufferLimiter | None:
@@ -292,6 +357,27 @@ class Server:
     def pool(self) -> BufferPool | None:
         """The buffer pool connections read into (created when ``run`` starts)."""
         return self._pool
+
+    @property
+    def poller(self) -> Poller | None:
+        """The poller connections park on (None until ``run`` has started)."""
+        return self._poller
+
+    def connection_statistics(self) -> tuple[ConnectionStatistics, ...]:
+        """One ``ConnectionStatistics`` per open connection (costs a syscall each: on request)."""
+        now = trio.current_time()
+        limiter = self._limiter
+        return tuple(
+            ConnectionStatistics(
+                peer=_peer(connection),
+                age_seconds=now - opened_at,
+                bytes_received=connection.bytes_received,
+                bytes_sent=connection.bytes_sent,
+                budget_held=0 if limiter is None else limiter.held_by(connection),
+                state=connection.state,
+            )
+            for connection, opened_at in list(self._open.items())
+        )
 
     @property
     def addresses(self) -> tuple[SockAddr, ...]:
@@ -371,7 +457,7 @@ class Server:
             self._running = False
 
     async def _run(self, task_status: trio.TaskStatus[list[SockAddr]]) -> None:
-        poller = get_poller(self._poller_name)
+        poller = self._poller = get_poller(self._poller_name)
         if self._pool is None and self._pooled:
             self._pool = BufferPool(self._limiter)
         pool = self._pool
@@ -490,7 +576,13 @@ class Server:
     ) -> None:
         """Wrap an accepted socket and start its handler; a failure costs only this socket."""
         try:
-            connection = Connection(sock, poller=poller, pool=pool, read_sizes=self._read_sizes)
+            connection = Connection(
+                sock,
+                poller=poller,
+                pool=pool,
+                read_sizes=self._read_sizes,
+                guaranteed_read=self._guaranteed_read,
+            )
         except Exception as exc:
             # Whatever it is (the client reset before setup, a budget or a
             # pool refusing, a bug in a constructor), it concerns this one
@@ -500,13 +592,14 @@ class Server:
             logger.warning("dropped a connection during setup: %r", exc)
             return
         self._connections_active += 1
+        self._open[connection] = trio.current_time()
         # A constant task name: Trio would otherwise format a new string per
         # connection, and an idle connection should cost little.
         connections.start_soon(self._run_connection, connection, name=CONNECTION_TASK_NAME)
 
     async def _run_connection(self, connection: Connection) -> None:
         """One connection's life: TLS, the handler under its timeouts, the close, the log."""
-        opened_at = trio.current_time()
+        opened_at = self._open.get(connection, trio.current_time())
         reason = "shutdown"  # unless the handler ends by itself, below
         scope = trio.CancelScope()
         watch = self._reaper.watch(connection, scope)
@@ -519,6 +612,7 @@ class Server:
         finally:
             self._reaper.unwatch(watch)
             self._connections_active -= 1
+            self._open.pop(connection, None)
             self._closed[reason] += 1
             if self._access_log:  # before the close: the peer's address goes with it
                 _log_access(connection, self._ssl_context is not None, opened_at, reason)
@@ -530,6 +624,15 @@ class Server:
     async def _handle(self, connection: Connection) -> str:
         """Handshake and run the handler; return why the connection ends (not a timeout's)."""
         stream: trio.abc.Stream = connection
+        mode = self._proxy_protocol
+        if mode != "off":
+            try:
+                await read_header(
+                    connection, mode, self._proxy_allow_from, self._proxy_header_timeout
+                )
+            except ProxyProtocolError as exc:
+                logger.info("PROXY header from %s refused: %s", _peer(connection), exc)
+                return "proxy_error"
         if self._ssl_context is not None:
             try:
                 secured = await tls.handshake(
@@ -652,11 +755,15 @@ async def serve(
     write_timeout: float | None = None,
     ssl_context: ssl.SSLContext | None = None,
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
+    proxy_protocol: str = "off",
+    proxy_allow_from: Sequence[str] = DEFAULT_ALLOW_FROM,
+    proxy_header_timeout: float | None = DEFAULT_PROXY_HEADER_TIMEOUT,
     poller: str = "auto",
     limiter: BufferLimiter | None = None,
     pool: BufferPool | None = None,
     read_sizes: ReadSizes | None = None,
     pooled: bool = True,
+    guaranteed_read: int = DEFAULT_GUARANTEED_READ,
     access_log: bool = False,
     task_status: trio.TaskStatus[list[SockAddr]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -694,11 +801,15 @@ async def serve(
         write_timeout=write_timeout,
         ssl_context=ssl_context,
         handshake_timeout=handshake_timeout,
+        proxy_protocol=proxy_protocol,
+        proxy_allow_from=proxy_allow_from,
+        proxy_header_timeout=proxy_header_timeout,
         poller=poller,
         limiter=limiter,
         pool=pool,
         read_sizes=read_sizes,
         pooled=pooled,
+        guaranteed_read=guaranteed_read,
         access_log=access_log,
     )
     await server.run(task_status=task_status)
