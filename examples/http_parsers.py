@@ -274,8 +274,10 @@ class HttptoolsParser:
     header line before it calls ``on_header``. So the head is counted twice:
     exactly, adding up ``head_size`` as ``on_url`` and ``on_header`` come,
     against ``check_head``; and, for a header line that never ends (whose
-    pieces httptools is holding), every read that adds nothing to the head is
-    counted whole. Either over ``max_head_bytes`` is a 431.
+    pieces httptools is holding), every read that made no callback in the
+    middle of a request is counted whole. Either over ``max_head_bytes`` is a
+    431. Trailer fields (after a chunked body) are counted the same way, from
+    zero, and dropped, as h11 counts them.
 
     The callbacks run for every request, so they do little: the head's
     fields are found when it is complete.
@@ -284,7 +286,7 @@ class HttptoolsParser:
     __slots__ = (
         "_events",
         "_head_bytes",
-        "_head_grew",
+        "_progressed",
         "_headers",
         "_in_message",
         "_limits",
@@ -301,12 +303,13 @@ class HttptoolsParser:
         # events at most, but for pipelining.
         self._events: list[Event | Refusal] = []
         self._in_message = False
-        # The head being parsed (None between heads), and its size so far.
+        # The head being parsed (None after it), and its size so far; after the
+        # head, the size of the trailer fields so far.
         self._headers: list[tuple[bytes, bytes]] | None = None
         self._target = b""
         self._head_bytes = 0
-        # Whether the last read added to the head, and what reads that did not brought.
-        self._head_grew = False
+        # Whether the last read made a callback, and what reads that made none brought.
+        self._progressed = False
         self._unseen_head_bytes = 0
 
     @property
@@ -316,7 +319,7 @@ class HttptoolsParser:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; the events (or a Refusal) wait for ``next_event``."""
-        self._head_grew = False
+        self._progressed = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -332,12 +335,14 @@ class HttptoolsParser:
         except httptools.HttpParserError as exc:
             self._events.append(Refusal(400, str(exc)))
             return
-        if self._headers is not None:  # in the middle of a head
-            if self._head_grew:
+        if self._in_message:
+            # Reads that made no callback may be pieces of a header or trailer line
+            # that httptools is holding: they count. Checked here for the request
+            # line too, which on_url may bring piece by piece.
+            if self._progressed:
                 self._unseen_head_bytes = 0
             else:
                 self._unseen_head_bytes += len(data)
-            # Checked here for the request line too: on_url may come piece by piece.
             limit = self._limits.max_head_bytes
             if self._head_bytes + self._unseen_head_bytes > limit:
                 self._events.append(Refusal(431, f"request head over {limit} bytes"))
@@ -355,20 +360,25 @@ class HttptoolsParser:
     # -- httptools callbacks: build the events --------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_message = self._head_grew = True
+        self._in_message = self._progressed = True
         self._headers = []
         self._target = b""
         self._head_bytes = REQUEST_LINE_FRAMING  # and the method's length, once known
 
     def on_url(self, piece: bytes) -> None:
-        self._head_grew = True
+        self._progressed = True
         self._target += piece
         self._head_bytes += len(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_grew = True
+        self._progressed = True
         headers = self._headers
-        assert headers is not None
+        if headers is None:
+            # A trailer field, after a chunked body: counted against the head limit
+            # (as h11 counts it), then dropped (the application sees no trailers).
+            self._head_bytes += len(name) + len(value) + HEADER_LINE_FRAMING
+            check_head(self._head_bytes, 0, self._limits)
+            return
         name = name.lower()
         headers.append((name, value))
         self._head_bytes += len(name) + len(value) + HEADER_LINE_FRAMING
@@ -383,6 +393,7 @@ class HttptoolsParser:
         said = parser.get_http_version()
         version = VERSIONS.get(said) or said.encode()
         self._headers = None
+        self._head_bytes = 0  # now the trailers' size
         self._events.append(
             Request(
                 method,
@@ -396,10 +407,12 @@ class HttptoolsParser:
         )
 
     def on_body(self, piece: bytes) -> None:
+        self._progressed = True
         self._events.append(piece)
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._progressed = True
         self._events.append(END)
 
     # -- responses ----------------------------------------------------------------------

@@ -29,10 +29,9 @@ import email.utils
 import functools
 import logging
 import math
-import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -50,6 +49,7 @@ from http_limits import (
     check_received_body,
 )
 from http_parsers import END, PARSERS, Event, Parser, Request
+from serving import add_server_arguments, serve_until_signalled
 
 import millpond
 
@@ -112,10 +112,11 @@ class HttpHandler:
         server = millpond.Server(http, 8000, read_timeout=5, write_timeout=30)
 
     Give the server ``read_timeout=limits.keep_alive_seconds``: it ends the
-    wait for a next request (and any single read that waits that long). Run
-    ``http.close_idle_on_shutdown(server)`` beside it, so that a graceful
-    shutdown does not wait for keep-alive connections that have nothing to
-    finish.
+    wait for a next request (and any single read that waits that long). Call
+    ``http.close_idle()`` when a shutdown starts (or run
+    ``http.close_idle_on_shutdown(server)`` beside the server), so that a
+    graceful shutdown does not wait for keep-alive connections that have
+    nothing to finish.
     """
 
     def __init__(
@@ -317,16 +318,21 @@ class HttpHandler:
             (trio.current_time() - started) * 1000,
         )
 
-    async def close_idle_on_shutdown(self, server: millpond.Server) -> None:
-        """When ``server`` starts shutting down, close the connections waiting for a request.
+    def close_idle(self) -> None:
+        """Close the connections waiting for their next request: call it as a shutdown starts.
 
-        Those in the middle of one finish it (answered with ``Connection:
-        close``); these have nothing to finish, and would otherwise hold the
-        shutdown for the whole grace period.
+        Those in the middle of a request finish it (answered with
+        ``Connection: close``, as they see ``shutting_down``); these have
+        nothing to finish, and would otherwise hold the shutdown for the whole
+        grace period.
         """
-        await server.shutting_down.wait()
         for stream in list(self._idle):
             stream.close()
+
+    async def close_idle_on_shutdown(self, server: millpond.Server) -> None:
+        """``close_idle`` when ``server`` starts shutting down (run it beside the server)."""
+        await server.shutting_down.wait()
+        self.close_idle()
 
 
 class PooledBody:
@@ -404,34 +410,12 @@ async def close_gently(stream: millpond.Connection) -> None:
 
 
 def peer_name(stream: millpond.Connection) -> str:
-    """``host:port`` of the client."""
-    host, port = stream.getpeername()[:2]
+    """``host:port`` of the client, or ``-`` once the kernel has forgotten it (a reset)."""
+    try:
+        host, port = stream.getpeername()[:2]
+    except OSError:
+        return "-"
     return f"{host}:{port}"
-
-
-async def serve_then_cancel(
-    server: millpond.Server,
-    scope: trio.CancelScope,
-    *,
-    task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Run ``server`` until it has shut down, then cancel ``scope`` (the tasks beside it)."""
-    await server.run(task_status=task_status)
-    scope.cancel()
-
-
-async def shut_down_on_signals(
-    server: millpond.Server, signals: AsyncIterator[int], grace: float
-) -> None:
-    """SIGINT or SIGTERM: drain for ``grace`` seconds; a second one: stop now."""
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if server.shutting_down.is_set():
-            print(f"{name}: stopping now", flush=True)
-            server.shutdown(0)
-        else:
-            print(f"{name}: draining (up to {grace:g} s; again to stop now)", flush=True)
-            server.shutdown(grace)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -446,85 +430,82 @@ async def main(args: argparse.Namespace) -> None:
         read_timeout=args.limits.keep_alive_seconds,  # the keep-alive wait: see _read_head
         write_timeout=args.write_timeout,
     )
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(shut_down_on_signals, server, signals, args.grace)
-            nursery.start_soon(http.close_idle_on_shutdown, server)
-            addresses = await nursery.start(serve_then_cancel, server, nursery.cancel_scope)
-            for address in addresses:
-                print(f"listening on {address[0]}:{address[1]}", flush=True)
+    await serve_until_signalled(server, args.grace, on_stopping=http.close_idle)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Try: curl http://127.0.0.1:8000/ http://127.0.0.1:8000/ "
+        "(two requests, one connection); curl --data-binary @FILE http://127.0.0.1:8000/echo",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
-    parser.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    add_server_arguments(parser, port=8000)
     parser.add_argument(
         "--parser",
         choices=sorted(PARSERS),
         default="h11",
-        help="h11 (pure Python, checks both directions) or httptools (llhttp, in C: faster)",
+        help="h11 (pure Python, checks both directions) or httptools (llhttp, in C: faster)"
+        " (default: %(default)s)",
     )
     parser.add_argument(
         "--max-head-bytes",
         type=int,
         default=DEFAULT_MAX_HEAD_BYTES,
-        help="largest request line + headers; larger is answered 431",
+        help="largest request line + headers; larger is answered 431 (default: %(default)s)",
     )
     parser.add_argument(
         "--max-headers",
         type=int,
         default=DEFAULT_MAX_HEADERS,
-        help="most header lines in a request; more is answered 431",
+        help="most header lines in a request; more is answered 431 (default: %(default)s)",
     )
     parser.add_argument(
         "--max-body-bytes",
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
-        help="largest request body; larger is answered 413 (held in the budget until answered)",
+        help="largest request body; larger is answered 413 (held in the budget until answered)"
+        " (default: %(default)s)",
     )
     parser.add_argument(
         "--keep-alive-timeout",
         type=float,
         default=DEFAULT_KEEP_ALIVE_SECONDS,
-        help="seconds a connection may wait for its next request (and any one read may wait)",
+        help="seconds a connection may wait for its next request (and any one read may wait)"
+        " (default: %(default)s)",
     )
     parser.add_argument(
         "--head-timeout",
         type=float,
         default=DEFAULT_HEAD_SECONDS,
-        help="seconds for a whole request head, from its first byte (the slowloris defence)",
+        help="seconds a request head may take once it has begun to arrive (the slowloris defence)"
+        " (default: %(default)s)",
     )
     parser.add_argument(
         "--body-timeout",
         type=float,
         default=DEFAULT_BODY_SECONDS,
-        help="seconds for a whole request body",
+        help="seconds for a whole request body (default: %(default)s)",
     )
     parser.add_argument(
         "--write-timeout",
         type=float,
         default=30.0,
-        help="seconds a response may stay blocked on a client that does not read",
-    )
-    parser.add_argument(
-        "--grace",
-        type=float,
-        default=10.0,
-        help="seconds requests in flight get to finish after SIGINT/SIGTERM",
+        help="seconds a response may stay blocked on a client that does not read"
+        " (default: %(default)s)",
     )
     parser.add_argument(
         "--budget-mib",
         type=int,
         default=64,
-        help="memory budget for reads and request bodies, in MiB (1/16 of it is the reserve)",
+        help="memory budget for reads and request bodies, in MiB (1/16 of it is the reserve)"
+        " (default: %(default)s)",
     )
     parser.add_argument(
-        "--poller", choices=("auto", "epoll", "trio"), default="auto", help="readiness backend"
+        "--poller",
+        choices=("auto", "epoll", "trio"),
+        default="auto",
+        help="readiness backend (default: %(default)s)",
     )
     parser.add_argument(
         "--access-log",

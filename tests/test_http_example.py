@@ -14,27 +14,24 @@ import re
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-import h11
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = REPO_ROOT / "examples" / "http_server.py"
-PARSER_NAMES = ["h11", "httptools"]
-
-# Hang guards only: the server starts in about a second and answers in
-# milliseconds; reaching these means it is stuck, not slow.
-STARTUP_GUARD_SECONDS = 20
-EXIT_GUARD_SECONDS = 20
-IO_GUARD_SECONDS = 10
+from http_example_process import (
+    HELLO,
+    IO_GUARD_SECONDS,
+    PARSER_NAMES,
+    Client,
+    Example,
+    assert_exits_cleanly,
+    curl,
+    example_per_parser,
+    start_example,
+    wait_until_refused,
+)
 
 # The shared servers' limits: small, so that a test reaches each quickly.
 MAX_HEAD_BYTES = 4096
@@ -54,74 +51,7 @@ SHARED_FLAGS = [
 TRICKLE_SECONDS = 0.1
 TRICKLE_BYTES = 200
 
-LISTENING = re.compile(rb"listening on 127\.0\.0\.1:(\d+)\n")
-HELLO = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n"
-
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to a child")
-
-
-# -- the server, as a process -------------------------------------------------------------
-
-
-@dataclass
-class Example:
-    """A running ``http_server.py``: its process, port, and output files."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    stdout: Path
-    stderr: Path
-
-    def url(self, path: str) -> str:
-        """``http://127.0.0.1:PORT`` + ``path``."""
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def wait_for_output(self, text: str) -> None:
-        """Wait until the server has printed ``text``."""
-        deadline = time.monotonic() + IO_GUARD_SECONDS
-        while text not in self.stdout.read_text():
-            assert time.monotonic() < deadline, f"never printed {text!r}"
-            time.sleep(0.02)
-
-
-def start_example(parser: str, directory: Path, *flags: str) -> Example:
-    """Start the example on a free port with ``parser`` and ``flags``; return once it listens."""
-    stdout, stderr = directory / "stdout", directory / "stderr"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = subprocess.Popen(
-            [sys.executable, str(EXAMPLE), "--port", "0", "--parser", parser, *flags],
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-        )
-    deadline = time.monotonic() + STARTUP_GUARD_SECONDS
-    while (match := LISTENING.search(stdout.read_bytes())) is None:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            raise AssertionError(f"the example never listened: {stderr.read_text()}")
-        time.sleep(0.02)
-    return Example(process, int(match.group(1)), stdout, stderr)
-
-
-def stop_example(example: Example) -> None:
-    """Stop it as Ctrl-C does; it must exit 0 with no traceback."""
-    example.process.send_signal(signal.SIGINT)
-    assert_exits_cleanly(example)
-
-
-def assert_exits_cleanly(example: Example) -> None:
-    """Wait for the example to exit (killing it past the guard): status 0, no traceback."""
-    try:
-        returncode = example.process.wait(timeout=EXIT_GUARD_SECONDS)
-    except subprocess.TimeoutExpired:
-        example.process.kill()
-        example.process.wait()
-        raise
-    errors = example.stderr.read_text()
-    assert returncode == 0, errors
-    assert "Traceback" not in errors, errors
 
 
 @pytest.fixture(scope="module", params=PARSER_NAMES)
@@ -129,94 +59,7 @@ def example(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Example]:
     """The example with small limits, shared by this module's tests, one per parser."""
-    directory = tmp_path_factory.mktemp(f"http-{request.param}")
-    started = start_example(request.param, directory, *SHARED_FLAGS)
-    yield started
-    stop_example(started)
-
-
-# -- clients ------------------------------------------------------------------------------
-
-
-def curl(*args: str) -> bytes:
-    """Run curl (it must be installed: a real client, not ours) and return what it printed."""
-    path = shutil.which("curl")
-    if path is None:
-        pytest.fail(
-            "curl is not installed: these tests use it as a real HTTP client "
-            "(apt-get install curl; the README's test command installs it)"
-        )
-    done = subprocess.run(
-        [path, "--silent", "--show-error", "--max-time", str(IO_GUARD_SECONDS), *args],
-        capture_output=True,
-        timeout=IO_GUARD_SECONDS + 5,
-    )
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return done.stdout
-
-
-class Answer(NamedTuple):
-    """A response as a client read it."""
-
-    status: int
-    headers: dict[bytes, bytes]
-    body: bytes
-
-
-class Client:
-    """A raw socket that writes exactly what a test says, and reads responses with h11."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=IO_GUARD_SECONDS)
-        self._h11 = h11.Connection(h11.CLIENT)
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        """Write ``data`` as it is."""
-        self.sock.sendall(data)
-
-    def answer(self, method: bytes = b"GET") -> Answer:
-        """The next response (a 100 Continue counts) to a request made with ``method``."""
-        if self._h11.our_state is h11.IDLE:
-            # h11 frames a response by the request it answers: tell it the method.
-            self._h11.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"test")]))
-            self._h11.send(h11.EndOfMessage())
-        head = self._next_event()
-        assert isinstance(head, h11.InformationalResponse | h11.Response), head
-        body = bytearray()
-        if isinstance(head, h11.Response):
-            while isinstance(event := self._next_event(), h11.Data):
-                body += event.data
-            assert isinstance(event, h11.EndOfMessage), event
-            if self._h11.our_state is self._h11.their_state is h11.DONE:
-                self._h11.start_next_cycle()
-        return Answer(head.status_code, dict(head.headers), bytes(body))
-
-    def at_eof(self) -> bool:
-        """Whether the server has closed the connection (waits for it to, or for the guard)."""
-        return self.sock.recv(65536) == b""
-
-    def _next_event(self) -> object:
-        while (event := self._h11.next_event()) is h11.NEED_DATA:
-            self._h11.receive_data(self.sock.recv(65536))
-        return event
-
-
-def wait_until_refused(port: int) -> None:
-    """Connect until the server refuses: it stops accepting when a shutdown begins."""
-    deadline = time.monotonic() + IO_GUARD_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=IO_GUARD_SECONDS).close()
-        except ConnectionRefusedError:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the server still accepts connections")
+    yield from example_per_parser(request, tmp_path_factory, SHARED_FLAGS)
 
 
 # -- with curl ----------------------------------------------------------------------------
@@ -247,6 +90,23 @@ def test_curl_gets_413_for_a_body_over_the_limit(example: Example, tmp_path: Pat
         "--data-binary", f"@{upload}", example.url("/echo"),
     )  # fmt: skip
     assert printed == b"413"
+
+
+def test_curl_gets_431_for_more_header_lines_than_allowed(example: Example) -> None:
+    headers = [arg for i in range(MAX_HEADERS) for arg in ("-H", f"x-extra-{i}: {i}")]
+    printed = curl(
+        "--output", "/dev/null", "--write-out", "%{http_code}", *headers, example.url("/")
+    )
+    assert printed == b"431"
+
+
+def test_curl_gets_400_for_a_header_line_that_is_not_one(example: Example) -> None:
+    # A space in a header name: no field-name token, so no header at all.
+    printed = curl(
+        "--output", "/dev/null", "--write-out", "%{http_code}",
+        "-H", "bad header: x", example.url("/"),
+    )  # fmt: skip
+    assert printed == b"400"
 
 
 def test_each_request_gets_an_access_log_line(example: Example) -> None:
@@ -336,9 +196,10 @@ def test_a_client_trickling_its_head_is_closed_at_the_deadline(example: Example)
             )
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("parser", PARSER_NAMES)
 def test_shutdown_finishes_the_request_in_flight_with_connection_close(
-    parser: str, tmp_path: Path
+    parser: str, signum: signal.Signals, tmp_path: Path
 ) -> None:
     # A keep-alive timeout longer than the guards: only the shutdown can close ``idle``.
     example = start_example(parser, tmp_path, "--keep-alive-timeout", "60")
@@ -352,8 +213,8 @@ def test_shutdown_finishes_the_request_in_flight_with_connection_close(
             )
             assert slow.answer(b"POST").status == 100  # the server waits for this body
             slow.send(b"01234")
-            example.process.send_signal(signal.SIGINT)
-            example.wait_for_output("SIGINT: draining")
+            example.process.send_signal(signum)
+            example.wait_for_output(f"{signum.name}: stopping")
             assert idle.at_eof()  # nothing to finish: closed at once
             wait_until_refused(example.port)
             slow.send(b"56789")
@@ -366,3 +227,26 @@ def test_shutdown_finishes_the_request_in_flight_with_connection_close(
         if example.process.poll() is None:
             example.process.kill()
             example.process.wait()
+
+
+# -- with wrk ------------------------------------------------------------------------------
+
+WRK_STATUS = re.compile(rb"(\d+) requests in ")
+WRK_PROBLEMS = re.compile(rb"Socket errors|Non-2xx or 3xx responses")
+
+
+def test_wrk_gets_only_hellos(example: Example) -> None:
+    # A functional check under load, never a timed one: every response is a 2xx and no
+    # socket errs (wrk prints those lines only when it saw some).
+    path = shutil.which("wrk")
+    if path is None:
+        pytest.fail("wrk is not installed (apt-get install wrk; the README's test command does)")
+    done = subprocess.run(
+        [path, "-t1", "-c20", "-d1s", "--timeout", "5s", example.url("/")],
+        capture_output=True,
+        timeout=IO_GUARD_SECONDS + 10,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    made = WRK_STATUS.search(done.stdout)
+    assert made is not None and int(made.group(1)) > 0, done.stdout.decode()
+    assert WRK_PROBLEMS.search(done.stdout) is None, done.stdout.decode()

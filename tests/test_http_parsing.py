@@ -279,6 +279,24 @@ def test_a_request_line_that_never_ends_is_431_once_over_the_limit(parser_name: 
     assert refusal.status == 431
 
 
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+def test_trailer_fields_are_read_and_dropped(parser_name: str) -> None:
+    parser = PARSERS[parser_name](Limits())
+    parser.feed(CHUNKED_HEAD + b"3\r\nabc\r\n0\r\nx-checksum: 1\r\nx-more: 2\r\n\r\n")
+    request = parser.next_event()
+    assert isinstance(request, Request)
+    assert request.headers == [(b"host", b"x"), (b"transfer-encoding", b"chunked")]
+    assert bytes(next_event(parser, [])) == b"abc"  # type: ignore[arg-type]
+    assert parser.next_event() is END
+
+
+def test_a_trailer_line_that_never_ends_is_431_once_over_the_limit(parser_name: str) -> None:
+    pieces = [CHUNKED_HEAD + b"0\r\nx-endless: ", *[b"a" * 100] * 30]
+    assert refusal_for(parser_name, Limits(max_head_bytes=1024), *pieces).status == 431
+
+
 def test_more_header_lines_than_allowed_is_431(parser_name: str) -> None:
     head = b"GET / HTTP/1.1\r\nhost: x\r\n" + b"x-a: b\r\n" * 20 + b"\r\n"
     assert refusal_for(parser_name, Limits(max_headers=10), head).status == 431
