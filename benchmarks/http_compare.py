@@ -33,6 +33,7 @@ import functools
 import os
 import re
 import selectors
+import shlex
 import shutil
 import signal
 import socket
@@ -434,13 +435,13 @@ def report(args: argparse.Namespace, meta: Row, rows: list[Row]) -> str:
                         fmt(statistics.median(values(ab_rows, "ab", server, "rps"))),
                         fmt(statistics.median(values(ab_rows, "ab", server, "peer_rps"))),
                     ]
-                    for server, peer in PAIRS.items()
+                    for server, peer in args.pairs.items()
                     if values(ab_rows, "ab", server, "ratio")
                 ],
             ),
             "",
         ]
-    for server, peer in PAIRS.items():
+    for server, peer in args.pairs.items():
         if server in args.servers and peer in args.servers:
             rps = paired_ratios(rows, "rps", server, peer, "rps")
             kib = paired_ratios(rows, "idle", server, peer, "kib_per_conn") if args.idle else []
@@ -503,15 +504,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--retries", type=int, default=2, help="measure again while other processes use the cores"
     )
     parser.add_argument(
-        "--no-ab",
-        dest="ab",
-        action="store_false",
-        help="skip the A/B runs (each millpond server at once with its uvicorn counterpart)",
+        "--kinds",
+        default="rps,idle,ab",
+        help="what to measure: rps (wrk, one server at a time), idle (RSS per idle "
+        "connection), ab (each millpond server at once with its uvicorn counterpart)",
+    )
+    parser.add_argument(
+        "--pairs",
+        default=",".join(f"{a}:{b}" for a, b in PAIRS.items()),
+        help="comma-separated SERVER:PEER pairs compared at once on one core (ab)",
+    )
+    parser.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="one more server: a command (--host, --port, --keep-alive-timeout appended), "
+        "e.g. another checkout of the example; repeatable",
     )
     parser.add_argument("--no-save", action="store_true", help="write no results files")
     args = parser.parse_args(argv)
+    kinds = {kind for kind in args.kinds.split(",") if kind}
+    if not kinds or kinds - {"rps", "idle", "ab"}:
+        parser.error(f"--kinds takes rps, idle and ab, not {args.kinds!r}")
+    args.rps, args.ab = "rps" in kinds, "ab" in kinds
+    if "idle" not in kinds:
+        args.idle = 0
+    for added in args.add:
+        name, _, command = added.partition("=")
+        if not name or not command:
+            parser.error(f"--add takes NAME=COMMAND, not {added!r}")
+        SERVERS[name] = shlex.split(command)
     args.servers = [name for name in args.servers.split(",") if name]
-    unknown = set(args.servers) - set(SERVERS)
+    args.pairs = dict(pair.split(":", 1) for pair in args.pairs.split(",") if pair)
+    unknown = (set(args.servers) | set(args.pairs) | set(args.pairs.values())) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     return args
@@ -524,11 +550,12 @@ def round_jobs(args: argparse.Namespace) -> list[tuple[str, Callable[[int], Row]
     """What one round measures, in order (each round starts one further along)."""
     jobs: list[tuple[str, Callable[[int], Row]]] = []
     for name in args.servers:
-        jobs.append((f"{name} rps", functools.partial(measure_rps, args, name)))
+        if args.rps:
+            jobs.append((f"{name} rps", functools.partial(measure_rps, args, name)))
         if args.idle:
             jobs.append((f"{name} idle", functools.partial(measure_idle, args, name)))
     if args.ab:
-        for name, peer in PAIRS.items():
+        for name, peer in args.pairs.items():
             if name in args.servers and peer in args.servers:
                 jobs.append(
                     (f"{name} vs {peer}", functools.partial(measure_pair, args, name, peer))

@@ -163,13 +163,6 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-def _expects_continue(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"expect" and value.strip().lower() == b"100-continue":
-            return True
-    return False
-
-
 class H11Parser:
     """h11's server-side ``Connection``, in this module's events.
 
@@ -372,17 +365,18 @@ class HttptoolsParser:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._progressed = True
+        self._head_bytes = size = self._head_bytes + len(name) + len(value) + HEADER_LINE_FRAMING
         headers = self._headers
         if headers is None:
             # A trailer field, after a chunked body: counted against the head limit
             # (as h11 counts it), then dropped (the application sees no trailers).
-            self._head_bytes += len(name) + len(value) + HEADER_LINE_FRAMING
-            check_head(self._head_bytes, 0, self._limits)
+            check_head(size, 0, self._limits)
             return
-        name = name.lower()
-        headers.append((name, value))
-        self._head_bytes += len(name) + len(value) + HEADER_LINE_FRAMING
-        check_head(self._head_bytes, len(headers), self._limits)
+        headers.append((name.lower(), value))
+        limits = self._limits
+        # check_head's rule, compared here first: it runs for every header line.
+        if size > limits.max_head_bytes or len(headers) > limits.max_headers:
+            check_head(size, len(headers), limits)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -394,14 +388,22 @@ class HttptoolsParser:
         version = VERSIONS.get(said) or said.encode()
         self._headers = None
         self._head_bytes = 0  # now the trailers' size
+        # _declared_length and _expects_continue in one pass (llhttp checked the length).
+        length = None
+        expects_continue = False
+        for name, value in headers:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"expect" and value.strip().lower() == b"100-continue":
+                expects_continue = version == b"1.1"
         self._events.append(
             Request(
                 method,
                 self._target,
                 version,
                 headers,
-                _declared_length(headers),
-                version == b"1.1" and _expects_continue(headers),
+                length,
+                expects_continue,
                 parser.should_keep_alive(),
             )
         )

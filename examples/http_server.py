@@ -133,58 +133,63 @@ class HttpHandler:
         self._parser_class = PARSERS[parser]
         self._limits = Limits() if limits is None else limits
         self._access_log = access_log
-        # Connections waiting for their next request: what a shutdown closes at once.
-        self._idle: set[millpond.Connection] = set()
+        # Every open connection and its parser: a shutdown closes the idle ones at once.
+        self._open: dict[millpond.Connection, Parser] = {}
 
     async def __call__(self, stream: millpond.Connection) -> None:
-        """Serve one connection: request after request, until one side ends it."""
+        """Serve one connection: request after request, until one side ends it.
+
+        The loop is the per-request hot path, so it is written out here rather
+        than split into coroutines (each costs a frame per request): a request
+        that came whole in one read, with no body, sets no deadline and makes
+        one receive and one send.
+        """
         server = millpond.current_server()
         pool = server.pool
         if pool is None:
             raise RuntimeError("HttpHandler reads bodies into the server's pool: serve it pooled")
+        shutting_down = server.shutting_down
         parser: Parser = self._parser_class(self._limits)
+        self._open[stream] = parser
         try:
-            while (request := await self._read_head(stream, parser, server)) is not None:
-                if not await self._exchange(stream, parser, request, pool, server):
+            while True:
+                request = parser.next_event()  # a pipelined request may be here already
+                if request is None and parser.idle:
+                    # The keep-alive wait: the server's read_timeout ends it, and a
+                    # shutdown (close_idle closes the connection, or it sees the flag).
+                    if shutting_down.is_set():
+                        break
+                    try:
+                        data = await stream.receive_some()
+                    except trio.ClosedResourceError:
+                        break  # closed by close_idle
+                    if not data:
+                        break
+                    parser.feed(data)
+                    request = parser.next_event()
+                if request is None:
+                    request = await self._rest_of_head(stream, parser)
+                    if request is None:
+                        break
+                assert isinstance(request, Request), request
+                if not await self._exchange(stream, parser, request, pool, shutting_down):
                     break
                 parser.next_request()
         except Refusal as refusal:
             await self._refuse(stream, parser, refusal)
+        finally:
+            del self._open[stream]
         await close_gently(stream)
 
-    async def _read_head(
-        self, stream: millpond.Connection, parser: Parser, server: millpond.Server
-    ) -> Request | None:
-        """The next request's head; None if the client closed or the server is shutting down.
-
-        Waiting for the first bytes of a request is the keep-alive wait, which
-        the server's ``read_timeout`` ends (and a shutdown). A head that did
-        not come whole with them has ``head_seconds`` in all, from then on.
-        """
-        event = parser.next_event()
-        if event is None and parser.idle:
-            if server.shutting_down.is_set():
-                return None
-            self._idle.add(stream)
-            try:
-                data = await stream.receive_some()
-            except trio.ClosedResourceError:
-                return None  # closed by close_idle_on_shutdown
-            finally:
-                self._idle.discard(stream)
+    async def _rest_of_head(self, stream: millpond.Connection, parser: Parser) -> Event:
+        """The head that did not come whole with its first bytes (a slow client, or a
+        slowloris): ``head_seconds`` in all from now on. None if the client closed."""
+        stream.deadline = trio.current_time() + self._limits.head_seconds
+        while (event := parser.next_event()) is None:
+            data = await stream.receive_some()
             if not data:
-                return None
+                return None  # closed in the middle of a head: nothing to answer
             parser.feed(data)
-            event = parser.next_event()
-        if event is None:
-            # Not whole in one read: a slow client, or a slowloris.
-            stream.deadline = trio.current_time() + self._limits.head_seconds
-            while (event := parser.next_event()) is None:
-                data = await stream.receive_some()
-                if not data:
-                    return None  # closed in the middle of a head: nothing to answer
-                parser.feed(data)
-        assert isinstance(event, Request), event
         return event
 
     async def _exchange(
@@ -193,11 +198,12 @@ class HttpHandler:
         parser: Parser,
         request: Request,
         pool: millpond.BufferPool,
-        server: millpond.Server,
+        shutting_down: trio.Event,
     ) -> bool:
         """Read the body, run the app, send its response; whether the connection stays open."""
         started = trio.current_time() if self._access_log else 0.0
-        check_declared_body(request.content_length, self._limits)
+        if request.content_length is not None:
+            check_declared_body(request.content_length, self._limits)
         event = parser.next_event()
         body = None if event is END else await self._read_body(stream, parser, request, pool, event)
         try:
@@ -212,10 +218,13 @@ class HttpHandler:
                 logger.exception("the application failed on %r", request)
                 response = Response(500, b"internal server error\n")
                 request.keep_alive = False
-            close = not request.keep_alive or server.shutting_down.is_set()
-            stays_open = await self._send(
-                stream, parser, response, close=close, head_only=request.method == b"HEAD"
+            close = not request.keep_alive or shutting_down.is_set()
+            head, rest, stays_open = self._render(
+                parser, response, close, request.method == b"HEAD"
             )
+            await stream.send_all(head)
+            if rest:
+                await stream.send_all(rest)
             if self._access_log:
                 self._log(stream, request, response.status, len(response.body), started)
         finally:
@@ -262,17 +271,12 @@ class HttpHandler:
             raise
         return body
 
-    async def _send(
-        self,
-        stream: millpond.Connection,
-        parser: Parser,
-        response: Response,
-        *,
-        close: bool,
-        head_only: bool = False,
-    ) -> bool:
-        """Send ``response`` (only its head, for a HEAD request); whether the connection
-        stays open after it."""
+    def _render(
+        self, parser: Parser, response: Response, close: bool, head_only: bool
+    ) -> tuple[bytes, bytes | memoryview, bool]:
+        """``response`` on the wire (only its head, for a HEAD request), in two parts to
+        send in turn (the second empty when the body went with the head), and whether
+        the connection stays open after it."""
         body = response.body
         headers = [
             (b"content-type", response.content_type),
@@ -284,18 +288,17 @@ class HttpHandler:
             body = b""  # the headers a GET would have, and no body
         head, stays_open = parser.respond(response.status, headers, body, close)
         if len(body) < JOIN_BODY_BELOW:
-            await stream.send_all(head + body)
-        else:
-            await stream.send_all(head)
-            await stream.send_all(body)
-        return stays_open
+            return head + body, b"", stays_open
+        return head, body, stays_open
 
     async def _refuse(self, stream: millpond.Connection, parser: Parser, refusal: Refusal) -> None:
         """Answer a refused request with its status and the reason, then the connection ends."""
         stream.deadline = math.inf
-        await self._send(
-            stream, parser, Response(refusal.status, f"{refusal.reason}\n".encode()), close=True
-        )
+        response = Response(refusal.status, f"{refusal.reason}\n".encode())
+        head, rest, _ = self._render(parser, response, True, False)
+        await stream.send_all(head)
+        if rest:
+            await stream.send_all(rest)
         if self._access_log:
             access_logger.info('%s "-" %d (%s)', peer_name(stream), refusal.status, refusal.reason)
 
@@ -326,8 +329,10 @@ class HttpHandler:
         nothing to finish, and would otherwise hold the shutdown for the whole
         grace period.
         """
-        for stream in list(self._idle):
-            stream.close()
+        for stream, parser in list(self._open.items()):
+            # Parked in a receive with no byte of a next request: the keep-alive wait.
+            if parser.idle and stream.state == "idle":
+                stream.close()
 
     async def close_idle_on_shutdown(self, server: millpond.Server) -> None:
         """``close_idle`` when ``server`` starts shutting down (run it beside the server)."""
