@@ -361,6 +361,13 @@ def measure_pair(args: argparse.Namespace, name: str, peer: str, round_: int) ->
 # --------------------------------------------------------------------------- report
 
 
+def pair_values(rows: list[Row], server: str, peer: str, key: str) -> list[float]:
+    """``key`` of every A/B row of ``server`` against ``peer``."""
+    return [
+        r[key] for r in rows if r["kind"] == "ab" and (r["server"], r["peer"]) == (server, peer)
+    ]
+
+
 def values(rows: list[Row], kind: str, server: str, key: str) -> list[float]:
     """``key`` of every ``kind`` row of ``server``."""
     return [r[key] for r in rows if r["kind"] == kind and r["server"] == server and key in r]
@@ -416,8 +423,7 @@ def report(args: argparse.Namespace, meta: Row, rows: list[Row]) -> str:
         f"- load average (1, 5, 15 min) before: {meta['loadavg_before']}; after: "
         f"{meta['loadavg_after']}",
         "",
-        markdown_table(headers, table),
-        "",
+        *([markdown_table(headers, table), ""] if args.rps or args.idle else []),
     ]
     ab_rows = [r for r in rows if r["kind"] == "ab"]
     if ab_rows:
@@ -431,17 +437,17 @@ def report(args: argparse.Namespace, meta: Row, rows: list[Row]) -> str:
                     [
                         server,
                         peer,
-                        med_range(values(ab_rows, "ab", server, "ratio"), 2),
-                        fmt(statistics.median(values(ab_rows, "ab", server, "rps"))),
-                        fmt(statistics.median(values(ab_rows, "ab", server, "peer_rps"))),
+                        med_range(pair_values(ab_rows, server, peer, "ratio"), 2),
+                        fmt(statistics.median(pair_values(ab_rows, server, peer, "rps"))),
+                        fmt(statistics.median(pair_values(ab_rows, server, peer, "peer_rps"))),
                     ]
-                    for server, peer in args.pairs.items()
-                    if values(ab_rows, "ab", server, "ratio")
+                    for server, peer in args.pairs
+                    if pair_values(ab_rows, server, peer, "ratio")
                 ],
             ),
             "",
         ]
-    for server, peer in args.pairs.items():
+    for server, peer in args.pairs:
         if server in args.servers and peer in args.servers:
             rps = paired_ratios(rows, "rps", server, peer, "rps")
             kib = paired_ratios(rows, "idle", server, peer, "kib_per_conn") if args.idle else []
@@ -536,8 +542,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--add takes NAME=COMMAND, not {added!r}")
         SERVERS[name] = shlex.split(command)
     args.servers = [name for name in args.servers.split(",") if name]
-    args.pairs = dict(pair.split(":", 1) for pair in args.pairs.split(",") if pair)
-    unknown = (set(args.servers) | set(args.pairs) | set(args.pairs.values())) - set(SERVERS)
+    args.pairs = [tuple(pair.split(":", 1)) for pair in args.pairs.split(",") if pair]
+    if any(len(pair) != 2 for pair in args.pairs):
+        parser.error(f"--pairs takes SERVER:PEER,..., not {args.pairs!r}")
+    unknown = {name for pair in args.pairs for name in pair} | set(args.servers)
+    unknown -= set(SERVERS)
     if unknown:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     return args
@@ -555,7 +564,7 @@ def round_jobs(args: argparse.Namespace) -> list[tuple[str, Callable[[int], Row]
         if args.idle:
             jobs.append((f"{name} idle", functools.partial(measure_idle, args, name)))
     if args.ab:
-        for name, peer in args.pairs.items():
+        for name, peer in args.pairs:
             if name in args.servers and peer in args.servers:
                 jobs.append(
                     (f"{name} vs {peer}", functools.partial(measure_pair, args, name, peer))
