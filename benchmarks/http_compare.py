@@ -66,7 +66,7 @@ from echo_compare import (
     raise_nofile,
     read_text,
     reset_signals,
-    start_logged,
+    spawn_server,
     stop_process,
     vmrss_kib,
     wait_for_quiet_cores,
@@ -119,7 +119,7 @@ def running_server(name: str, cpu: int, tag: str) -> Iterator[RunningServer]:
     port = free_port()
     argv = ["taskset", "-c", str(cpu), *SERVERS[name], "--host", HOST, "--port", str(port)]
     argv += ["--keep-alive-timeout", KEEP_ALIVE_SECONDS]
-    proc = start_logged(argv, log_path)
+    proc = spawn_server(argv, log_path)
     server = RunningServer(name, proc, port, log_path)
     try:
         listening = f"listening on {HOST}:{port}"
