@@ -104,7 +104,9 @@ def bad_method() -> st.SearchStrategy[tuple[bytes, int]]:
 
 
 def bad_header_name() -> st.SearchStrategy[tuple[bytes, int]]:
-    return st.tuples(st.text("xyz-", min_size=1, max_size=8), NOT_TOKEN).map(
+    # Not a colon: "x:a: b" is the header "x" with the value "a: b".
+    not_in_name = NOT_TOKEN.filter(lambda byte: byte != ord(":"))
+    return st.tuples(st.text("xyz-", min_size=1, max_size=8), not_in_name).map(
         lambda t: (
             b"GET / HTTP/1.1\r\nhost: test\r\n" + t[0].encode() + bytes([t[1]]) + b"a: b\r\n\r\n",
             400,
