@@ -7,8 +7,12 @@ stopping the whole run.
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
+import socket
 import sys
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -138,4 +142,32 @@ def idle_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=IDLE_JUMP_SECONDS)
 
 
-__all__ = ["connect", "echo", "open_fds", "server_port", "socket_pair", "started_server"]
+async def settle_kernel_queue(sock: socket.socket, max_seconds: float = 5.0) -> int:
+    """Wait until the bytes queued to be read on ``sock`` stop growing; return them.
+
+    ``wait_all_tasks_blocked`` says every task waits, not that the kernel has
+    delivered what was sent: on a busy machine loopback delivery runs in
+    ksoftirqd a moment later. A test that needs the receive queue full (the
+    sender blocked on a closed window) waits here too: three looks in a row,
+    5 ms apart, that find the same count (bounded by ``max_seconds``).
+    """
+    queued = array.array("i", [0])
+    last, same = -1, 0
+    with trio.move_on_after(max_seconds):
+        while same < 3:
+            fcntl.ioctl(sock.fileno(), termios.FIONREAD, queued)
+            same = same + 1 if queued[0] == last else 0
+            last = queued[0]
+            await trio.sleep(0.005)
+    return last
+
+
+__all__ = [
+    "connect",
+    "echo",
+    "open_fds",
+    "server_port",
+    "settle_kernel_queue",
+    "socket_pair",
+    "started_server",
+]
