@@ -4,13 +4,13 @@ operations wait or time out cleanly, and nothing is held afterwards."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import pytest
 import trio
 import trio.testing
 from conftest import started_server, zero_copy_echo
+from scenarios import echo_checked
 
 import millpond
 
@@ -95,26 +95,6 @@ async def test_a_refused_lease_waits_and_asks_again(
             pass
         assert trio.current_time() - start == faults.refused - refused  # one second each
     assert faults.refused > 0 and faults.drawn == 20 + faults.refused
-
-
-async def echo_checked(port: int, poller_name: str, seed: int, size: int) -> None:
-    """Send ``size`` bytes and check that the same bytes come back (SHA-256)."""
-    payload = hashlib.sha256(str(seed).encode()).digest() * (size // 32)
-    client = await millpond.open_connection(HOST, port, poller=poller_name)
-    received = hashlib.sha256()
-    count = 0
-    async with trio.open_nursery() as nursery:
-
-        async def send() -> None:
-            await client.send_all(payload)
-            await client.send_eof()
-
-        nursery.start_soon(send)
-        while chunk := await client.receive_some():
-            received.update(chunk)
-            count += len(chunk)
-    assert (count, received.digest()) == (len(payload), hashlib.sha256(payload).digest())
-    await client.aclose()
 
 
 @pytest.mark.parametrize("ratio", [0.3, 0.9])
