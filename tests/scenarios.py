@@ -1,7 +1,7 @@
 """What the hostile-client scenarios share: a well-behaved client that checks every byte it
 gets back, and a count of everything a server can leave behind (issue 16).
 
-A scenario takes ``Leftovers.of(server)`` once the server is up, lets its hostile clients
+A scenario takes ``await Leftovers.of(server)`` once the server is up, lets its hostile clients
 loose, and then asserts that a second count equals the first: no descriptor, task, poller
 registration, connection, lease or byte of budget more than before.
 """
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import trio
+import trio.testing
 from conftest import open_fds
 
 import millpond
@@ -43,8 +44,10 @@ class Leftovers:
     bytes_leased: int
 
     @classmethod
-    def of(cls, server: millpond.Server) -> Leftovers:
-        """Count now: /proc/self/fd, the run's tasks, the poller, the server, limiter and pool."""
+    async def of(cls, server: millpond.Server) -> Leftovers:
+        """Once every task is blocked, count: /proc/self/fd, the run's tasks, the poller's
+        registrations, the server's connections, the limiter and the pool."""
+        await trio.testing.wait_all_tasks_blocked()
         limiter, pool, poller = server.limiter, server.pool, server.poller
         assert limiter is not None and pool is not None and poller is not None
         limits = limiter.statistics()

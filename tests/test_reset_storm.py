@@ -88,7 +88,7 @@ async def test_a_reset_storm_leaves_nothing_behind_and_honest_clients_lose_nothi
     limiter = millpond.BufferLimiter(1024 * KIB)
     server, port = await started_server(nursery, storm_handler, poller_name, limiter=limiter)
     await trio.testing.wait_all_tasks_blocked()
-    before = Leftovers.of(server)
+    before = await Leftovers.of(server)
     with trio.fail_after(40):
         async with trio.open_nursery() as clients:
             clients.start_soon(run_storm, port, KINDS, RESETS_PER_KIND)
@@ -104,7 +104,7 @@ async def test_a_reset_storm_leaves_nothing_behind_and_honest_clients_lose_nothi
     assert statistics.connections_accepted == len(KINDS) * RESETS_PER_KIND + 10
     assert (closed["reset"], closed["eof"]) == (len(KINDS) * RESETS_PER_KIND, 10)
     assert statistics.setup_errors == 0
-    assert Leftovers.of(server) == before
+    assert await Leftovers.of(server) == before
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -114,14 +114,14 @@ async def test_each_kind_of_reset_closes_as_reset_and_holds_nothing(
     limiter = millpond.BufferLimiter(1024 * KIB)
     server, port = await started_server(nursery, storm_handler, poller_name, limiter=limiter)
     await trio.testing.wait_all_tasks_blocked()
-    before = Leftovers.of(server)
+    before = await Leftovers.of(server)
     with trio.fail_after(20):
         await run_storm(port, (kind,), 10)
         await settled(server)
     statistics = server.statistics()
     assert (statistics.closed["reset"], statistics.setup_errors) == (10, 0)
     assert statistics.connections_accepted == sum(statistics.closed.values())
-    assert Leftovers.of(server) == before
+    assert await Leftovers.of(server) == before
 
 
 async def test_a_client_reset_in_the_backlog_is_a_reset_not_a_setup_error(
