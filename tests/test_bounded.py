@@ -138,6 +138,7 @@ async def test_handler_timing_out_while_waiting_for_memory_is_closed_cleanly(
     assert statistics.tasks_waiting == 0 and statistics.timeouts == 1
     assert limiter.held_by(HOG) == limiter.bytes_in_use == 64 * KIB
     await client.aclose()
+    limiter.release_on_behalf_of(HOG, 64 * KIB)
 
 
 async def test_closing_needs_no_memory(poller_name: str) -> None:
