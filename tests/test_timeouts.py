@@ -23,7 +23,7 @@ async def closed_by_server(client: millpond.Connection) -> None:
 
 
 async def test_an_idle_connection_is_closed_after_idle_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(nursery, echo, poller_name, idle_timeout=30)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
@@ -35,7 +35,7 @@ async def test_an_idle_connection_is_closed_after_idle_timeout(
 
 
 async def test_traffic_keeps_a_connection_alive_past_idle_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(nursery, echo, poller_name, idle_timeout=30)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
@@ -50,7 +50,7 @@ async def test_traffic_keeps_a_connection_alive_past_idle_timeout(
 
 
 async def test_a_receive_waiting_too_long_is_a_read_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(nursery, echo, poller_name, read_timeout=5)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
@@ -62,7 +62,7 @@ async def test_a_receive_waiting_too_long_is_a_read_timeout(
 
 
 async def test_a_handler_busy_elsewhere_is_not_a_read_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     async def slow_thinker(stream: millpond.Connection) -> None:
         request = await stream.receive_some()
@@ -79,7 +79,7 @@ async def test_a_handler_busy_elsewhere_is_not_a_read_timeout(
 
 
 async def test_a_client_that_stops_reading_is_a_write_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     async def firehose(stream: millpond.Connection) -> None:
         while True:
@@ -99,7 +99,7 @@ async def test_a_client_that_stops_reading_is_a_write_timeout(
 
 
 async def test_a_deadline_stops_a_client_that_trickles(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     # Slowloris: a byte a second keeps any inactivity timeout happy; a
     # deadline for the whole request does not.
@@ -132,7 +132,7 @@ async def test_a_deadline_stops_a_client_that_trickles(
 
 
 async def test_a_deadline_moved_earlier_fires_at_the_new_time(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     async def changes_its_mind(stream: millpond.Connection) -> None:
         stream.deadline = trio.current_time() + 1000
@@ -150,7 +150,7 @@ async def test_a_deadline_moved_earlier_fires_at_the_new_time(
 
 
 async def test_a_deadline_moved_later_is_honoured(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     async def extends(stream: millpond.Connection) -> None:
         stream.deadline = trio.current_time() + 5
@@ -168,7 +168,7 @@ async def test_a_deadline_moved_later_is_honoured(
 
 
 async def test_a_connection_past_its_deadline_is_closed_without_memory(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     limiter = millpond.BufferLimiter(64 * 1024)
 
@@ -189,7 +189,7 @@ async def test_a_connection_past_its_deadline_is_closed_without_memory(
 
 
 async def test_timeouts_apply_to_many_connections_each_on_its_own_clock(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(nursery, echo, poller_name, idle_timeout=10)
     clients = []
