@@ -41,6 +41,7 @@ from typing import Any
 
 import trio
 import trio.testing
+from hostile_servers import all_tasks
 
 import millpond
 
@@ -510,16 +511,6 @@ async def memory(server: ServerProcess, args: argparse.Namespace) -> Figures:
 
 
 # --- millpond only, in this process ------------------------------------------------------------
-
-
-def all_tasks() -> int:
-    stack, count = [trio.lowlevel.current_root_task()], 0
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
 
 
 async def in_process_counts(server: millpond.Server) -> Figures:
