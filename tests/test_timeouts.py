@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -234,3 +236,27 @@ def test_a_deadline_must_be_a_number() -> None:
             connection.close()
 
     trio.run(check)
+
+
+async def test_connections_read_the_clock_trio_current_time_reads(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The reaper hands each connection the run clock's own current_time, a shortcut
+    # for trio.current_time() on the hot path: the two must agree (here on a MockClock).
+    from millpond.server.timeouts import Reaper, Timeouts
+
+    clocks = []
+
+    class Timed:
+        deadline = math.inf
+        _last_activity = 0.0
+        _receive_waiting_since = None
+        _send_blocked_since = None
+
+        def _start_timing(self, clock: object, deadline_changed: object) -> None:
+            clocks.append(clock)
+
+    Reaper(Timeouts(read=1.0)).watch(Timed(), trio.CancelScope())  # type: ignore[arg-type]
+    await trio.sleep(5)
+    assert callable(clocks[0])
+    assert clocks[0]() == trio.current_time()
