@@ -8,7 +8,7 @@ import logging
 import pytest
 import trio
 import trio.testing
-from conftest import echo, settle_kernel_queue, socket_pair
+from conftest import echo, settle_kernel_queue, socket_pair, zero_copy_echo
 
 import millpond
 from millpond.memory.ledger import _Ledger, read_request
@@ -138,6 +138,7 @@ async def test_handler_timing_out_while_waiting_for_memory_is_closed_cleanly(
     assert statistics.tasks_waiting == 0 and statistics.timeouts == 1
     assert limiter.held_by(HOG) == limiter.bytes_in_use == 64 * KIB
     await client.aclose()
+    limiter.release_on_behalf_of(HOG, 64 * KIB)
 
 
 async def test_closing_needs_no_memory(poller_name: str) -> None:
@@ -181,13 +182,6 @@ async def test_receive_buffer_lends_the_pooled_buffer_and_takes_it_back(
 
 
 async def test_receive_buffer_echo_server(poller_name: str, nursery: trio.Nursery) -> None:
-    async def zero_copy_echo(stream: millpond.Connection) -> None:
-        while True:
-            async with stream.receive_buffer() as buffer:
-                if not buffer.nbytes:
-                    return
-                await stream.send_all(buffer.view)
-
     limiter = millpond.BufferLimiter(1 << 20)
     server = pooled_server(zero_copy_echo, poller_name, limiter)
     await nursery.start(server.run)
