@@ -133,6 +133,31 @@ async def test_a_header_from_outside_the_allowed_networks_is_refused(
     assert server.statistics().closed["proxy_error"] == 1
 
 
+@pytest.mark.parametrize("mode", ["v1", "v2", "auto"])
+async def test_a_header_cut_short_by_eof_is_refused_at_once_not_at_the_timeout(
+    poller_name: str, nursery: trio.Nursery, mode: str
+) -> None:
+    # A peek never shows the EOF behind queued bytes: the server must ask the
+    # kernel whether the peer closed, not wait (or spin) until the timeout.
+    server, port = await started_server(
+        nursery, report_peer, poller_name, proxy_protocol=mode, proxy_header_timeout=3600
+    )
+    whole = build_v1(CLIENT, SERVER) if mode == "v1" else build_v2(CLIENT, SERVER)
+    client = await millpond.open_connection(HOST, port, poller=poller_name)
+    async with client:
+        await client.send_all(whole[: len(whole) // 2])
+        await trio.testing.wait_all_tasks_blocked()  # the server has seen half
+        await client.send_eof()
+        with trio.fail_after(10):  # the timeout is an hour away
+            try:
+                assert await client.receive_some() == b""
+            except trio.BrokenResourceError:
+                pass
+            while server.statistics().connections_active:
+                await trio.sleep(0.01)
+    assert server.statistics().closed["proxy_error"] == 1
+
+
 async def test_no_header_when_one_is_required_is_closed_at_the_timeout(
     poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:

@@ -15,7 +15,7 @@ import socket
 import pytest
 import trio
 import trio.testing
-from conftest import socket_pair
+from conftest import settle_kernel_queue, socket_pair
 
 import millpond
 
@@ -41,24 +41,19 @@ def fill_kernel_queue(sock: socket.socket) -> None:
     raise AssertionError(f"{sock!r} accepted {MAX_FILL_SENDS} chunks without EAGAIN")
 
 
-async def clog_kernel_queue(sock: socket.socket) -> None:
-    """Fill until the socket stays unwritable: the peer's window is full, nothing drains.
+async def clog_kernel_queue(sock: socket.socket, peer: socket.socket) -> None:
+    """Fill until nothing more can move: ``sock`` unwritable with ``peer``'s queue settled.
 
-    One fill to EAGAIN is not enough on a busy machine: the kernel may still
-    transmit part of the queue a moment later (loopback delivery deferred to
-    ksoftirqd, the peer's window not yet full), and the socket turns writable
-    on its own, which Trio's clogged-stream check would take for a wake-up
-    without a reader. So fill again until three looks in a row find it clogged.
+    One fill to EAGAIN is not enough on a busy machine: loopback delivery runs
+    in ksoftirqd a moment later and the peer's window may not be full yet, so
+    the socket turns writable on its own, which Trio's clogged-stream check
+    would take for a wake-up without a reader. So fill, wait until the peer's
+    receive queue stops growing, and fill again until it stays unwritable.
     """
-    clogged_looks = 0
     for _ in range(MAX_FILL_ATTEMPTS):
         fill_kernel_queue(sock)
-        await trio.sleep(0.005)
-        if kernel_says_writable(sock):
-            clogged_looks = 0
-            continue
-        clogged_looks += 1
-        if clogged_looks == 3:
+        await settle_kernel_queue(peer)
+        if not kernel_says_writable(sock):
             return
     raise AssertionError(f"{sock!r} kept draining after {MAX_FILL_ATTEMPTS} fills")
 
@@ -114,8 +109,8 @@ async def test_connection_passes_trio_suite_when_clogged_through_raw_socket(
 
     async def clogged_stream_maker() -> tuple[millpond.Connection, millpond.Connection]:
         left, right = await stream_maker()
-        await clog_kernel_queue(left.socket)
-        await clog_kernel_queue(right.socket)
+        await clog_kernel_queue(left.socket, right.socket)
+        await clog_kernel_queue(right.socket, left.socket)
         return left, right
 
     with trio.fail_after(30):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import select
 import socket
 from collections.abc import Iterable, Sequence
 from typing import Final, Literal, TypeAlias
@@ -148,15 +149,38 @@ async def read_header(
     if header is None:
         with trio.move_on_after(float("inf") if timeout is None else timeout):
             while header is None:
+                before = fed
                 if registration.readable:  # a full peek, and still not a header
                     await trio.lowlevel.checkpoint()
                 else:  # EAGAIN or a short peek: wait for more bytes
                     await registration.wait_readable()
                 header, fed = _read_queued(parser, registration, fed)
+                if header is None and fed == before:
+                    # Woken with nothing new. A peek never shows the EOF behind
+                    # queued bytes, and a level-triggered poller (or a sticky
+                    # hang-up) wakes again at once: ask the kernel whether the
+                    # peer has closed, and otherwise poll instead of spinning.
+                    if _peer_closed(connection.socket):
+                        parser.feed_eof()  # raises: closed before the header ended
+                    await trio.sleep(_NO_PROGRESS_POLL_SECONDS)
         if header is None:
             raise ProxyProtocolError(f"no complete PROXY header within {timeout:g} s")
     connection._set_proxy_header(header)
     return header
+
+
+# How often a header that stopped short is looked at again (see read_header).
+_NO_PROGRESS_POLL_SECONDS: Final = 0.005
+_POLLRDHUP: Final = getattr(select, "POLLRDHUP", 0x2000)
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the peer has shut down its sending side (or the socket failed): one poll(2)."""
+    poller = select.poll()
+    poller.register(sock, _POLLRDHUP)
+    return any(
+        events & (_POLLRDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0)
+    )
 
 
 def _read_queued(
