@@ -54,6 +54,14 @@ DEFAULT_RECEIVE_SIZE: Final = 65536
 # "the queue is short", not "the 4 MiB send buffer has a byte free".
 NOTSENT_LOWAT: Final = 16384
 
+# How much a connection may read without its socket draining before its reads
+# count as a backlog (data that was waiting before the handler asked: a bulk
+# upload, or a flood that never reads its answers), which under memory pressure
+# waits for the budget below the pressure mark (docs/memory.md). 16 KiB is
+# HAProxy's default buffer (tune.bufsize): a request up to that size, read in
+# any number of pieces, counts as what the peer just sent.
+BACKLOG_ALLOWANCE: Final = 4096
+
 # Linux's value, for Pythons whose socket module does not export it.
 _TCP_NOTSENT_LOWAT: Final = getattr(
     socket, "TCP_NOTSENT_LOWAT", 25 if sys.platform == "linux" else None
@@ -124,6 +132,7 @@ class Connection(trio.abc.HalfCloseableStream):
     """
 
     __slots__ = (
+        "_run_bytes",
         "_bytes_received",
         "_bytes_sent",
         "_clock",
@@ -211,6 +220,12 @@ class Connection(trio.abc.HalfCloseableStream):
         self._held_read = 0
         # What a read may take beyond a spent budget (see _read_now): 0 waits instead.
         self._guaranteed_read = guaranteed_read
+        # Bytes read since the socket last drained (a read that did not fill its
+        # buffer): beyond BACKLOG_ALLOWANCE the connection reads a backlog (data that
+        # was waiting before it asked: a bulk upload, or a flood), and such a read
+        # yields the budget above the pressure mark and gets no guaranteed read
+        # (docs/memory.md, "A flood cannot crowd out a prompt client").
+        self._run_bytes = 0
         # The cancel scope around a wait for memory, so that close() can end
         # it (a task waiting in the limiter is not parked on the socket).
         self._receive_memory_wait: trio.CancelScope | None = None
@@ -454,7 +469,9 @@ class Connection(trio.abc.HalfCloseableStream):
                 if ledger is None:  # a pool that charges no limiter
                     size = preferred
                 else:
-                    size = take_read(ledger, self, preferred, minimum)
+                    size = take_read(
+                        ledger, self, preferred, minimum, self._run_bytes > BACKLOG_ALLOWANCE
+                    )
                     if not size:
                         size = self._guaranteed(ledger, minimum)
                         if not size:
@@ -476,6 +493,7 @@ class Connection(trio.abc.HalfCloseableStream):
             raise self._stream_error(exc) from exc
         if received > 0:
             data = scratch[:received] if size <= MAX_CLASS_BYTES else large  # type: ignore[index]
+            self._run_bytes = self._run_bytes + received if received == size else 0
             self._bytes_received += received
             if self._clock is not None:
                 self._last_activity = self._clock()
@@ -489,6 +507,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 self._shrink_pending = False
             return data  # type: ignore[return-value]
         self._give_back_read(size)  # EAGAIN or EOF: nothing is held after all
+        self._run_bytes = 0  # drained: the next bytes are what the peer sends next
         if received < 0:
             return 0
         self._eof_received = True
@@ -508,7 +527,7 @@ class Connection(trio.abc.HalfCloseableStream):
         per connection reading at once (docs/memory.md).
         """
         guaranteed = self._guaranteed_read
-        if not guaranteed or self in ledger.held:
+        if not guaranteed or self._run_bytes > BACKLOG_ALLOWANCE or self in ledger.held:
             return 0
         size = min(guaranteed, minimum)
         self._limiter.charge_on_behalf_of(self, size)  # type: ignore[union-attr]
@@ -581,8 +600,9 @@ class Connection(trio.abc.HalfCloseableStream):
     async def _wait_for_memory(self, minimum: int) -> int:
         # The budget is spent or others wait first: queue (FIFO, cancellable;
         # the bytes wait in the kernel meanwhile) until a read is charged.
+        backlog = self._run_bytes > BACKLOG_ALLOWANCE
         return await self._unless_closed(
-            self._limiter.acquire_read(self, minimum)  # type: ignore[union-attr]
+            self._limiter.acquire_read(self, minimum, backlog=backlog)  # type: ignore[union-attr]
         )
 
     async def _lease_waiting(self, max_bytes: int) -> Buffer:
@@ -907,4 +927,3 @@ class Connection(trio.abc.HalfCloseableStream):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._sock.fileno()}"
         return f"<millpond.Connection {state} poller={self._poller.name}>"
-

@@ -200,7 +200,7 @@ class BufferLimiter:
 
     def __repr__(self) -> str:
         ledger = self._ledger
-        waiting = len(ledger.privileged) + len(ledger.ordinary)
+        waiting = ledger.waiters
         return (
             f"<millpond.BufferLimiter at {id(self):#x}, {ledger.in_use}/{ledger.total} bytes "
             f"in use, {waiting} waiting>"
@@ -381,31 +381,41 @@ class BufferLimiter:
             return
         self._wake(self._ledger.transfer(from_owner, to_owner, nbytes))
 
-    def acquire_read_nowait(self, owner: object, preferred: int, minimum: int) -> int:
+    def acquire_read_nowait(
+        self, owner: object, preferred: int, minimum: int, *, backlog: bool = False
+    ) -> int:
         """Take bytes for a socket read now if that needs no wait; returns how many, or 0.
 
         ``preferred`` normally, ``minimum`` under pressure (Linux shrinks what a
         socket may buffer above ``tcp_mem[1]`` the same way); 0 means even that
-        would have to wait (or barge): queue with :meth:`acquire_on_behalf_of`.
-        The reader's hot path, with :meth:`release_read`: call both on the
-        Trio thread. Arguments are not checked here (the caller owns them).
+        would have to wait (or barge): queue with :meth:`acquire_read`.
+        ``backlog=True`` says the data was already waiting before the reader
+        asked (its last read filled its buffer): from an owner that holds
+        nothing, such a read gets only the budget below :attr:`pressure_bytes`
+        (see ``docs/limiter.md``, "Backlog reads"). The reader's hot path, with
+        :meth:`release_read`: call both on the Trio thread. Arguments are not
+        checked here (the caller owns them).
         """
         if threading.get_ident() != self._home and not self._at_home():
             raise RuntimeError("acquire_read_nowait must be called on the Trio thread")
-        return take_read(self._ledger, owner, preferred, minimum)
+        return take_read(self._ledger, owner, preferred, minimum, backlog)
 
-    async def acquire_read(self, owner: object, minimum: int) -> int:
+    async def acquire_read(self, owner: object, minimum: int, *, backlog: bool = False) -> int:
         """Wait (FIFO, cancellable) for a socket read's charge; returns the bytes charged.
 
         The reader's slow path, after :meth:`acquire_read_nowait` said 0: it queues for
         ``minimum``, or for less when the budget is smaller than that (``total_bytes -
         reserved_bytes``), and a change of ``total_bytes`` while it waits makes it queue again
-        for what still fits instead of raising. Cancelled, it holds nothing more.
+        for what still fits instead of raising. Cancelled, it holds nothing more. A
+        ``backlog`` read (see :meth:`acquire_read_nowait`) waits in the backlog queue, served
+        after every other waiter and only below :attr:`pressure_bytes`.
         """
+        if not isinstance(backlog, bool):
+            raise TypeError(f"backlog must be a bool, not {type(backlog).__name__}")
         while True:
             nbytes = read_wait_bytes(self._ledger, minimum)
             try:
-                await self.acquire_on_behalf_of(owner, nbytes)
+                await self._acquire(owner, nbytes, backlog)
             except _Refused:
                 continue
             return nbytes
@@ -467,6 +477,11 @@ class BufferLimiter:
         """
         if type(nbytes) is not int or nbytes <= 0:
             nbytes = _checked_nbytes(nbytes)
+        await self._acquire(owner, nbytes, False)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _acquire(self, owner: object, nbytes: int, backlog: bool) -> None:
+        # acquire_on_behalf_of, for a checked nbytes, and for backlog reads too.
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
         except RuntimeError:
@@ -475,10 +490,10 @@ class BufferLimiter:
         if threading.get_ident() != self._home or not self._ledger.in_use:
             self._at_home()  # inside Trio this binds the limiter to this run, or raises
         ledger = self._ledger
-        if ledger.take(owner, nbytes):
+        if ledger.take(owner, nbytes, backlog):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return
-        waiter = ledger.enqueue(owner, nbytes)
+        waiter = ledger.enqueue(owner, nbytes, backlog)
         waiter.task = trio.lowlevel.current_task()
 
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
@@ -568,7 +583,7 @@ class BufferLimiter:
             bytes_in_use=ledger.in_use,
             bytes_available=max(0, ledger.total - ledger.in_use),
             peak_bytes_in_use=ledger.peak,
-            tasks_waiting=len(ledger.privileged) + len(ledger.ordinary),
+            tasks_waiting=ledger.waiters,
             bytes_waited_for=ledger.bytes_waited_for,
             grants=ledger.grants,
             timeouts=ledger.timeouts,
