@@ -401,6 +401,7 @@ class Config:
     retries: int = 2
     scenarios: list[Scenario] = field(default_factory=list)
     churn_parallel: int = 100
+    loadgen_prefix: Sequence[str] = ()  # e.g. ("nice", "-n", "-5") before taskset
 
 
 def reset_signals() -> None:
@@ -478,7 +479,7 @@ def start_loadgen(cfg: Config, args: Sequence[str], stdin: int) -> subprocess.Po
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with open(LOG_DIR / f"loadgen-{args[0]}.stderr", "wb") as errf:
         return subprocess.Popen(
-            ["taskset", "-c", str(cfg.client_cpu), str(cfg.loadgen), *args],
+            [*cfg.loadgen_prefix, "taskset", "-c", str(cfg.client_cpu), str(cfg.loadgen), *args],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=errf,

@@ -25,6 +25,7 @@ import argparse
 import datetime as dt
 import importlib
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -88,12 +89,16 @@ class Bench:
     runs: int
     quiet_wait: float
     results: Path | None
+    nice: int = 0  # of the server and the attack's load generator
+    client_boost: int = 0  # the well-behaved client runs at nice - client_boost
     command: str = ""  # how this run was started, for the report
     env: Row = field(default_factory=dict)  # echo_compare.environment_info()
     common: Row = field(default_factory=dict)  # run_id, commit, scenario: on every JSON line
 
-    def config(self) -> Config:
-        """echo_compare's configuration, for its process helpers (only these fields matter)."""
+    def config(self, well_behaved: bool = False) -> Config:
+        """echo_compare's configuration, for its process helpers (only these fields matter);
+        ``well_behaved``: for the well-behaved client's load generator (its priority)."""
+        nice = self.nice - self.client_boost if well_behaved else self.nice
         return Config(
             servers=self.servers,
             loadgen=self.loadgen,
@@ -109,6 +114,7 @@ class Bench:
             startup_timeout=20.0,
             settle=0.0,
             results=None,
+            loadgen_prefix=("nice", "-n", str(nice)) if nice else (),
         )
 
     @contextmanager
@@ -135,7 +141,7 @@ class Bench:
         for ``duration`` s after ``warmup`` s: its rate and latency, the load generator's
         CPU%, the server's CPU% and both cores' busy% over the window."""
         args = ["echo", HOST, str(server.port), "1", str(size), str(duration), str(warmup)]
-        window = measure_window(self.config(), server, args, warmup + duration + 90)
+        window = measure_window(self.config(True), server, args, warmup + duration + 90)
         report = window["loadgen"]
         keys = ("msgs_per_s", "p50_us", "p99_us", "p999_us", "max_us", "msgs", "errors")
         return {**{key: report[key] for key in keys}, **window}
@@ -190,6 +196,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             default=30.0,
             help="before each measurement, wait up to S s for both cores to be idle",
         )
+        sub.add_argument(
+            "--nice",
+            type=int,
+            default=0,
+            help="nice value of the servers and the attack's load generator (below 0 needs "
+            "root: keeps other processes on the machine from disturbing the figures)",
+        )
+        sub.add_argument(
+            "--client-boost",
+            type=int,
+            default=5,
+            help="the well-behaved client runs this much higher in priority than the attack, "
+            "whose load generator shares its core: its figures then show the server, not "
+            "the two load generators' contention (0: same priority)",
+        )
         sub.add_argument("--results", type=Path, default=RESULTS, help="JSON lines output")
         sub.add_argument("--no-save", action="store_true", help="write no results")
         scenario.add_arguments(sub)
@@ -212,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(loadgen, int):
         return loadgen
     raise_nofile()
+    if min(args.nice, args.nice - args.client_boost) < 0 and os.geteuid() != 0:
+        log("not root: --nice and --client-boost cannot raise priorities; running at nice 0")
+        args.nice, args.client_boost = max(args.nice, 0), 0
+    if args.nice:
+        servers = {name: ["nice", "-n", str(args.nice), *argv] for name, argv in servers.items()}
     run_id = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     command = "python benchmarks/hostile.py " + " ".join(sys.argv[1:] if argv is None else argv)
     bench = Bench(
@@ -222,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs,
         quiet_wait=args.quiet_wait,
         results=None if args.no_save else args.results,
+        nice=args.nice,
+        client_boost=args.client_boost,
         command=command,
         env=environment_info(),
         common={"run_id": run_id, "commit": git_commit(), "scenario": args.scenario},

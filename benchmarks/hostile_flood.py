@@ -237,7 +237,9 @@ def report(
         f"(64 B, one in flight; {args.duration:g} s window after {args.warmup:g} s warm-up, "
         f"{args.flood_settle:g} s into the flood); millpond servers with --budget-mib "
         f"{args.budget_mib}; server on CPU {bench.server_cpu}, both load generators on CPU "
-        f"{bench.client_cpu}; medians of {bench.runs} interleaved round(s), ratios per round",
+        f"{bench.client_cpu}; server and flood at nice {bench.nice}, the well-behaved client "
+        f"at nice {bench.nice - bench.client_boost}; medians of {bench.runs} interleaved "
+        "round(s), ratios per round",
         "",
     ]
     headers = ["server", *(c[0] for c in COLUMNS), "runs"]

@@ -251,3 +251,26 @@ async def test_a_connection_reading_a_backlog_gets_no_guaranteed_read(poller_nam
     assert limiter.statistics().peak_bytes_in_use > limiter.total_bytes  # past the total
     for stream in (left, right, other_left, other_right):
         await stream.aclose()
+
+
+async def test_closing_a_connection_ends_its_wait_for_memory(poller_name: str) -> None:
+    limiter = millpond.BufferLimiter(64 * KIB)
+    left, right = await socket_pair(poller_name, millpond.BufferPool(limiter))
+    limiter.acquire_on_behalf_of_nowait("hog", 64 * KIB)
+    await left.send_all(b"x")
+
+    async def receive() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await right.receive_some()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            await trio.testing.wait_all_tasks_blocked()
+            assert right.state == "waiting for memory"
+            right.close()  # from another task, as a server's timeouts do
+    assert limiter.statistics().tasks_waiting == 0
+    assert limiter.held_by(right) == 0
+    limiter.release_on_behalf_of("hog", 64 * KIB)
+    assert limiter.bytes_in_use == 0
+    await left.aclose()

@@ -57,9 +57,12 @@ NOTSENT_LOWAT: Final = 16384
 # How much a connection may read without its socket draining before its reads
 # count as a backlog (data that was waiting before the handler asked: a bulk
 # upload, or a flood that never reads its answers), which under memory pressure
-# waits for the budget below the pressure mark (docs/memory.md). 16 KiB is
-# HAProxy's default buffer (tune.bufsize): a request up to that size, read in
-# any number of pieces, counts as what the peer just sent.
+# waits for the budget below the pressure mark (docs/memory.md). 4 KiB is
+# Linux's tcp_rmem[0], what every socket may buffer even at the hard limit: a
+# request up to that size, read in any number of pieces, counts as what the
+# peer just sent. Larger, the flood's reads before it parks cost task steps
+# (16 KiB kept a well-behaved client at ~1 % of its rate for 4 s of a flood
+# of 1000, 4 KiB for about 1 s).
 BACKLOG_ALLOWANCE: Final = 4096
 
 # Linux's value, for Pythons whose socket module does not export it.
@@ -157,6 +160,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_read_minimum",
         "_read_minimum_index",
         "_receive_memory_wait",
+        "_waiting_for_memory",
         "_receiving",
         "_registration",
         "_scratch",
@@ -229,6 +233,8 @@ class Connection(trio.abc.HalfCloseableStream):
         # The cancel scope around a wait for memory, so that close() can end
         # it (a task waiting in the limiter is not parked on the socket).
         self._receive_memory_wait: trio.CancelScope | None = None
+        # A receive_some waiting in the limiter for a read's charge (see _receive).
+        self._waiting_for_memory = False
         # Counted always (statistics, the access log); cheap integer adds.
         self._bytes_received = 0
         self._bytes_sent = 0
@@ -281,7 +287,7 @@ class Connection(trio.abc.HalfCloseableStream):
         """
         if self._closed:
             return "closed"
-        if self._receive_memory_wait is not None:
+        if self._receive_memory_wait is not None or self._waiting_for_memory:
             return "waiting for memory"
         if self._sending:
             return "writing"
@@ -405,9 +411,20 @@ class Connection(trio.abc.HalfCloseableStream):
                     break
                 granted = 0
                 if data:
+                    # The budget is spent or others wait first: queue (FIFO, cancellable;
+                    # the bytes wait in the kernel meanwhile) until a read is charged.
+                    # Awaited right here, with no frame or cancel scope of its own: a
+                    # flood parks a thousand connections in this wait (close() ends it
+                    # through the limiter).
                     if self._clock is not None:
                         self._note_receive_waiting()
-                    granted = await self._wait_for_memory(data)
+                    self._waiting_for_memory = True
+                    try:
+                        granted = await self._limiter.acquire_read(  # type: ignore[union-attr]
+                            self, data, backlog=self._run_bytes > BACKLOG_ALLOWANCE
+                        )
+                    finally:
+                        self._waiting_for_memory = False
                     parked = True
             if not parked:
                 await SCHEDULE_POINT
@@ -596,14 +613,6 @@ class Connection(trio.abc.HalfCloseableStream):
         buffer.set_length(received)
         with buffer:
             yield buffer
-
-    async def _wait_for_memory(self, minimum: int) -> int:
-        # The budget is spent or others wait first: queue (FIFO, cancellable;
-        # the bytes wait in the kernel meanwhile) until a read is charged.
-        backlog = self._run_bytes > BACKLOG_ALLOWANCE
-        return await self._unless_closed(
-            self._limiter.acquire_read(self, minimum, backlog=backlog)  # type: ignore[union-attr]
-        )
 
     async def _lease_waiting(self, max_bytes: int) -> Buffer:
         """Lease receive_buffer's next buffer, waiting for memory (and for a budget that
@@ -859,6 +868,10 @@ class Connection(trio.abc.HalfCloseableStream):
         self._closed = True
         if self._receive_memory_wait is not None:
             self._receive_memory_wait.cancel()
+        if self._waiting_for_memory:
+            self._limiter._end_waits(  # type: ignore[union-attr]
+                self, trio.ClosedResourceError("this connection was closed")
+            )
         if self._held_read:
             self._release_held_read()
         self._poller.unregister(self._registration)

@@ -208,6 +208,12 @@ class _Ledger:
         """Requests waiting, in all three queues."""
         return len(self.privileged) + len(self.ordinary) + len(self.backlog)
 
+    def waiters_of(self, owner: object) -> list[_Waiter]:
+        """``owner``'s requests still waiting, in any queue."""
+        found = list(self.ordinary_by_owner.get(owner, ()))
+        found += [waiter for waiter in self.privileged if waiter.owner == owner]
+        return found
+
     def backlog_fits(self, nbytes: int) -> bool:
         """May a backlog request of ``nbytes`` be granted, as far as the bytes go?"""
         return self.in_use + nbytes <= self.pressure_bytes or not self.in_use

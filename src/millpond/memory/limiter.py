@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -400,7 +400,9 @@ class BufferLimiter:
             raise RuntimeError("acquire_read_nowait must be called on the Trio thread")
         return take_read(self._ledger, owner, preferred, minimum, backlog)
 
-    async def acquire_read(self, owner: object, minimum: int, *, backlog: bool = False) -> int:
+    def acquire_read(
+        self, owner: object, minimum: int, *, backlog: bool = False
+    ) -> Coroutine[object, None, int]:
         """Wait (FIFO, cancellable) for a socket read's charge; returns the bytes charged.
 
         The reader's slow path, after :meth:`acquire_read_nowait` said 0: it queues for
@@ -412,13 +414,9 @@ class BufferLimiter:
         """
         if not isinstance(backlog, bool):
             raise TypeError(f"backlog must be a bool, not {type(backlog).__name__}")
-        while True:
-            nbytes = read_wait_bytes(self._ledger, minimum)
-            try:
-                await self._acquire(owner, nbytes, backlog)
-            except _Refused:
-                continue
-            return nbytes
+        # Not ``async def``: the waiting reader's stack is _acquire's frame alone, which
+        # matters when a flood parks a thousand connections here.
+        return self._acquire(owner, 0, backlog, minimum)
 
     async def _wait_for_resize(self) -> None:
         """Wait until ``total_bytes`` changes (for a request that cannot fit until it grows)."""
@@ -477,11 +475,12 @@ class BufferLimiter:
         """
         if type(nbytes) is not int or nbytes <= 0:
             nbytes = _checked_nbytes(nbytes)
-        await self._acquire(owner, nbytes, False)
+        await self._acquire(owner, nbytes, False, 0)
 
     @trio.lowlevel.enable_ki_protection
-    async def _acquire(self, owner: object, nbytes: int, backlog: bool) -> None:
-        # acquire_on_behalf_of, for a checked nbytes, and for backlog reads too.
+    async def _acquire(self, owner: object, nbytes: int, backlog: bool, read_minimum: int) -> int:
+        # acquire_on_behalf_of for a checked nbytes; with read_minimum, acquire_read: the
+        # request is read_wait_bytes(read_minimum), asked again when a resize refuses it.
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
         except RuntimeError:
@@ -490,19 +489,30 @@ class BufferLimiter:
         if threading.get_ident() != self._home or not self._ledger.in_use:
             self._at_home()  # inside Trio this binds the limiter to this run, or raises
         ledger = self._ledger
-        if ledger.take(owner, nbytes, backlog):
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
-        waiter = ledger.enqueue(owner, nbytes, backlog)
-        waiter.task = trio.lowlevel.current_task()
+        while True:
+            if read_minimum:
+                nbytes = read_wait_bytes(ledger, read_minimum)
+            if ledger.take(owner, nbytes, backlog):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return nbytes
+            waiter = ledger.enqueue(owner, nbytes, backlog)
+            waiter.task = trio.lowlevel.current_task()
 
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            # Still queued (Trio only calls this before reschedule()): leave the queue, and
-            # let whoever was behind us go if we were what blocked them.
-            self._wake(ledger.withdraw(waiter))
-            return trio.lowlevel.Abort.SUCCEEDED
+            def abort(
+                _: trio.lowlevel.RaiseCancelT, waiter: _Waiter = waiter
+            ) -> trio.lowlevel.Abort:
+                # Still queued (Trio only calls this before reschedule()): leave the queue,
+                # and let whoever was behind us go if we were what blocked them.
+                self._wake(ledger.withdraw(waiter))
+                return trio.lowlevel.Abort.SUCCEEDED
 
-        await trio.lowlevel.wait_task_rescheduled(abort)
+            try:
+                await trio.lowlevel.wait_task_rescheduled(abort)
+            except _Refused:
+                if read_minimum:
+                    continue  # a read asks again for what still fits
+                raise
+            break
         # The ledger already counts the bytes as ours: the handoff happened inside a release
         # (or a resize, or somebody else's withdrawal) while we were parked, so no newcomer
         # could take them. But our scope may have been cancelled between that handoff and
@@ -514,6 +524,20 @@ class BufferLimiter:
         except BaseException:
             self._wake(ledger.give_back(waiter))
             raise
+        return nbytes
+
+    @trio.lowlevel.enable_ki_protection
+    def _end_waits(self, owner: object, error: BaseException) -> None:
+        """Wake every request of ``owner`` still waiting with ``error``, holding nothing more.
+
+        How closing a connection ends its wait for a read's memory without a cancel scope
+        per wait (a flood parks a thousand of them). Call it on the Trio thread.
+        """
+        ledger = self._ledger
+        for waiter in ledger.waiters_of(owner):
+            self._wake(ledger.withdraw(waiter))
+            assert waiter.task is not None
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
 
     def reserve(self, nbytes: int) -> AbstractAsyncContextManager[None]:
         """An async context manager that acquires ``nbytes`` for the current task on entry,
