@@ -13,8 +13,18 @@ the two message rates is the ratio of their costs per message.
 Each command gets ``--host 127.0.0.1 --port <free port>`` appended. Every run starts both
 servers fresh, starts both load generators (C, pinned to ``--client-cpu``) together, and
 stops the servers by pid. Printed: per run, both rates, ``B/A``, each server's CPU% (about
-50 % each when both are saturated) and the load generators' CPU%; then the median ratio
-with its range. Nothing is written to disk.
+50 % each when both are saturated), its CPU time per message (per connection in churn) and
+the load generators' CPU%; then the median ratio and the median difference in CPU time per
+message, B minus A, each with its range. Nothing is written to disk.
+
+``--mode churn`` runs the load generator's churn scenario instead of echo (``--conns``
+slots, each: connect, one 64-byte echo, close): then a "message" is a whole connection.
+``--a-proxy v2`` (or ``v1``; also ``--b-proxy``) makes that side's load generator start every
+connection with a PROXY protocol header, for a server run with ``--proxy-protocol``:
+
+    python benchmarks/ab_compare.py --mode churn \\
+        --a "python -m millpond.cli serve examples/echo.py:echo" \\
+        --b "python -m millpond.cli serve examples/echo.py:echo --proxy-protocol v2" --b-proxy v2
 """
 
 from __future__ import annotations
@@ -72,12 +82,12 @@ def one_run(args: argparse.Namespace, b_first: bool) -> tuple[dict[str, float], 
             raise SystemExit("a server did not start listening; run its command by hand")
         order = (1, 0) if b_first else (0, 1)
         loadgens: dict[int, subprocess.Popen[bytes]] = {}
+        proxies = (args.a_proxy, args.b_proxy)
         for i in order:
             loadgens[i] = subprocess.Popen(
                 [
-                    "taskset", "-c", str(args.client_cpu), str(LOADGEN_BIN), "echo", HOST,
-                    str(ports[i]), str(args.conns), str(args.size), str(args.duration),
-                    str(args.warmup), str(args.inflight),
+                    "taskset", "-c", str(args.client_cpu), str(LOADGEN_BIN),
+                    *loadgen_arguments(args, ports[i], proxies[i]),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -96,12 +106,24 @@ def one_run(args: argparse.Namespace, b_first: bool) -> tuple[dict[str, float], 
             server_pct = 100 * (ticks_after[i] - ticks_before[i]) / TICKS_PER_S / args.duration
             results.append(
                 {"msgs_per_s": row["msgs_per_s"], "client_pct": row["cpu_pct"],
-                 "server_pct": server_pct}
+                 "server_pct": server_pct, "failures": row.get("failures", 0),
+                 "server_us": server_pct / 100 / row["msgs_per_s"] * 1e6
+                 if row["msgs_per_s"] else float("nan")}
             )  # fmt: skip
         return tuple(results)
     finally:
         for server in servers:
             stop_process(server)
+
+
+def loadgen_arguments(args: argparse.Namespace, port: int, proxy: str) -> list[str]:
+    """The load generator's command line (after its path) for one server."""
+    header = [] if proxy == "off" else ["--proxy", proxy]
+    window = [str(args.duration), str(args.warmup)]
+    if args.mode == "churn":
+        return [*header, "churn", HOST, str(port), str(args.conns), *window]
+    sizes = [str(args.conns), str(args.size)]
+    return [*header, "echo", HOST, str(port), *sizes, *window, str(args.inflight)]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -117,6 +139,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--inflight", type=int, default=1, help="messages in flight per conn")
     parser.add_argument("--server-cpu", type=int, default=0, help="core both servers share")
     parser.add_argument("--client-cpu", type=int, default=1, help="core of the load generators")
+    parser.add_argument(
+        "--mode", choices=("echo", "churn"), default="echo",
+        help="echo: --conns connections, --size B messages; churn: --conns slots of "
+        "connect, one 64 B echo, close (--size and --inflight do not apply)",
+    )  # fmt: skip
+    for side in ("a", "b"):
+        parser.add_argument(
+            f"--{side}-proxy", choices=("off", "v1", "v2"), default="off",
+            help=f"server {side.upper()}'s load generator starts each connection with a "
+            "PROXY header of this version",
+        )  # fmt: skip
     args = parser.parse_args(argv)
     for name in ("runs", "conns", "size", "inflight"):
         if getattr(args, name) < 1:
@@ -133,22 +166,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("SKIPPED: no C compiler for the load generator")
         return 0
     raise_nofile()
-    print(f"A: {args.a}\nB: {args.b}")
-    print(f"{args.conns} connections x {args.size} B, {args.inflight} in flight each")
-    ratios = []
+    print(f"A: {args.a} (PROXY header: {args.a_proxy})\nB: {args.b} (PROXY header: {args.b_proxy})")
+    if args.mode == "churn":
+        print(f"churn: {args.conns} slots of connect, one 64 B echo, close")
+        unit = "conns/s"
+    else:
+        print(f"{args.conns} connections x {args.size} B, {args.inflight} in flight each")
+        unit = "msgs/s"
+    ratios, extra_us = [], []
     for run in range(args.runs):
         a, b = one_run(args, b_first=run % 2 == 1)
         ratio = b["msgs_per_s"] / a["msgs_per_s"]
         ratios.append(ratio)
+        extra_us.append(b["server_us"] - a["server_us"])
+        failures = f"  failures {a['failures']}+{b['failures']}" if args.mode == "churn" else ""
         print(
-            f"run {run + 1:2d}  A {a['msgs_per_s']:9,.0f}  B {b['msgs_per_s']:9,.0f} msgs/s  "
+            f"run {run + 1:2d}  A {a['msgs_per_s']:9,.0f}  B {b['msgs_per_s']:9,.0f} {unit}  "
             f"B/A {ratio:.3f}  server CPU% A {a['server_pct']:.0f} B {b['server_pct']:.0f}  "
-            f"client CPU% {a['client_pct']:.0f}+{b['client_pct']:.0f}",
+            f"server us each A {a['server_us']:.1f} B {b['server_us']:.1f}  "
+            f"client CPU% {a['client_pct']:.0f}+{b['client_pct']:.0f}{failures}",
             flush=True,
         )
     print(
         f"B/A median {statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}] "
         f"over {len(ratios)} runs"
+    )
+    print(
+        f"B-A server CPU us per {unit.removesuffix('/s')[:-1]}: median "
+        f"{statistics.median(extra_us):+.1f} [{min(extra_us):+.1f} to {max(extra_us):+.1f}]"
     )
     return 0
 

@@ -43,11 +43,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -83,6 +83,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 STOP_TIMEOUT_S = 5.0
 
 Row = dict[str, Any]
+T = TypeVar("T")  # what follow_loadgen samples at the markers
 
 
 class BenchError(Exception):
@@ -419,6 +420,21 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def spawn_server(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server process from the repository's root, its output to ``log_path``."""
+    with open(log_path, "wb") as logf:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env=server_env(),
+            cwd=ROOT,
+            start_new_session=True,  # Ctrl-C of the runner must not hit it directly
+            preexec_fn=reset_signals,
+        )
+
+
 @contextmanager
 def running_server(
     cfg: Config, name: str, scenario: str, extra: Sequence[str] = ()
@@ -432,17 +448,7 @@ def running_server(
         port = free_port()
         argv = ["taskset", "-c", str(cfg.server_cpu), *cfg.servers[name], *extra]
         argv += ["--host", HOST, "--port", str(port)]
-        with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                env=server_env(),
-                cwd=ROOT,
-                start_new_session=True,  # Ctrl-C of the runner must not hit it directly
-                preexec_fn=reset_signals,
-            )
+        proc = spawn_server(argv, log_path)
         server = RunningServer(name, proc, port, log_path)
         if wait_listening(cfg, server):
             break
@@ -604,29 +610,25 @@ def build_scenarios(names: Sequence[str], args: argparse.Namespace) -> list[Scen
     return [table[n] for n in names]
 
 
-def measure_window(cfg: Config, server: RunningServer, args: Sequence[str], timeout: float) -> Row:
-    """Run the load generator in a mode that prints '# measure start' / '# measure end' and a
-    JSON line (echo, churn); sample the server's CPU time, both cores and the server's RSS at
-    the markers. Returns the figures common to echo and churn rows."""
-    mode = args[0]
-    proc = start_loadgen(cfg, args, subprocess.DEVNULL)
+def follow_loadgen(
+    proc: subprocess.Popen[bytes], deadline: float, sample: Callable[[], T]
+) -> tuple[int, Row | None, T | None, T | None]:
+    """Read the load generator's output until it exits (stopping it at ``deadline``).
+
+    ``sample()`` is taken at its '# measure start' and '# measure end' lines.
+    Returns its exit status, its JSON line (None if it printed none) and the
+    two samples (None for a marker it never printed).
+    """
     reader = LineReader(proc)
-    deadline = time.monotonic() + timeout
-    t0 = t1 = 0.0
-    ticks0 = ticks1 = 0
-    rss = hwm = 0
-    cores = (cfg.server_cpu, cfg.client_cpu)
-    cores0 = cores1 = {c: (0, 0) for c in cores}
     result: Row | None = None
+    first: T | None = None
+    last: T | None = None
     try:
         while (line := reader.readline(deadline)) is not None:
             if line == "# measure start":
-                t0, ticks0 = time.monotonic(), cpu_ticks(server.pid)
-                cores0 = core_times(cores)
+                first = sample()
             elif line == "# measure end":
-                t1, ticks1 = time.monotonic(), cpu_ticks(server.pid)
-                cores1 = core_times(cores)
-                rss, hwm = vmrss_kib(server.pid), status_kib(server.pid, "VmHWM")
+                last = sample()
             elif line.startswith("{"):
                 result = json.loads(line)
         rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -634,11 +636,28 @@ def measure_window(cfg: Config, server: RunningServer, args: Sequence[str], time
         reader.close()
         if proc.poll() is None:
             stop_process(proc, signal.SIGTERM)
+    return rc, result, first, last
+
+
+def measure_window(cfg: Config, server: RunningServer, args: Sequence[str], timeout: float) -> Row:
+    """Run the load generator in a mode that prints '# measure start' / '# measure end' and a
+    JSON line (echo, churn); sample the server's CPU time, both cores and the server's RSS at
+    the markers. Returns the figures common to echo and churn rows."""
+    mode = args[0]
+    proc = start_loadgen(cfg, args, subprocess.DEVNULL)
+    cores = (cfg.server_cpu, cfg.client_cpu)
+
+    def sample() -> tuple[float, int, dict[int, tuple[int, int]], int, int]:
+        rss, hwm = vmrss_kib(server.pid), status_kib(server.pid, "VmHWM")
+        return time.monotonic(), cpu_ticks(server.pid), core_times(cores), rss, hwm
+
+    rc, result, first, last = follow_loadgen(proc, time.monotonic() + timeout, sample)
     server.check_alive()
     if rc == 2:
         raise BenchError(f"ECHO MISMATCH against {server.name}\n{loadgen_stderr(mode)}")
-    if rc != 0 or result is None or not t0 or not t1:
+    if rc != 0 or result is None or first is None or last is None:
         raise BenchError(f"loadgen {mode} failed (status {rc})\n{loadgen_stderr(mode)}")
+    (t0, ticks0, cores0, _rss, _hwm), (t1, ticks1, cores1, rss, hwm) = first, last
     window = t1 - t0
     server_cpu_s = (ticks1 - ticks0) / CLK_TCK
     server_cpu_pct = round(100.0 * server_cpu_s / window, 1) if window > 0 else 0.0

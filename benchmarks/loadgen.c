@@ -46,6 +46,16 @@
  *       EADDRNOTAVAIL, mismatches) are counted, the slot backs off 1 ms and reconnects;
  *       the run goes on.  Exit status 0, or 1 on usage/setup failure.
  *
+ *   loadgen --proxy v1|v2 MODE ...
+ *       Every connection starts with a PROXY protocol header (HAProxy's send-proxy /
+ *       send-proxy-v2), naming the connection's own source and destination as TCP4, as
+ *       a balancer would for its client: 45-ish bytes of text (v1) or 28 binary (v2).
+ *       echo: sent alone right after connecting, then 100 ms before the first messages
+ *       (the header of a long connection, before the client speaks); churn: in the same
+ *       send() as the 64-byte message (a balancer forwarding a client that spoke first).
+ *       The echo checks are unchanged: the server must consume the header.
+ *       idle and flood send no header.
+ *
  * Only IPv4 literal addresses are accepted (the benchmarks use 127.0.0.1).
  */
 #define _GNU_SOURCE
@@ -107,6 +117,48 @@ static void die(const char *what)
 {
     fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
     exit(1);
+}
+
+/* ------------------------------------------------------------------ PROXY header */
+
+static int g_proxy = 0; /* 0: none, 1: v1, 2: v2 (--proxy) */
+
+#define PROXY_MAX 108 /* a v1 line is at most 107 bytes; a TCP4 v2 header 28 */
+
+/* The PROXY header for a TCP4 connection from src to dst, into out; its length. */
+static size_t proxy_header(uint8_t *out, const struct sockaddr_in *src,
+                           const struct sockaddr_in *dst)
+{
+    if (g_proxy == 1) {
+        char a[INET_ADDRSTRLEN], b[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &src->sin_addr, a, sizeof a);
+        inet_ntop(AF_INET, &dst->sin_addr, b, sizeof b);
+        int n = snprintf((char *)out, PROXY_MAX, "PROXY TCP4 %s %s %u %u\r\n", a, b,
+                         ntohs(src->sin_port), ntohs(dst->sin_port));
+        return (size_t)n;
+    }
+    static const uint8_t signature[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
+                                          0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+    memcpy(out, signature, sizeof signature);
+    out[12] = 0x21; /* version 2, PROXY */
+    out[13] = 0x11; /* TCP over IPv4 */
+    out[14] = 0;
+    out[15] = 12; /* the address block: two addresses, two ports */
+    memcpy(out + 16, &src->sin_addr, 4);
+    memcpy(out + 20, &dst->sin_addr, 4);
+    memcpy(out + 24, &src->sin_port, 2);
+    memcpy(out + 26, &dst->sin_port, 2);
+    return 28;
+}
+
+/* The header for connected (or connecting) socket fd to dst; its length. */
+static size_t proxy_header_for(int fd, const struct sockaddr_in *dst, uint8_t *out)
+{
+    struct sockaddr_in src;
+    socklen_t len = sizeof src;
+    if (getsockname(fd, (struct sockaddr *)&src, &len) < 0)
+        die("getsockname");
+    return proxy_header(out, &src, dst);
 }
 
 static long parse_long(const char *s, const char *name, long min, long max)
@@ -508,6 +560,12 @@ static int run_echo(int argc, char **argv)
     for (long i = 0; i < conns; i++) {
         struct econn *c = &cs[i];
         c->fd = connect_blocking(&sa, connect_deadline);
+        if (g_proxy) {
+            uint8_t header[PROXY_MAX];
+            size_t len = proxy_header_for(c->fd, &sa, header);
+            if (send(c->fd, header, len, MSG_NOSIGNAL) != (ssize_t)len)
+                die("send PROXY header");
+        }
         int one = 1;
         if (setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
             die("setsockopt TCP_NODELAY");
@@ -542,6 +600,9 @@ static int run_echo(int argc, char **argv)
     uint64_t t_end = t_measure + (uint64_t)(duration * 1e9);
     uint64_t t_measure_real = 0, t_end_real = 0;
     uint64_t now = t_start;
+
+    if (g_proxy)
+        usleep(100000); /* the headers arrive alone, before the first messages */
 
     if (warmup == 0) {
         x.counting = 1;
@@ -941,7 +1002,9 @@ struct cconn {
     size_t off;
     uint64_t t0;
     uint64_t retry_at;
-    uint8_t expect[CHURN_SIZE];
+    uint8_t out[PROXY_MAX + CHURN_SIZE]; /* the PROXY header (--proxy), then expect */
+    size_t out_len;
+    uint8_t *expect; /* the message: inside out, after the header */
     uint8_t rbuf[CHURN_SIZE];
 };
 
@@ -1004,11 +1067,14 @@ static void churn_event(struct churn_ctx *x, struct cconn *c)
             churn_fail(x, c, now, &x->fail_connect);
             return;
         }
+        size_t header = g_proxy ? proxy_header_for(c->fd, x->sa, c->out) : 0;
+        c->expect = c->out + header;
+        c->out_len = header + CHURN_SIZE;
         fill_pattern(c->expect, CHURN_SIZE, c->id, c->seq);
         c->state = CH_SENDING;
     }
     if (c->state == CH_SENDING) {
-        ssize_t n = send(c->fd, c->expect + c->off, CHURN_SIZE - c->off, MSG_NOSIGNAL);
+        ssize_t n = send(c->fd, c->out + c->off, c->out_len - c->off, MSG_NOSIGNAL);
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             return;
         if (n <= 0) {
@@ -1016,7 +1082,7 @@ static void churn_event(struct churn_ctx *x, struct cconn *c)
             return;
         }
         c->off += (size_t)n;
-        if (c->off < CHURN_SIZE)
+        if (c->off < c->out_len)
             return;
         c->off = 0;
         c->state = CH_RECEIVING;
@@ -1146,6 +1212,19 @@ static int run_churn(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    if (argc >= 3 && strcmp(argv[1], "--proxy") == 0) {
+        if (strcmp(argv[2], "v1") == 0)
+            g_proxy = 1;
+        else if (strcmp(argv[2], "v2") == 0)
+            g_proxy = 2;
+        else {
+            fprintf(stderr, "loadgen: --proxy takes v1 or v2, not %s\n", argv[2]);
+            return 1;
+        }
+        argv[2] = argv[0];
+        argv += 2;
+        argc -= 2;
+    }
     if (argc >= 2 && strcmp(argv[1], "echo") == 0)
         return run_echo(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "idle") == 0)
@@ -1155,8 +1234,9 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "churn") == 0)
         return run_churn(argc, argv);
     fprintf(stderr,
-            "usage: loadgen echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S [INFLIGHT]]\n"
-            "       loadgen churn HOST PORT PARALLEL DURATION_S [WARMUP_S]\n"
+            "usage: loadgen [--proxy v1|v2] echo HOST PORT CONNS SIZE DURATION_S [WARMUP_S "
+            "[INFLIGHT]]\n"
+            "       loadgen [--proxy v1|v2] churn HOST PORT PARALLEL DURATION_S [WARMUP_S]\n"
             "       loadgen idle HOST PORT CONNS HOLD_S [RATE]\n"
             "       loadgen flood HOST PORT CONNS HOLD_S [RATE]\n");
     return 1;

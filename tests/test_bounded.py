@@ -107,7 +107,7 @@ async def test_read_waits_in_line_and_proceeds_when_memory_is_released(
 
 
 async def test_handler_timing_out_while_waiting_for_memory_is_closed_cleanly(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock,
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     limiter = millpond.BufferLimiter(64 * KIB)

@@ -268,7 +268,7 @@ async def test_release_from_a_worker_thread_returns_slot_and_capacity() -> None:
 
 
 async def test_trim_returns_idle_slabs_only_after_the_quiet_period(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     pool = BufferPool(trim_after=5.0)
     pool.lease_nowait(1024).release()
@@ -281,7 +281,7 @@ async def test_trim_returns_idle_slabs_only_after_the_quiet_period(
     assert (stats.bytes_reserved_by_slabs, stats.slabs_trimmed) == (0, 1)
 
 
-async def test_slab_in_use_again_is_not_trimmed(autojump_clock: trio.testing.MockClock) -> None:
+async def test_slab_in_use_again_is_not_trimmed(idle_clock: trio.testing.MockClock) -> None:
     pool = BufferPool(trim_after=5.0)
     pool.lease_nowait(1024).release()
     await trio.sleep(4.0)
@@ -291,7 +291,7 @@ async def test_slab_in_use_again_is_not_trimmed(autojump_clock: trio.testing.Moc
 
 
 async def test_idle_slabs_are_trimmed_lazily_as_buffers_come_and_go(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     pool = BufferPool(trim_after=5.0)
     first, second = pool.lease_nowait(64 * KiB), pool.lease_nowait(64 * KiB)
@@ -1004,3 +1004,37 @@ async def test_a_failed_mmap_gives_back_its_charge_and_leaves_the_pool_as_it_was
     held.release()
     with pool.lease_nowait(nbytes):  # and the pool still works
         pass
+
+
+# -- what is outstanding -------------------------------------------------------------------
+
+
+async def test_tracked_leases_name_the_site_of_each_lease_not_yet_released() -> None:
+    pool = BufferPool(BufferLimiter(MiB), leak_detection="all")
+    kept = await pool.lease(1000)
+    line = sys._getframe().f_lineno - 1
+    pool.lease_nowait(4 * KiB).release()
+    (report,) = pool.tracked_leases()
+    assert (report.filename, report.lineno, report.capacity) == (__file__, line, KiB)
+    assert "test_tracked_leases_name_the_site" in report.task_name
+    kept.release()
+    assert pool.tracked_leases() == ()
+
+
+async def test_untracked_leases_are_not_listed() -> None:
+    pool = BufferPool(BufferLimiter(MiB), leak_detection="off")
+    kept = pool.lease_nowait(1000)
+    assert pool.tracked_leases() == ()
+    kept.release()
+
+
+async def test_slabs_trimmed_are_counted_per_size_class() -> None:
+    pool = BufferPool(BufferLimiter(MiB))
+    pool.lease_nowait(KiB).release()
+    pool.lease_nowait(64 * KiB).release()
+    pool.lease_nowait(64 * KiB).release()
+    assert pool.trim(force=True) == 2 * SLAB_BYTES
+    stats = pool.statistics()
+    trimmed = {c.size: c.slabs_trimmed for c in stats.size_classes}
+    assert trimmed[KiB] == 1 and trimmed[64 * KiB] == 1
+    assert sum(trimmed.values()) == stats.slabs_trimmed == 2

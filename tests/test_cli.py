@@ -218,8 +218,14 @@ async def serving(
     *,
     pass_fds: Sequence[int] = (),
     argv: Sequence[str] | None = None,
+    new_session: bool = False,
 ) -> AsyncIterator[Running]:
-    """Start the command (or ``argv``); on the way out, kill it if it is still running."""
+    """Start the command (or ``argv``); on the way out, kill it if it is still running.
+
+    With ``new_session`` it runs in a session (and process group) of its own,
+    so that a signal to its group reaches it and its children and nothing
+    else; on the way out the whole group is killed.
+    """
     process = await trio.lowlevel.open_process(
         list(argv) if argv is not None else command(*arguments),
         cwd=cwd,
@@ -228,6 +234,7 @@ async def serving(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         pass_fds=pass_fds,
+        start_new_session=new_session,
     )
     running = Running(process)
     try:
@@ -236,10 +243,15 @@ async def serving(
             yield running
             await running.exit_status()
     finally:
-        if process.returncode is None:
+        if new_session:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the group this test started, by its id
+            except ProcessLookupError:
+                pass
+        elif process.returncode is None:
             process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+        with trio.CancelScope(shield=True):
+            await process.wait()
 
 
 async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
@@ -638,8 +650,11 @@ async def test_serves_tls(app: Path, certificate: tuple[trustme.CA, Path, Path])
         stream = trio.SSLStream(tcp, client_context, server_hostname="localhost")
         payload = b"secret" * 50000
         async with stream:
-            await stream.send_all(payload)
-            assert await receive_exactly(stream, len(payload)) == payload
+            # Send and read at once: an echo of 300 KB written before any of it
+            # is read can fill both directions' buffers (a deadlock, not TLS's).
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stream.send_all, payload)
+                assert await receive_exactly(stream, len(payload)) == payload
         assert await stop(running) == 0, running.text()
 
 

@@ -114,7 +114,7 @@ async def _receive_in(scope: trio.CancelScope, stream: millpond.Connection) -> N
 
 
 async def test_receive_woken_then_timed_out_in_a_read_loop_answers_once_memory_is_back(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     # The issue's own scenario, with one client: a handler polls under a timeout.
     left, right, limiter = await starved_pair(poller_name)
@@ -254,8 +254,9 @@ async def test_a_request_arriving_during_a_shortage_is_answered_once_memory_is_b
         holder = await millpond.open_connection("127.0.0.1", port, poller=poller_name)
         await holder.send_all(b"H" + b"h" * 4000)
         holders.append(holder)
-    await trio.testing.wait_all_tasks_blocked()
-    assert limiter.pressure is millpond.Pressure.HARD
+    with trio.fail_after(10):  # loopback delivery may lag on a busy machine
+        while limiter.pressure is not millpond.Pressure.HARD:
+            await trio.sleep(0.01)
     await requester.send_all(b"ping")  # arrives during the shortage
     await trio.sleep(0.3)  # several timeouts go by
     holders_release.set()

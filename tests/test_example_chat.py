@@ -38,6 +38,7 @@ SLOW = 10
 MESSAGES = 160
 BURST = 16  # lines the sender writes at once
 HIGH_WATER = 8192
+SHUTDOWN_NOTICE = b"*** server shutting down\n"  # what chat.py queues on close
 LOW_WATER = 4096
 ROOM = b"test"
 
@@ -170,7 +171,7 @@ async def test_chat_delivers_everything_to_readers_and_drops_only_the_slow(polic
     for client in fast:
         assert client.lines_from(sender.name) == expected, client.name
         assert not any(b"messages dropped" in seen for seen in client.lines), client.name
-        assert b"*** server shutting down" in client.lines, client.name
+        assert SHUTDOWN_NOTICE.rstrip(b"\n") in client.lines, client.name
     output = chat.stdout.decode()
     assert returncode == 0, chat.output()
     assert "Traceback" not in chat.stderr.decode(), chat.output()
@@ -185,7 +186,9 @@ async def test_chat_delivers_everything_to_readers_and_drops_only_the_slow(polic
     dropped, slow_clients, disconnected, largest = map(int, summary.groups())
     assert dropped > 0 and slow_clients == SLOW
     assert disconnected == (SLOW if policy == "disconnect" else 0)
-    assert largest <= HIGH_WATER
+    # The outbox's promise: at most HIGH_WATER, or the shutdown notice more
+    # (close() queues it whatever the marks say; it may meet a full outbox).
+    assert largest <= HIGH_WATER + len(SHUTDOWN_NOTICE)
     assert peak_kib - joined_kib <= RSS_GROWTH_BOUND_KIB, (joined_kib, peak_kib)
     print(f"chat RSS: {joined_kib} KiB with every client in, peak {peak_kib} KiB ({policy})")
 

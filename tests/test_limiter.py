@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 
 import pytest
@@ -10,7 +11,12 @@ import trio
 import trio.testing
 from trio.testing import wait_all_tasks_blocked
 
-from millpond.memory.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
+from millpond.memory.limiter import (
+    WAIT_SECONDS_BUCKETS,
+    BufferLimiter,
+    BufferLimiterStatistics,
+    Pressure,
+)
 
 
 @dataclasses.dataclass
@@ -271,7 +277,7 @@ async def test_cancelled_in_the_same_tick_before_the_release_is_simply_withdrawn
 
 
 async def test_waiter_under_move_on_after_gives_up_on_time_and_next_is_served(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 50)
@@ -299,7 +305,7 @@ async def test_waiter_under_move_on_after_gives_up_on_time_and_next_is_served(
 
 
 async def test_waiting_does_not_extend_a_fail_after_deadline(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 100)
@@ -312,7 +318,7 @@ async def test_waiting_does_not_extend_a_fail_after_deadline(
 
 
 async def test_reserve_that_times_out_while_waiting_releases_nothing(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(100)
     limiter.acquire_on_behalf_of_nowait("holder", 100)
@@ -498,7 +504,7 @@ async def proxy_workload(limiter: BufferLimiter, connections: int, chunk: int) -
 
 
 async def test_proxy_workload_completes_with_a_reserve(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(8 * 1000 + 1000, reserved_bytes=1000)
     finished = await proxy_workload(limiter, connections=8, chunk=1000)
@@ -507,7 +513,7 @@ async def test_proxy_workload_completes_with_a_reserve(
 
 
 async def test_proxy_workload_deadlocks_without_a_reserve(
-    autojump_clock: trio.testing.MockClock,
+    idle_clock: trio.testing.MockClock,
 ) -> None:
     limiter = BufferLimiter(8 * 1000 + 1000)
     with pytest.raises(trio.TooSlowError):
@@ -878,3 +884,34 @@ def test_time_at_each_pressure_level_is_counted() -> None:
     statistics = limiter.statistics()
     assert statistics.pressure_seconds == (6.0, 3.0, 2.0)
     assert statistics.pressure_changes == 3
+
+
+async def test_each_queued_request_is_counted_in_the_wait_histogram_when_it_leaves(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limiter = BufferLimiter(100)
+    limiter.acquire_on_behalf_of_nowait("holder", 100)
+    async with trio.open_nursery() as nursery:
+        granted = await queue_up(nursery, limiter, "a", 50)
+        cancelled = await queue_up(nursery, limiter, "b", 50)
+        await trio.sleep(0.3)
+        cancelled.scope.cancel()
+        await trio.sleep(0.7)
+        limiter.release_on_behalf_of("holder", 100)
+    assert (granted.outcome, cancelled.outcome) == ("granted", "cancelled")
+    statistics = limiter.statistics()
+    bounds = (*WAIT_SECONDS_BUCKETS, math.inf)
+    counts = dict(zip(bounds, statistics.wait_seconds_buckets, strict=True))
+    assert counts[0.5] == 1  # the cancelled one waited 0.3 s
+    assert counts[1.0] == 1  # the granted one waited 1.0 s
+    assert sum(statistics.wait_seconds_buckets) == 2
+    assert statistics.wait_seconds_total == pytest.approx(1.3)
+
+
+async def test_requests_granted_at_once_are_not_in_the_wait_histogram() -> None:
+    limiter = BufferLimiter(100)
+    await limiter.acquire_on_behalf_of("a", 10)
+    limiter.acquire_on_behalf_of_nowait("b", 10)
+    statistics = limiter.statistics()
+    assert statistics.grants == 2
+    assert statistics.wait_seconds_buckets == (0,) * (len(WAIT_SECONDS_BUCKETS) + 1)

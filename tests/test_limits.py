@@ -45,7 +45,7 @@ async def test_at_max_connections_accepting_pauses_and_resumes_as_connections_cl
 
 
 async def test_paused_time_is_counted_on_the_server_clock(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server = millpond.Server(echo, 0, host=HOST, poller=poller_name, max_connections=1)
     await nursery.start(server.run)

@@ -883,6 +883,36 @@ async def test_a_peek_leaves_the_bytes_and_clears_the_edge_only_when_short(
         poller.unregister(registration)
 
 
+async def arrive(registration: Registration, peer: socket.socket, data: bytes) -> None:
+    """``peer`` sends ``data``; wait until ``registration`` has seen it come."""
+    peer.send(data)
+    with trio.fail_after(HANG_GUARD_SECONDS):
+        await registration.wait_readable()
+
+
+async def test_taking_a_peeked_prefix_leaves_the_rest_readable(
+    poller_name: str, listener: socket.socket
+) -> None:
+    poller = get_poller(poller_name)
+    sock, peer = tcp_pair(listener)
+    with sock, peer:
+        registration = poller.register(sock)
+        await arrive(registration, peer, b"PROXY then data")
+        peeked = registration.peek(100)  # short: the flag is cleared
+        assert peeked == b"PROXY then data"
+        assert not registration.readable
+        # The rest made its edge before the peek: no other will come for it.
+        assert registration.take_peeked(5, len(peeked)) == 5
+        assert registration.readable
+        assert registration.recv(100) == b" then data"
+        assert not registration.readable
+        await arrive(registration, peer, b"PROXY")
+        peeked = registration.peek(100)
+        assert registration.take_peeked(5, len(peeked)) == 5  # all of it: nothing queued
+        assert not registration.readable
+        poller.unregister(registration)
+
+
 async def test_a_read_the_flag_allowed_that_finds_nothing_counts_as_a_stale_edge(
     poller_name: str, listener: socket.socket
 ) -> None:

@@ -41,6 +41,29 @@ async def ask(port: int, poller_name: str, *pieces: bytes) -> bytes:
     return received
 
 
+@pytest.mark.parametrize("mode", ["v1", "v2", "auto"])
+async def test_bytes_that_come_with_the_header_are_read_without_waiting_for_more(
+    poller_name: str, nursery: trio.Nursery, mode: str
+) -> None:
+    # Header and request in one send, and the client then waits for the answer
+    # without sending more or closing (as a client that speaks first does behind
+    # HAProxy): the request is queued behind the header when the server peeks,
+    # and its first receive must read it, not park for an edge that never comes.
+    header = build_v1(CLIENT, SERVER) if mode == "v1" else build_v2(CLIENT, SERVER)
+    _, port = await started_server(nursery, report_peer, poller_name, proxy_protocol=mode)
+    client = await millpond.open_connection(HOST, port, poller=poller_name)
+    async with client:
+        await client.send_all(header + b"ping")
+        expected = b"203.0.113.7 51234 127.0.0.1 ping"
+        received = b""
+        with trio.fail_after(10):  # a hang guard: the answer takes a millisecond
+            while len(received) < len(expected):
+                chunk = await client.receive_some()
+                assert chunk, received
+                received += chunk
+    assert received == expected
+
+
 @pytest.mark.parametrize(
     ("mode", "header"),
     [
@@ -111,7 +134,7 @@ async def test_a_header_from_outside_the_allowed_networks_is_refused(
 
 
 async def test_no_header_when_one_is_required_is_closed_at_the_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(
         nursery, report_peer, poller_name, proxy_protocol="v2", proxy_header_timeout=5

@@ -222,7 +222,7 @@ async def test_handler_exception_is_logged_with_peer_and_closes_only_that_connec
 
 
 async def test_accept_capacity_error_backs_off_and_keeps_serving(
-    poller_name: str, start_server, monkeypatch: pytest.MonkeyPatch, autojump_clock
+    poller_name: str, start_server, monkeypatch: pytest.MonkeyPatch, idle_clock
 ) -> None:  # type: ignore[no-untyped-def]
     failures = {"left": 3}
     real_accept = socket.socket.accept

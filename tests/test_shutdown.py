@@ -67,7 +67,7 @@ async def test_a_transfer_in_flight_completes_and_new_clients_are_refused(
 
 
 async def test_a_handler_still_running_at_the_deadline_is_cancelled_and_closed(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     cancelled = trio.Event()
 
@@ -113,7 +113,7 @@ async def test_handlers_see_the_shutdown_and_wind_down(
 
 
 async def test_a_second_shutdown_cancels_what_is_left_at_once(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, returned = await start(nursery, stubborn, poller_name)
     client = await millpond.open_connection(HOST, port_of(server), poller=poller_name)
@@ -129,7 +129,7 @@ async def test_a_second_shutdown_cancels_what_is_left_at_once(
 
 
 async def test_a_later_shutdown_never_extends_the_deadline(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, returned = await start(nursery, stubborn, poller_name)
     client = await millpond.open_connection(HOST, port_of(server), poller=poller_name)
@@ -143,7 +143,7 @@ async def test_a_later_shutdown_never_extends_the_deadline(
 
 
 async def test_shutdown_never_waits_for_memory(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     limiter = millpond.BufferLimiter(64 * 1024)
     # Reads wait for memory (no guaranteed minimum), so one is waiting at the shutdown.

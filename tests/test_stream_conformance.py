@@ -41,6 +41,28 @@ def fill_kernel_queue(sock: socket.socket) -> None:
     raise AssertionError(f"{sock!r} accepted {MAX_FILL_SENDS} chunks without EAGAIN")
 
 
+async def clog_kernel_queue(sock: socket.socket) -> None:
+    """Fill until the socket stays unwritable: the peer's window is full, nothing drains.
+
+    One fill to EAGAIN is not enough on a busy machine: the kernel may still
+    transmit part of the queue a moment later (loopback delivery deferred to
+    ksoftirqd, the peer's window not yet full), and the socket turns writable
+    on its own, which Trio's clogged-stream check would take for a wake-up
+    without a reader. So fill again until three looks in a row find it clogged.
+    """
+    clogged_looks = 0
+    for _ in range(MAX_FILL_ATTEMPTS):
+        fill_kernel_queue(sock)
+        await trio.sleep(0.005)
+        if kernel_says_writable(sock):
+            clogged_looks = 0
+            continue
+        clogged_looks += 1
+        if clogged_looks == 3:
+            return
+    raise AssertionError(f"{sock!r} kept draining after {MAX_FILL_ATTEMPTS} fills")
+
+
 async def fill_through_stream(stream: millpond.Connection) -> None:
     """Fill the send queue with ``send_all`` until it parks, then cancel it.
 
@@ -92,8 +114,8 @@ async def test_connection_passes_trio_suite_when_clogged_through_raw_socket(
 
     async def clogged_stream_maker() -> tuple[millpond.Connection, millpond.Connection]:
         left, right = await stream_maker()
-        fill_kernel_queue(left.socket)
-        fill_kernel_queue(right.socket)
+        await clog_kernel_queue(left.socket)
+        await clog_kernel_queue(right.socket)
         return left, right
 
     with trio.fail_after(30):

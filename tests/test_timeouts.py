@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -23,7 +25,7 @@ async def closed_by_server(client: millpond.Connection) -> None:
 
 
 async def test_an_idle_connection_is_closed_after_idle_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(nursery, echo, poller_name, idle_timeout=30)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
@@ -35,7 +37,7 @@ async def test_an_idle_connection_is_closed_after_idle_timeout(
 
 
 async def test_traffic_keeps_a_connection_alive_past_idle_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(nursery, echo, poller_name, idle_timeout=30)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
@@ -50,7 +52,7 @@ async def test_traffic_keeps_a_connection_alive_past_idle_timeout(
 
 
 async def test_a_receive_waiting_too_long_is_a_read_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(nursery, echo, poller_name, read_timeout=5)
     client = await millpond.open_connection(HOST, port, poller=poller_name)
@@ -62,7 +64,7 @@ async def test_a_receive_waiting_too_long_is_a_read_timeout(
 
 
 async def test_a_handler_busy_elsewhere_is_not_a_read_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     async def slow_thinker(stream: millpond.Connection) -> None:
         request = await stream.receive_some()
@@ -79,7 +81,7 @@ async def test_a_handler_busy_elsewhere_is_not_a_read_timeout(
 
 
 async def test_a_client_that_stops_reading_is_a_write_timeout(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     async def firehose(stream: millpond.Connection) -> None:
         while True:
@@ -99,7 +101,7 @@ async def test_a_client_that_stops_reading_is_a_write_timeout(
 
 
 async def test_a_deadline_stops_a_client_that_trickles(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     # Slowloris: a byte a second keeps any inactivity timeout happy; a
     # deadline for the whole request does not.
@@ -132,7 +134,7 @@ async def test_a_deadline_stops_a_client_that_trickles(
 
 
 async def test_a_deadline_moved_earlier_fires_at_the_new_time(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     async def changes_its_mind(stream: millpond.Connection) -> None:
         stream.deadline = trio.current_time() + 1000
@@ -150,7 +152,7 @@ async def test_a_deadline_moved_earlier_fires_at_the_new_time(
 
 
 async def test_a_deadline_moved_later_is_honoured(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     async def extends(stream: millpond.Connection) -> None:
         stream.deadline = trio.current_time() + 5
@@ -168,7 +170,7 @@ async def test_a_deadline_moved_later_is_honoured(
 
 
 async def test_a_connection_past_its_deadline_is_closed_without_memory(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     limiter = millpond.BufferLimiter(64 * 1024)
 
@@ -189,7 +191,7 @@ async def test_a_connection_past_its_deadline_is_closed_without_memory(
 
 
 async def test_timeouts_apply_to_many_connections_each_on_its_own_clock(
-    poller_name: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock
 ) -> None:
     server, port = await started_server(nursery, echo, poller_name, idle_timeout=10)
     clients = []
@@ -234,3 +236,27 @@ def test_a_deadline_must_be_a_number() -> None:
             connection.close()
 
     trio.run(check)
+
+
+async def test_connections_read_the_clock_trio_current_time_reads(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The reaper hands each connection the run clock's own current_time, a shortcut
+    # for trio.current_time() on the hot path: the two must agree (here on a MockClock).
+    from millpond.server.timeouts import Reaper, Timeouts
+
+    clocks = []
+
+    class Timed:
+        deadline = math.inf
+        _last_activity = 0.0
+        _receive_waiting_since = None
+        _send_blocked_since = None
+
+        def _start_timing(self, clock: object, deadline_changed: object) -> None:
+            clocks.append(clock)
+
+    Reaper(Timeouts(read=1.0)).watch(Timed(), trio.CancelScope())  # type: ignore[arg-type]
+    await trio.sleep(5)
+    assert callable(clocks[0])
+    assert clocks[0]() == trio.current_time()

@@ -10,8 +10,8 @@
  * SIGINT or SIGTERM, then closes everything and exits with status 0.
  *
  * What it is: one thread, one edge-triggered epoll set, one shared 64 KiB buffer. Each
- * socket is registered once for EPOLLIN | EPOLLOUT | EPOLLET and never modified, so the
- * steady state costs one epoll_wait per batch plus one read() and one write() per message,
+ * socket is registered once for EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET and never
+ * modified, so the steady state costs one epoll_wait per batch plus one read() and one write() per message,
  * which is the least any readiness-based server can do. Accepted sockets get TCP_NODELAY.
  *
  * Edge-triggered means a readiness edge is reported once, so every handler must leave its
@@ -20,7 +20,10 @@
  *  - Reading stops at EAGAIN or at a short read. A short read from a TCP socket means the
  *    receive queue was empty when read() returned; any byte queued later wakes the epoll
  *    set again, so skipping the read() that would return EAGAIN is safe and saves a
- *    syscall per message.
+ *    syscall per message. Not so for the peer's FIN: one that came in with the last bytes
+ *    (a request, then close) was reported by the same edge, and a short read leaves it
+ *    unread with no edge to come. So once an event says EPOLLRDHUP/EPOLLHUP/EPOLLERR
+ *    (sticky, c->hung_up), reading goes on to the 0 or the error.
  *  - Writing: what the kernel does not take is copied into the connection's own pending
  *    buffer (the shared buffer is reused for the next read), and reading from that
  *    connection stops until the pending bytes are sent after an EPOLLOUT edge. No data is
@@ -55,6 +58,7 @@
 
 struct conn {
     int open;
+    int hung_up; /* an event said the peer closed (EPOLLRDHUP, EPOLLHUP, EPOLLERR) */
     char *pending; /* bytes the kernel did not take yet (malloc'd), or NULL */
     size_t pending_len, pending_off;
 };
@@ -142,7 +146,9 @@ static int flush_pending(int fd, struct conn *c)
 static void on_conn_event(int fd, uint32_t events)
 {
     struct conn *c = &conns[fd];
-    int readable = (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) != 0;
+    int readable = (events & (EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP)) != 0;
+    if (events & (EPOLLRDHUP | EPOLLERR | EPOLLHUP))
+        c->hung_up = 1;
     if (c->pending != NULL) {
         int r = flush_pending(fd, c);
         if (r < 0) {
@@ -163,7 +169,7 @@ static void on_conn_event(int fd, uint32_t events)
                 close_conn(fd);
                 return;
             }
-            if (r == 0 || (size_t)n < sizeof buf)
+            if (r == 0 || ((size_t)n < sizeof buf && !c->hung_up))
                 return; /* waiting for EPOLLOUT, or the receive queue is empty */
         } else if (n == 0) {
             close_conn(fd);
@@ -199,7 +205,8 @@ static void accept_all(int ep, int lfd)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         struct conn *c = conn_slot(fd);
         c->open = 1;
-        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.fd = fd};
+        struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+                                 .data.fd = fd};
         if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
             perror("epoll_ctl");
             close_conn(fd);

@@ -40,7 +40,8 @@ because millpond owns the sockets it registers:
 3. An edge is never dropped, by construction. ``readable`` / ``writable``
    on a registration mean "the kernel may have something for you". The
    dispatcher sets them at every edge, whether or not a task is parked, and
-   wakes the parked task if there is one. Nothing else sets them, and only
+   wakes the parked task if there is one. Nothing else sets them (but
+   ``take_peeked``, which knows bytes are queued: see there), and only
    one thing clears them: the registration's own non-blocking I/O
    (``recv``, ``recv_into``, ``peek``, ``send``, ``accept``, ``writable_now``), at the
    moment the kernel says EAGAIN (or a read comes back short while the peer
@@ -241,7 +242,7 @@ class Registration(abc.ABC):
 
         For reading a prefix (a PROXY protocol header) without taking the
         application's bytes behind it: peek, decide how long the prefix is,
-        then ``recv_into`` exactly that much. A peek that finds fewer than
+        then ``take_peeked`` exactly that much. A peek that finds fewer than
         ``nbytes`` (and no hang-up) clears ``readable``, as a short read
         does: the bytes stay queued, and more of them make a new edge.
         ``b""`` is EOF.
@@ -254,6 +255,24 @@ class Registration(abc.ABC):
         if data and len(data) < nbytes and not self.hangup:
             self.readable = False
         return data
+
+    def take_peeked(self, nbytes: int, peeked: int) -> int:
+        """Take (and drop) the first ``nbytes`` of the ``peeked`` bytes a ``peek`` just saw.
+
+        Returns how many were taken: ``nbytes``, as they are queued. If the
+        peek saw more, the rest stays queued for the next receive, and no
+        edge will announce it (it came before the peek, and the peek, being
+        short, cleared ``readable``): so this sets ``readable`` again, and
+        the next receive reads those bytes at once instead of parking until
+        the peer sends more, which a client waiting for an answer never does.
+        """
+        try:
+            taken = self.sock.recv_into(bytearray(nbytes), nbytes)
+        except BlockingIOError:  # the peeked bytes are gone: nobody else reads them
+            return -1
+        if peeked > taken:
+            self.readable = True
+        return taken
 
     def send(self, data: ReadableBuffer) -> int:
         """``sock.send(data)`` without blocking; 0 (and ``writable`` cleared) on EAGAIN."""
@@ -520,7 +539,15 @@ class _EpollRegistration(Registration):
             raise trio.BusyResourceError("another task is already waiting to read")
         self.read_task = current_task()
         park = self.read_park
-        return wait_task_rescheduled(self._abort_read) if park is None else park
+        if park is None:
+            # Registered before the proof passed: switch to the fast path as
+            # soon as it has (a connection accepted in the run's first ticks
+            # must not park the slow way for its whole life). Nobody is
+            # parked here, so the dispatcher sees the slot of this park.
+            if not traps.PROVEN:
+                return wait_task_rescheduled(self._abort_read)
+            park = self.read_park = Park(self._abort_read)
+        return park
 
     def park_writable(self) -> Awaitable[None]:
         if self.closed:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError"]
+__all__ = ["EXIT_FAILURE", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "CommandError"]
 
 # The server ran and stopped as it was asked to (a signal, a graceful shutdown).
 EXIT_OK: Final = 0
+
+# It ran and failed: a bug (with a traceback), or, with --workers, workers
+# that kept dying before they listened, or that had to be killed because they
+# did not stop in time.
+EXIT_FAILURE: Final = 1
 
 # Something the user gave cannot be used: argparse's own status for a bad
 # flag, kept for every mistake the user can fix, so that a supervisor (or a

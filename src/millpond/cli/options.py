@@ -81,15 +81,28 @@ examples:
   millpond serve app:handle --uds /run/app.sock --uds-mode 660
   millpond serve app:handle --certfile cert.pem --keyfile key.pem --port 8443
   millpond serve app:handle --max-connections 10000 --idle-timeout 300 --budget 256M
+  millpond serve app:handle --host '*' --port 8000 --workers auto
 
 Where millpond listens: on --host:--port, on --uds, and on every --fd (each
 may be combined); with none of them, on 127.0.0.1:8000. Under systemd socket
 activation (LISTEN_PID is this process) the sockets systemd passes are
 served too, and the default port is not bound.
 
+Workers (--workers N): a supervisor binds the listeners, then runs N worker
+processes, each a whole server with its own budget and --max-connections.
+Each worker gets its own SO_REUSEPORT listener on --host:--port, so the
+kernel spreads the clients; a --uds or --fd socket is one socket that every
+worker accepts on. SIGTERM or Ctrl-C stops every worker gracefully; SIGHUP
+starts new workers one at a time, each before stopping the one it replaces,
+so the port never closes. A worker that dies is started again (after a
+backoff when it dies young); one that keeps dying before it listens stops
+them all.
+
 Exit status: 0 after a shutdown by signal, 2 for a mistake in the command
 (a bad flag or TARGET, a port in use, a certificate that cannot be loaded),
-130 for Ctrl-C before it listens, 1 for anything else (with a traceback)."""
+130 for Ctrl-C before it listens, 1 for anything else (with a traceback;
+with --workers, workers that kept dying before they listened, or had to be
+killed)."""
 
 
 def version() -> str:
@@ -175,13 +188,39 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         "it holds the clients not accepted yet, in a burst or at --max-connections",
     )
 
+    processes = serve.add_argument_group("worker processes")
+    processes.add_argument(
+        "--workers",
+        type=values.workers,
+        metavar="N",
+        help="run N worker processes under a supervisor, each with its own Trio run, "
+        "budget and statistics, and its own SO_REUSEPORT listener on --host:--port; a "
+        "worker that dies is started again, SIGHUP replaces them one at a time; auto: one "
+        "per CPU this process may use (default: 1, in this process, with no supervisor)",
+    )
+    # How the supervisor starts a worker: the same command line, plus these.
+    # Not for users, so not in --help (supervisor.py says what each is).
+    processes.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    processes.add_argument(
+        "--worker-channel", type=values.file_descriptor, help=argparse.SUPPRESS
+    )
+    for handed in ("--worker-fd", "--worker-debug-fd"):  # listeners, debug endpoint's
+        processes.add_argument(
+            handed,
+            type=values.file_descriptor,
+            action="append",
+            default=[],
+            help=argparse.SUPPRESS,
+        )
+
     limits = serve.add_argument_group("limits and timeouts")
     limits.add_argument(
         "--max-connections",
         type=values.count,
         metavar="N",
-        help="connections open at once; at the limit accepting pauses and the backlog "
-        "holds the rest (default: no limit but the process's file descriptors)",
+        help="connections open at once (per worker with --workers); at the limit accepting "
+        "pauses and the backlog holds the rest (default: no limit but the process's file "
+        "descriptors)",
     )
     for flag, meaning in _TIMEOUTS:
         limits.add_argument(
@@ -196,7 +235,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         default=DEFAULT_GRACE_SECONDS,
         metavar="SECONDS",
         help="on SIGTERM or Ctrl-C, how long connections may take to finish before they "
-        f"are cancelled; none waits for ever (default: {DEFAULT_GRACE_SECONDS:g})",
+        "are cancelled (a second Ctrl-C cancels them at once; a second SIGTERM changes "
+        f"nothing); none waits for ever (default: {DEFAULT_GRACE_SECONDS:g})",
     )
 
     tls = serve.add_argument_group("TLS")
@@ -252,7 +292,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="BYTES",
         help="byte budget of every connection's buffers together, with K, M, G suffixes "
         "(powers of 1024); 1/16 of it is kept for connections that already hold a "
-        f"buffer (default: {DEFAULT_BUDGET_BYTES >> 20}M)",
+        "buffer; with --workers each worker has a budget this size, so N workers may use N "
+        f"times it (default: {DEFAULT_BUDGET_BYTES >> 20}M)",
     )
     memory.add_argument(
         "--poller",
@@ -260,6 +301,23 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         default="auto",
         help="readiness backend: epoll (Linux, millpond's edge-triggered core), trio "
         "(portable), auto ($MILLPOND_POLLER, else epoll on Linux) (default: auto)",
+    )
+
+    debugging = serve.add_argument_group("seeing inside (docs/debugging.md)")
+    debugging.add_argument(
+        "--debug-port",
+        type=values.port,
+        metavar="N",
+        help="serve the debug endpoint on this port: statistics, Prometheus /metrics, "
+        "connections, buffers, heap profiles, the task tree, outside the budget; 0 picks a "
+        "free port and logs it (default: off)",
+    )
+    debugging.add_argument(
+        "--debug-host",
+        type=values.host,
+        metavar="ADDRESS",
+        help=f"address of the debug endpoint; anything but loopback logs a warning, since "
+        f"its pages name peers, files and lines (default: {DEFAULT_HOST})",
     )
 
     logs = serve.add_argument_group("logging")
@@ -287,4 +345,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         serve.error("--keyfile needs --certfile")
     if arguments.uds_mode is not None and arguments.uds is None:
         serve.error("--uds-mode needs --uds")
+    if (arguments.worker_index is None) != (arguments.worker_channel is None):
+        serve.error("--worker-index and --worker-channel go together (the supervisor's flags)")
+    if arguments.debug_host is not None and arguments.debug_port is None:
+        serve.error("--debug-host needs --debug-port")
     return arguments

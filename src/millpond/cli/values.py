@@ -2,17 +2,18 @@
 
 This module owns how one flag's text becomes a value (a byte count with a
 suffix, seconds or ``none``, a port, octal permission bits, a file
-descriptor). Each parser is an argparse ``type=`` function: a bad value
-raises ``argparse.ArgumentTypeError`` with a message that shows a good one,
-and argparse prints it on one line after the usage, naming the flag. The
-parsers are pure functions, so they are tested without starting a process.
-Which flags exist and how they combine is ``options.py``'s.
+descriptor, a number of workers or ``auto``). Each parser is an argparse
+``type=`` function: a bad value raises ``argparse.ArgumentTypeError`` with a
+message that shows a good one, and argparse prints it on one line after the
+usage, naming the flag. The parsers are pure functions, so they are tested
+without starting a process. Which flags exist and how they combine is ``options.py``'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 from typing import Final
 
@@ -25,6 +26,8 @@ __all__ = [
     "port",
     "seconds",
     "seconds_or_none",
+    "usable_cpus",
+    "workers",
 ]
 
 # Binary multiples, as HAProxy's and nginx's size suffixes are: 64M is 64 MiB.
@@ -113,3 +116,30 @@ def permission_bits(text: str) -> int:
 def host(text: str) -> str:
     """An address or name to listen on; ``*`` (also nothing) means every interface: ``"*"``."""
     return text.strip() or "*"
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on: its affinity mask, not the machine's count.
+
+    ``os.process_cpu_count()`` where Python has it (3.13), else the size of
+    ``os.sched_getaffinity(0)`` (Linux), else ``os.cpu_count()``. Under
+    ``taskset -c 0-1`` or a cgroup cpuset this is 2 on a 64-core machine,
+    and that is how many workers can run at once.
+    """
+    process_cpu_count = getattr(os, "process_cpu_count", None)
+    if process_cpu_count is not None:
+        counted: int | None = process_cpu_count()
+    elif hasattr(os, "sched_getaffinity"):
+        counted = len(os.sched_getaffinity(0))
+    else:
+        counted = os.cpu_count()
+    return max(1, counted or 1)
+
+
+def workers(text: str) -> int:
+    """A number of worker processes, at least 1, or ``auto``: one per usable CPU."""
+    if text.strip().lower() == "auto":
+        return usable_cpus()
+    return _whole_number(
+        text, 1, None, f"a number of workers >= 1, or auto (one per CPU: {usable_cpus()} here)"
+    )

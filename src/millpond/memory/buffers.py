@@ -101,12 +101,17 @@ _Ts = TypeVarTuple("_Ts")
 
 @dataclass(frozen=True)
 class SizeClassStatistics:
-    """One size class: its buffer size, slabs mapped, and how many of their buffers are leased."""
+    """One size class: its buffer size, slabs mapped, and how many of their buffers are leased.
+
+    ``buffers_total - buffers_leased`` are free; ``slabs_trimmed`` counts the slabs of
+    this class given back to the OS so far (their sum is the pool's ``slabs_trimmed``).
+    """
 
     size: int
     slabs: int
     buffers_total: int
     buffers_leased: int
+    slabs_trimmed: int = 0
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,9 @@ class BufferPool:
         self._recent_leaks: collections.deque[LeakReport] = collections.deque(
             maxlen=RECENT_LEAKS_KEPT
         )
+        # Every tracked lease (one that recorded its site) while it lives, for
+        # tracked_leases(): a released one drops out when it is collected, or is skipped.
+        self._tracked: weakref.WeakSet[Buffer] = weakref.WeakSet()
         self._sample = random.Random().getrandbits
         # Taken only where no live run gives the pool a home thread: after its run,
         # before its first, and by the run_sync_soon callback (see _apply_alone).
@@ -832,6 +840,7 @@ class BufferPool:
     def _unmap(self, size_class: _SizeClass, slab: _Slab) -> int:
         slab.unmap()
         size_class.slabs -= 1
+        size_class.trimmed += 1
         self._slab_bytes -= SLAB_BYTES
         self._slabs_trimmed += 1
         self._bytes_trimmed += SLAB_BYTES
@@ -855,7 +864,8 @@ class BufferPool:
         )
         return BufferPoolStatistics(
             size_classes=tuple(
-                SizeClassStatistics(c.size, c.slabs, c.slabs * c.slots, c.leased) for c in classes
+                SizeClassStatistics(c.size, c.slabs, c.slabs * c.slots, c.leased, c.trimmed)
+                for c in classes
             ),
             bytes_leased=self._bytes_leased,
             bytes_reserved_by_slabs=self._slab_bytes,
@@ -874,6 +884,29 @@ class BufferPool:
             buffers_quarantined=len(self._quarantined),
             bytes_quarantined=self._bytes_quarantined,
         )
+
+    @trio.lowlevel.enable_ki_protection
+    def tracked_leases(self) -> tuple[LeakReport, ...]:
+        """Where the tracked leases still outstanding were made: one report per lease.
+
+        A lease is tracked when it records its call site (every lease at
+        ``leak_detection="all"``, one in :data:`LEAK_SAMPLE_INTERVAL` at ``"sampled"``,
+        none at ``"off"``), and outstanding until it is released or collected. Each
+        :class:`LeakReport` names the file, line and task of the ``lease()`` call and the
+        buffer's capacity: grouped by site, Netty's leak-detector view of who holds
+        buffers now, before anything leaks. Costs one pass over the tracked leases.
+        """
+        if _get_ident() != self._home:
+            return self._elsewhere(self._tracked_leases_now)
+        return self._tracked_leases_now()
+
+    def _tracked_leases_now(self) -> tuple[LeakReport, ...]:
+        reports = []
+        for buffer in list(self._tracked):
+            site = buffer._site
+            if site is not None and not buffer.released:
+                reports.append(LeakReport(site[0], site[1], site[2], buffer.capacity))
+        return tuple(reports)
 
     def __del__(self) -> None:
         # Collected with slots still quarantined (or about to be: exported returns

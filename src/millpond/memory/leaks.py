@@ -47,7 +47,8 @@ class BufferLeakWarning(ResourceWarning):
 
 @dataclass(frozen=True)
 class LeakReport:
-    """Where a leaked, tracked buffer was leased."""
+    """Where a tracked buffer was leased: a leak's report, or a live lease's
+    (``BufferPool.tracked_leases()``)."""
 
     filename: str
     lineno: int

@@ -62,7 +62,12 @@ class Buffer:
     between leases: read only what you wrote.
     """
 
-    __slots__ = ("_pool", "_slab", "_offset", "_capacity", "_length", "_view", "_owner", "_site")
+    # __weakref__: a tracked lease is in its pool's weak set while it lives
+    # (BufferPool.tracked_leases); 8 bytes per Buffer.
+    __slots__ = (
+        "_pool", "_slab", "_offset", "_capacity", "_length", "_view", "_owner", "_site",
+        "__weakref__",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -84,6 +89,8 @@ class Buffer:
         self._owner = owner
         self._site = site
         self._slab: _Slab | None = slab
+        if site is not None:
+            pool._tracked.add(self)
 
     @property
     def view(self) -> memoryview:

@@ -16,6 +16,7 @@ It is written in two layers, so that the rules can be tested without Trio:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import queue
 import threading
@@ -39,7 +40,7 @@ from .ledger import (
     take_read,
 )
 
-__all__ = ["BufferLimiter", "BufferLimiterStatistics", "Pressure"]
+__all__ = ["WAIT_SECONDS_BUCKETS", "BufferLimiter", "BufferLimiterStatistics", "Pressure"]
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -47,6 +48,16 @@ Ts = TypeVarTuple("Ts")
 # statistics() names at most this many holders: enough to spot a leak or a greedy connection,
 # small enough to compute with a heap whenever statistics are asked for.
 TOP_HOLDERS: Final = 10
+
+#: Upper bounds (seconds) of the buckets that count how long requests queued for memory
+#: (``BufferLimiterStatistics.wait_seconds_buckets``). A read that waits behind a release
+#: waits for one task step (~100 µs here), a read that waits for a slow client to drain its
+#: send queue waits seconds: steps of about 2.5x from 100 µs to 10 s cover both, in 16
+#: buckets (Prometheus' default buckets start at 5 ms, which would put every short wait in one).
+WAIT_SECONDS_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,12 @@ class BufferLimiterStatistics:
       at each level (``NONE``, ``PRESSURE``, ``HARD``) since the limiter was made, and
       ``pressure_changes``: how often the level changed.
     * ``top_holders``: up to ten ``(repr(owner), bytes)`` pairs, largest first.
+    * ``wait_seconds_buckets``: how many requests that queued for memory waited at most
+      each bound of :data:`WAIT_SECONDS_BUCKETS` (and above the last bound, in the last of
+      ``len(WAIT_SECONDS_BUCKETS) + 1`` counts; each count is that bucket's alone, not
+      cumulative), counted when the request left the queue however it did (granted,
+      cancelled, refused); ``wait_seconds_total``: their waits added up. Requests granted at
+      once are not counted: ``grants`` minus the granted waits are those.
     """
 
     total_bytes: int
@@ -86,6 +103,8 @@ class BufferLimiterStatistics:
     top_holders: tuple[tuple[str, int], ...]
     pressure_seconds: tuple[float, float, float] = (0.0, 0.0, 0.0)
     pressure_changes: int = 0
+    wait_seconds_buckets: tuple[int, ...] = (0,) * (len(WAIT_SECONDS_BUCKETS) + 1)
+    wait_seconds_total: float = 0.0
 
 
 def _checked_int(name: str, value: object, minimum: int) -> int:
@@ -194,6 +213,9 @@ class BufferLimiter:
         self._home: int | None = None
         # Set (and dropped) by every change of total_bytes; see _wait_for_resize().
         self._resized: trio.Event | None = None
+        # How long queued requests waited (statistics): a count per bucket, and the sum.
+        self._wait_counts = [0] * (len(WAIT_SECONDS_BUCKETS) + 1)
+        self._wait_seconds = 0.0
         if trio.lowlevel.in_trio_run():
             self._token = trio.lowlevel.current_trio_token()
             self._home = threading.get_ident()
@@ -497,6 +519,7 @@ class BufferLimiter:
                 return nbytes
             waiter = ledger.enqueue(owner, nbytes, backlog)
             waiter.task = trio.lowlevel.current_task()
+            queued_at = trio.current_time()
 
             def abort(
                 _: trio.lowlevel.RaiseCancelT, waiter: _Waiter = waiter
@@ -512,6 +535,8 @@ class BufferLimiter:
                 if read_minimum:
                     continue  # a read asks again for what still fits
                 raise
+            finally:
+                self._note_wait(trio.current_time() - queued_at)
             break
         # The ledger already counts the bytes as ours: the handoff happened inside a release
         # (or a resize, or somebody else's withdrawal) while we were parked, so no newcomer
@@ -538,6 +563,11 @@ class BufferLimiter:
             self._wake(ledger.withdraw(waiter))
             assert waiter.task is not None
             trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
+
+    def _note_wait(self, seconds: float) -> None:
+        # One request left the queue (granted, cancelled or refused): count its wait.
+        self._wait_counts[bisect.bisect_left(WAIT_SECONDS_BUCKETS, seconds)] += 1
+        self._wait_seconds += seconds
 
     def reserve(self, nbytes: int) -> AbstractAsyncContextManager[None]:
         """An async context manager that acquires ``nbytes`` for the current task on entry,
@@ -615,6 +645,8 @@ class BufferLimiter:
             top_holders=tuple((repr(owner), nbytes) for owner, nbytes in top),
             pressure_seconds=ledger.seconds_at_each_level(),
             pressure_changes=ledger.level_changes,
+            wait_seconds_buckets=tuple(self._wait_counts),
+            wait_seconds_total=self._wait_seconds,
         )
 
     # -- Trio and threads ------------------------------------------------------------------

@@ -88,7 +88,9 @@ class _SizeClass:
     # its Buffers refer to it). Dicts serve as ordered sets: O(1) removal, LIFO
     # order. ``waiters``: leases of this class waiting in the limiter, oldest first,
     # to be handed a slot freed in a partial slab (BufferPool._hand_over).
-    __slots__ = ("size", "slots", "current", "partial", "idle", "slabs", "leased", "waiters")
+    __slots__ = (
+        "size", "slots", "current", "partial", "idle", "slabs", "leased", "trimmed", "waiters",
+    )  # fmt: skip
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -98,6 +100,7 @@ class _SizeClass:
         self.idle: dict[_Slab, None] = {}
         self.slabs = 0
         self.leased = 0
+        self.trimmed = 0  # slabs of this class given back to the OS (statistics)
         self.waiters: collections.deque[_SlotWaiter] = collections.deque()
 
 

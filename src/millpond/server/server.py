@@ -29,7 +29,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import trio
 
@@ -59,6 +59,9 @@ from .proxy_header import (
 )
 from .timeouts import TIMEOUT_KINDS, Reaper, Timeouts
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT, check_ssl_context
+
+if TYPE_CHECKING:
+    from ..debug.endpoint import DebugEndpoint
 
 __all__ = [
     "CLOSE_REASONS",
@@ -251,6 +254,13 @@ class Server:
     accept loop pauses and the kernel's backlog holds the next clients,
     until a connection closes (nginx's ``worker_connections``, HAProxy's
     ``maxconn``).
+
+    ``debug_address=("127.0.0.1", 6060)`` also serves the debug endpoint
+    there (statistics, Prometheus metrics, heap profiles, the task tree:
+    docs/debugging.md), outside the budget; off by default, and it needs
+    h11 (``pip install 'millpond[debug]'``). ``debug_sockets`` serves it on
+    listening sockets bound elsewhere instead (a ``--workers`` supervisor
+    holds one per worker slot, so that a replacement serves the same port).
     """
 
     def __init__(
@@ -280,6 +290,8 @@ class Server:
         pooled: bool = True,
         guaranteed_read: int = DEFAULT_GUARANTEED_READ,
         access_log: bool = False,
+        debug_address: tuple[str | None, int] | None = None,
+        debug_sockets: Sequence[socket.socket] | None = None,
     ) -> None:
         check_handler(handler)
         if port is not None:
@@ -313,6 +325,18 @@ class Server:
         if not isinstance(access_log, bool):
             raise TypeError(f"access_log must be a bool, not {type(access_log).__name__}")
         self._access_log = access_log
+        self._debug_where: tuple[str | None, int] | list[socket.socket] | None = None
+        if debug_address is not None and debug_sockets is not None:
+            raise ValueError("give debug_address or debug_sockets, not both")
+        if debug_address is not None:
+            from ..debug.address import check_debug_address  # the debug layer sits above
+
+            self._debug_where = check_debug_address(debug_address)
+        elif debug_sockets is not None:
+            from ..debug.address import check_debug_sockets
+
+            self._debug_where = check_debug_sockets(debug_sockets)
+        self._debug: DebugEndpoint | None = None
         timeouts = Timeouts(self._idle_timeout, self._read_timeout, self._write_timeout)
         # One timer task for every connection's timeouts and deadline. Always
         # there: a handler may set a deadline whatever the server's timeouts.
@@ -383,6 +407,11 @@ class Server:
     def addresses(self) -> tuple[SockAddr, ...]:
         """The bound addresses (empty until ``run`` has started)."""
         return self._addresses
+
+    @property
+    def debug_addresses(self) -> tuple[SockAddr, ...]:
+        """Where the debug endpoint listens (empty without ``debug_address``, or not running)."""
+        return () if self._debug is None else self._debug.addresses
 
     @property
     def shutting_down(self) -> trio.Event:
@@ -468,10 +497,18 @@ class Server:
             for sock in listeners:
                 registrations.append(poller.register(sock))
             self._addresses = tuple(sock.getsockname() for sock in listeners)
+            if self._debug_where is not None:
+                # Imported only when asked for: the endpoint needs h11.
+                from ..debug.endpoint import DebugEndpoint
+
+                self._debug = DebugEndpoint(self, self._debug_where)
+                await self._debug.bind()
             logger.info("listening on %s", ", ".join(_address_text(a) for a in self._addresses))
             async with trio.open_nursery() as service:
                 # The reaper outlives accepting: timeouts hold during the grace period too.
                 service.start_soon(self._reaper.run)
+                if self._debug is not None:  # outside the budget, until the very end
+                    service.start_soon(self._debug.run)
                 async with trio.open_nursery() as connections:
                     self._connections = connections
                     async with trio.open_nursery() as accepting:
@@ -495,6 +532,9 @@ class Server:
             self._connections = None
             _CURRENT_SERVER.reset(token)
             _close_listeners(poller, registrations, listeners)
+            if self._debug is not None:
+                self._debug.close()
+                self._debug = None
 
     async def _open_listeners(self) -> list[socket.socket]:
         listeners: list[socket.socket] = []
@@ -605,7 +645,19 @@ class Server:
         watch = self._reaper.watch(connection, scope)
         try:
             with scope:
-                reason = await self._handle(connection)
+                # The handler is awaited here, not in a helper: every frame
+                # between the task and the handler is resumed at each of its
+                # wake-ups (two per echoed message).
+                stream = await self._open_stream(connection)
+                if isinstance(stream, str):
+                    reason = stream
+                else:
+                    try:
+                        await self._handler(stream)  # type: ignore[arg-type]
+                    except Exception as exc:
+                        reason = self._handler_failed(connection, exc)
+                    else:
+                        reason = await self._handler_returned(connection, stream)
             if watch.fired is not None:
                 reason = watch.fired
                 logger.info("closed the connection from %s: %s", _peer(connection), reason)
@@ -621,9 +673,8 @@ class Server:
             if slot_freed is not None:
                 slot_freed.set()
 
-    async def _handle(self, connection: Connection) -> str:
-        """Handshake and run the handler; return why the connection ends (not a timeout's)."""
-        stream: trio.abc.Stream = connection
+    async def _open_stream(self, connection: Connection) -> trio.abc.Stream | str:
+        """The PROXY header and the TLS handshake: the handler's stream, or why it ends here."""
         mode = self._proxy_protocol
         if mode != "off":
             try:
@@ -633,34 +684,38 @@ class Server:
             except ProxyProtocolError as exc:
                 logger.info("PROXY header from %s refused: %s", _peer(connection), exc)
                 return "proxy_error"
-        if self._ssl_context is not None:
-            try:
-                secured = await tls.handshake(
-                    connection, self._ssl_context, self._handshake_timeout
-                )
-            except trio.BrokenResourceError as exc:
-                logger.info("TLS handshake with %s failed: %s", _peer(connection), _why(exc))
-                return "tls_error"
-            if secured is None:
-                logger.info("TLS handshake with %s timed out", _peer(connection))
-                return "handshake_timeout"
-            stream = secured
+        if self._ssl_context is None:
+            return connection
         try:
-            await self._handler(stream)  # type: ignore[arg-type]
-        except Exception as exc:
-            gone = _peer_gone(exc)
-            if gone is None:
-                self._handler_errors += 1
-                logger.exception("handler failed for connection from %s", _peer(connection))
-                return "handler_error"
-            logger.info("connection from %s closed by the peer: %s", _peer(connection), gone)
-            return "reset"
+            secured = await tls.handshake(connection, self._ssl_context, self._handshake_timeout)
+        except trio.BrokenResourceError as exc:
+            logger.info("TLS handshake with %s failed: %s", _peer(connection), _why(exc))
+            return "tls_error"
+        if secured is None:
+            logger.info("TLS handshake with %s timed out", _peer(connection))
+            return "handshake_timeout"
+        return secured
+
+    def _handler_failed(self, connection: Connection, exc: Exception) -> str:
+        """Log and count what the handler raised; return the close reason."""
+        gone = _peer_gone(exc)
+        if gone is None:
+            self._handler_errors += 1
+            logger.exception(
+                "handler failed for connection from %s", _peer(connection), exc_info=exc
+            )
+            return "handler_error"
+        logger.info("connection from %s closed by the peer: %s", _peer(connection), gone)
+        return "reset"
+
+    @staticmethod
+    async def _handler_returned(connection: Connection, stream: trio.abc.Stream) -> str:
+        """Close TLS cleanly after a handler that returned; ``eof`` or ``done``."""
         eof = connection.eof_received
         if isinstance(stream, trio.SSLStream):
             eof = eof or tls.peer_closed(stream)
             await tls.close(stream)
         return "eof" if eof else "done"
-
 
 def _close_listeners(
     poller: Poller | None, registrations: list[Registration], listeners: list[socket.socket]
@@ -765,6 +820,7 @@ async def serve(
     pooled: bool = True,
     guaranteed_read: int = DEFAULT_GUARANTEED_READ,
     access_log: bool = False,
+    debug_address: tuple[str | None, int] | None = None,
     task_status: trio.TaskStatus[list[SockAddr]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``handler`` until cancelled (or shut down through ``current_server()``).
@@ -780,7 +836,8 @@ async def serve(
     ``BufferPool``). ``read_sizes`` bounds the adaptive read size (1 KiB to
     1 MiB by default; each read also follows the budget as it is).
     ``pooled=False`` reads with plain ``recv`` into new ``bytes`` objects,
-    outside any budget (Trio's own behaviour). With
+    outside any budget (Trio's own behaviour). ``debug_address`` serves the
+    debug endpoint (see ``Server``). With
     ``await nursery.start(millpond.serve, handler, 0)`` the bound addresses
     are returned once the server is listening::
 
@@ -811,5 +868,6 @@ async def serve(
         pooled=pooled,
         guaranteed_read=guaranteed_read,
         access_log=access_log,
+        debug_address=debug_address,
     )
     await server.run(task_status=task_status)

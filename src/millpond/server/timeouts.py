@@ -109,7 +109,10 @@ class Reaper:
     def watch(self, connection: Connection, scope: trio.CancelScope) -> Watch:
         """Start enforcing on ``connection``; expiry cancels ``scope``."""
         watch = Watch(connection, scope)
-        clock = trio.current_time if self.needs_clock else None
+        # The run's clock itself: trio.current_time() returns exactly its
+        # current_time(), through two more Python calls, and a connection with
+        # timeouts reads the clock at every receive and send.
+        clock = trio.lowlevel.current_clock().current_time if self.needs_clock else None
         connection._start_timing(clock, lambda: self._reschedule(watch))
         self._reschedule(watch)
         return watch
