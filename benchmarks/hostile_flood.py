@@ -53,6 +53,11 @@ HELP = "a ping-pong client alone, then beside N clients that write 64 KiB chunks
 # Servers that take examples/echo.py's --budget-mib (the pooled millpond ones).
 BUDGET_SERVERS = ("millpond", "millpond-trio")
 
+# A window in which other processes used more than this share of the server's core
+# (core busy minus the server's own CPU) is measured again (--retries): on a shared
+# machine they, not the flood, would set the figures.
+DISTURBED_PCT = 10.0
+
 # The issue's targets.
 RATE_KEPT = 0.90  # of the alone rate
 P99_GROWTH = 2.0  # times the alone p99
@@ -76,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds of flooding before the well-behaved client connects",
     )
     parser.add_argument("--rate", type=int, default=5000, help="flooders' connects per second")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="measure again when other processes took over 10 %% of the server's core",
+    )
 
 
 def run(bench: Bench, args: argparse.Namespace) -> int:
@@ -90,22 +101,40 @@ def run(bench: Bench, args: argparse.Namespace) -> int:
     failures: dict[str, int] = {}
     for run_number in range(1, bench.runs + 1):
         for name in bench.servers:
-            log(f"run {run_number}/{bench.runs}: flood {name} ...")
-            quiet = bench.wait_quiet()
-            try:
-                row = measure(bench, name, args)
-            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+            row = measure_undisturbed(bench, name, args, run_number)
+            if row is None:
                 failures[name] = failures.get(name, 0) + 1
-                log(f"FAILED run {run_number} flood {name}: {exc}")
-                bench.save([{"kind": "flood_error", "server": name, "error": str(exc)}])
                 continue
-            row.update(run=run_number, quiet_wait_s=round(quiet, 2))
             rows.append(row)
             bench.save([row])
             print_row(row)
     print()
     print(report(bench, args, rows, failures))
     return 1 if failures else 0
+
+
+def measure_undisturbed(
+    bench: Bench, name: str, args: argparse.Namespace, run_number: int
+) -> Row | None:
+    """``measure``, again (up to --retries times) while other processes took more than
+    DISTURBED_PCT of the server's core; None if it failed (logged and saved)."""
+    for attempt in range(1, args.retries + 2):
+        log(f"run {run_number}/{bench.runs}: flood {name} (attempt {attempt}) ...")
+        quiet = bench.wait_quiet()
+        try:
+            row = measure(bench, name, args)
+        except (BenchError, OSError, subprocess.SubprocessError) as exc:
+            log(f"FAILED run {run_number} flood {name}: {exc}")
+            bench.save([{"kind": "flood_error", "server": name, "error": str(exc)}])
+            return None
+        row.update(run=run_number, attempt=attempt, quiet_wait_s=round(quiet, 2))
+        other = max(row[window]["server_core_other_pct"] for window in ("alone", "under_flood"))
+        row["disturbed"] = other > DISTURBED_PCT
+        if not row["disturbed"] or attempt > args.retries:
+            return row
+        log(f"other processes took {other:.0f} % of the server's core: measuring again")
+        bench.save([row])  # kept in the JSON lines, not in the table
+    raise AssertionError("unreachable")
 
 
 def measure(bench: Bench, name: str, args: argparse.Namespace) -> Row:
@@ -262,7 +291,10 @@ def report(
                 flood = statistics.median(r["flood_loadgen_cpu_pct"] for r in mine)
                 cell += f" / {under:.0f} / {flood:.0f}"
             cells.append(cell)
-        runs = str(len(mine)) + (f" ({failures[name]} FAILED)" if failures.get(name) else "")
+        notes = [f"{failures[name]} FAILED"] if failures.get(name) else []
+        disturbed = sum(1 for r in mine if r.get("disturbed"))
+        notes += [f"{disturbed} DISTURBED"] if disturbed else []
+        runs = str(len(mine)) + (f" ({', '.join(notes)})" if notes else "")
         table.append([*cells, runs])
     lines.append(markdown_table(headers, table))
     lines += ["", *verdicts(bench, rows)]
