@@ -111,7 +111,7 @@ def test_take_read_agrees_with_the_rules_it_stands_in_for(
 
     fast, reference = ledger(), ledger()
     granted = take_read(fast, "reader", preferred, minimum, backlog)
-    nbytes = read_request(reference, preferred, minimum)
+    nbytes = read_request(reference, preferred, minimum, "reader", backlog)
     expected = nbytes if reference.take("reader", nbytes, backlog) else 0
     assert granted == expected
     assert (fast.in_use, fast.held, fast.peak, fast.grants) == (
@@ -120,3 +120,39 @@ def test_take_read_agrees_with_the_rules_it_stands_in_for(
         reference.peak,
         reference.grants,
     )
+
+
+def test_a_read_larger_than_the_free_budget_halves_to_fit_what_is_free_now() -> None:
+    ledger = _Ledger(total=1024 * KIB, reserved=64 * KIB, pressure=None)  # 960 KiB ordinary
+    assert read_request(ledger, 1024 * KIB, KIB) == 512 * KIB  # the cap: halved to fit 960
+    ledger.force("others", 500 * KIB)
+    # 460 KiB free for a reader that holds nothing: not 512 KiB, which could only wait.
+    assert read_request(ledger, 1024 * KIB, KIB) == 256 * KIB
+    assert read_request(ledger, 1024 * KIB, KIB, "new reader") == 256 * KIB
+    ledger.force("holder", 4 * KIB)
+    # A reader that holds bytes may use the reserve too: 520 KiB free for it.
+    assert read_request(ledger, 1024 * KIB, KIB, "holder") == 512 * KIB
+    assert take_read(ledger, "new reader", 1024 * KIB, KIB) == 256 * KIB
+
+
+async def test_reads_that_outgrew_the_free_budget_still_read_large_chunks(
+    poller_name: str,
+) -> None:
+    limiter = millpond.BufferLimiter(1024 * KIB)
+    limiter.acquire_on_behalf_of_nowait("somebody else", 8 * KIB)  # the budget is never empty
+    peer, connection = await socket_pair(poller_name, millpond.BufferPool(limiter))
+    payload = bytes(range(256)) * (16 * KIB)  # 4 MiB
+    received, receives = bytearray(), 0
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.send_all, payload)
+            while len(received) < len(payload):
+                received += await connection.receive_some()
+                receives += 1
+    assert received == payload
+    # Reads grow to 1 MiB, which never fits while 8 KiB are held elsewhere: they must
+    # halve to what is free, not fall to the 1 KiB minimum (thousands of receives).
+    assert receives < 200
+    await peer.aclose()
+    await connection.aclose()
+    limiter.release_on_behalf_of("somebody else", 8 * KIB)

@@ -9,12 +9,12 @@ import os
 import random
 import socket
 import sys
-from collections.abc import Iterator
 
 import pytest
 import trio
 import trio.testing
 from conftest import connect, echo, open_fds
+from scenarios import all_tasks
 
 import millpond
 
@@ -28,16 +28,6 @@ HANG_GUARD_SECONDS = 10
 # batches' worth, and well below the smallest listen backlog Linux clamps to
 # (net.core.somaxconn was 128 before 5.4).
 CONNECT_FLOOD = 100
-
-
-def all_tasks() -> Iterator[trio.lowlevel.Task]:
-    """Every task of the current run, walking the task tree from the root."""
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        yield task
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
 
 
 @pytest.mark.time_limit(150)

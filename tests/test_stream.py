@@ -234,3 +234,25 @@ async def test_connection_over_ipv6_loopback(poller_name: str) -> None:
             await client.send_all(b"six")
             assert await client.receive_some() == b"six"
         nursery.cancel_scope.cancel()
+
+
+def test_a_connection_closed_after_its_run_ended_closes_and_gives_back_its_charge(
+    poller_name: str,
+) -> None:
+    kept: dict[str, object] = {}
+
+    async def main() -> None:
+        limiter = millpond.BufferLimiter(64 * 1024)
+        left, right = await socket_pair(poller_name, millpond.BufferPool(limiter))
+        await left.send_all(b"x")
+        assert await right.receive_some() == b"x"  # right holds the chunk's charge
+        kept.update(left=left, right=right, limiter=limiter)
+
+    trio.run(main)
+    limiter, left, right = kept["limiter"], kept["left"], kept["right"]
+    assert isinstance(limiter, millpond.BufferLimiter) and limiter.bytes_in_use > 0
+    assert isinstance(left, millpond.Connection) and isinstance(right, millpond.Connection)
+    right.close()  # no run, no poller to tell: closes all the same
+    left.close()
+    assert limiter.bytes_in_use == 0
+    assert right.socket.fileno() == left.socket.fileno() == -1

@@ -22,6 +22,7 @@ from ._core.poller import (
 )
 from .connect import DEFAULT_HAPPY_EYEBALLS_DELAY, open_connection
 from .memory.buffers import Buffer, BufferPool, BufferPoolStatistics, SizeClassStatistics
+from .memory.faults import LeaseFaults
 from .memory.leaks import BufferLeakWarning, LeakReport
 from .memory.limiter import BufferLimiter, BufferLimiterStatistics, Pressure
 from .memory.readsize import DEFAULT_READ_SIZES, ReadSizes
@@ -42,6 +43,7 @@ __all__ = [
     "BufferPoolStatistics",
     "Connection",
     "LeakReport",
+    "LeaseFaults",
     "Pressure",
     "ReadSizes",
     "SizeClassStatistics",

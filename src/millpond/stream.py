@@ -659,7 +659,7 @@ class Connection(trio.abc.HalfCloseableStream):
         size = READ_SIZE_CLASSES[self._read_index]
         ledger = self._ledger
         if ledger is not None:
-            size = read_request(ledger, size, self._read_minimum)
+            size = read_request(ledger, size, self._read_minimum, self)
             if capacity_for(size) > ledger.ordinary_limit:  # a lease is charged its class
                 return 0
         return max_bytes if max_bytes < size else size

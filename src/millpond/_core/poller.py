@@ -765,7 +765,9 @@ class TrioPoller(Poller):
         registration.closed = True
         if self._registrations.get(registration.fd) is registration:
             del self._registrations[registration.fd]
-        if registration.sock.fileno() >= 0:
+        # After the run (a connection closed once trio.run returned) nobody can be
+        # waiting, and Trio has no I/O manager left to tell.
+        if registration.sock.fileno() >= 0 and trio.lowlevel.in_trio_run():
             trio.lowlevel.notify_closing(registration.sock)
 
     def statistics(self) -> PollerStatistics:

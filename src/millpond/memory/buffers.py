@@ -43,7 +43,16 @@ import outcome
 import trio
 
 from .._core.needs_trio import require_trio_run
-from .leaks import _LEAK_LEVELS, _SAMPLE_BITS, BufferLeakWarning, LeakReport, _Site
+from . import census
+from .faults import LeaseFaults
+from .leaks import (
+    _LEAK_LEVELS,
+    _SAMPLE_BITS,
+    BufferLeakWarning,
+    LeakReport,
+    _Site,
+    default_leak_detection,
+)
 from .lease import _EXPORTED, _LEAKED, Buffer, _GuardedBuffer, _Return
 from .limiter import BufferLimiter, _run_is_over
 from .sizeclasses import (
@@ -181,7 +190,8 @@ class BufferPool:
       limiter: the :class:`~millpond.memory.limiter.BufferLimiter` to charge, or None to
         account (see :meth:`statistics`) without limiting.
       leak_detection: ``"off"``, ``"sampled"`` (1 lease in :data:`LEAK_SAMPLE_INTERVAL`
-        records its call site) or ``"all"``. Whatever the level, a buffer that is
+        records its call site) or ``"all"``; None (the default): ``$MILLPOND_LEAK_DETECTION``,
+        else ``"sampled"``. Whatever the level, a buffer that is
         garbage collected unreleased gives its slot and capacity back; tracked
         ones also raise a :class:`BufferLeakWarning`.
       trim_after: seconds (Trio's clock) a slab must stay entirely free before it
@@ -193,6 +203,9 @@ class BufferPool:
         lease's ``view`` live (slices, ``memoryview(view)``, ``numpy.frombuffer``),
         for code that keeps them; costs about 2.5 µs per lease (docs/buffers.md,
         "Views after release"). Without it only exports of ``view`` itself are noticed.
+      faults: a :class:`~millpond.memory.faults.LeaseFaults` that refuses a share of
+        the leases, for tests (HAProxy's ``tune.fail-alloc``): a refused lease is a
+        transient shortage, as if the budget were spent. None (the default): none.
 
     The pool belongs to the Trio run that first uses it, and its bookkeeping
     happens on that run's thread, without locks. From a worker thread
@@ -208,16 +221,19 @@ class BufferPool:
         self,
         limiter: BufferLimiter | None = None,
         *,
-        leak_detection: str = "sampled",
+        leak_detection: str | None = None,
         trim_after: float = DEFAULT_TRIM_AFTER,
         max_idle_bytes: int | None = DEFAULT_MAX_IDLE_BYTES,
         guard_views: bool = False,
+        faults: LeaseFaults | None = None,
     ) -> None:
         if limiter is not None and not isinstance(limiter, BufferLimiter):
             raise TypeError(
                 f"limiter must be a BufferLimiter or None, not {type(limiter).__name__}"
             )
-        if not isinstance(leak_detection, str):
+        if leak_detection is None:
+            leak_detection = default_leak_detection()
+        elif not isinstance(leak_detection, str):
             raise TypeError(f"leak_detection must be a str, not {type(leak_detection).__name__}")
         if leak_detection not in _LEAK_LEVELS:
             raise ValueError(
@@ -234,9 +250,12 @@ class BufferPool:
                 )
             if max_idle_bytes < 0:
                 raise ValueError(f"max_idle_bytes must be >= 0, not {max_idle_bytes}")
-        self._limiter = limiter
         if not isinstance(guard_views, bool):
             raise TypeError(f"guard_views must be a bool, not {type(guard_views).__name__}")
+        if faults is not None and not isinstance(faults, LeaseFaults):
+            raise TypeError(f"faults must be a LeaseFaults or None, not {type(faults).__name__}")
+        self._limiter = limiter
+        self._faults = faults
         # Where this CPython cannot tell (sizeclasses.py), leases are not guarded.
         self._lent: type[Buffer] = (
             _GuardedBuffer if guard_views and _LENT_VIEWS_SHOW_EXPORTS else Buffer
@@ -286,6 +305,13 @@ class BufferPool:
         self._lock = threading.Lock()
         if trio.lowlevel.in_trio_run():
             self._enter()  # belong to this run from the start, not to a worker thread
+        if census._OPEN:
+            census._note(self)
+
+    @property
+    def faults(self) -> LeaseFaults | None:
+        """The fault injector that refuses a share of the leases, or None."""
+        return self._faults
 
     @property
     def limiter(self) -> BufferLimiter | None:
@@ -323,6 +349,8 @@ class BufferPool:
         outside Trio, the current thread).
         """
         index, capacity, owner, site = self._request(nbytes, owner)
+        if self._faults is not None and self._faults.refuse():
+            raise trio.WouldBlock  # an injected refusal: a shortage (faults.py)
         if _get_ident() != self._home:
             return self._elsewhere(self._lease_here, index, nbytes, capacity, owner, site)
         return self._lease_here(index, nbytes, capacity, owner, site)
@@ -344,9 +372,15 @@ class BufferPool:
         """Lease a buffer of at least *nbytes*, waiting (FIFO, cancellable) for limiter room.
 
         Always a checkpoint. Cancelled, it charges nothing. See :meth:`lease_nowait`.
+        A lease refused by the pool's ``faults`` waits ``faults.retry_after`` seconds,
+        charging nothing, and asks again.
         """
         require_trio_run("BufferPool.lease")
         index, capacity, owner, site = self._request(nbytes, owner)
+        faults = self._faults
+        if faults is not None:
+            while faults.refuse():  # an injected refusal: a shortage (faults.py)
+                await trio.sleep(faults.retry_after)
         if _get_ident() != self._home:
             self._enter()  # inside Trio this binds the pool to this run, or raises
         if self._pending:

@@ -17,10 +17,17 @@ the task awaits it), so it has to live in the module that defines ``lease()``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["LEAK_SAMPLE_INTERVAL", "BufferLeakWarning", "LeakReport"]
+__all__ = [
+    "LEAK_DETECTION_ENV_VAR",
+    "LEAK_SAMPLE_INTERVAL",
+    "BufferLeakWarning",
+    "LeakReport",
+    "default_leak_detection",
+]
 
 # "sampled" leak detection tracks 1 lease in this many, chosen at random (a fixed
 # stride could alias with a loop that leaks every other lease). Netty's default.
@@ -29,6 +36,21 @@ _SAMPLE_BITS: Final = LEAK_SAMPLE_INTERVAL.bit_length() - 1
 assert 1 << _SAMPLE_BITS == LEAK_SAMPLE_INTERVAL
 
 _LEAK_LEVELS: Final = ("off", "sampled", "all")
+
+# The level a pool gets when its constructor is not told one: Netty's
+# -Dio.netty.leakDetection.level, as an environment variable, so that a test suite
+# (millpond's sets "all") or a staging deployment can track every lease without
+# touching the code that makes the pools.
+LEAK_DETECTION_ENV_VAR: Final = "MILLPOND_LEAK_DETECTION"
+
+
+def default_leak_detection() -> str:
+    """The level for a pool made without ``leak_detection``: ``$MILLPOND_LEAK_DETECTION``,
+    else ``"sampled"``; ValueError naming the variable if it holds something else."""
+    level = os.environ.get(LEAK_DETECTION_ENV_VAR, "") or "sampled"
+    if level not in _LEAK_LEVELS:
+        raise ValueError(f"${LEAK_DETECTION_ENV_VAR} must be one of {_LEAK_LEVELS}, not {level!r}")
+    return level
 
 # Where a tracked lease was made: file name, line number, task (or thread) name.
 _Site = tuple[str, int, str]

@@ -448,18 +448,34 @@ class _Ledger:
 # (``BufferLimiter.read_ledger`` hands the ledger out), so they need no thread check.
 
 
-def read_request(ledger: _Ledger, preferred: int, minimum: int) -> int:
+def read_request(
+    ledger: _Ledger, preferred: int, minimum: int, owner: object = None, backlog: bool = False
+) -> int:
     """How many bytes a read should ask for right now.
 
     ``preferred`` normally, ``minimum`` from the pressure mark on (Linux shrinks what a socket
-    may buffer above ``tcp_mem[1]`` the same way), and never more than the budget could ever
-    grant an owner that holds nothing: a larger read halves (a size class stays a size class)
-    down to ``minimum``, then takes what the budget has. ``total_bytes`` may shrink at any
+    may buffer above ``tcp_mem[1]`` the same way), and never more than the budget can grant
+    right now: a larger read halves (a size class stays a size class) down to ``minimum``,
+    then takes what the budget has. "Right now" is the budget's free bytes, for ``owner``
+    (the reader) as :meth:`_Ledger.take` counts them: with the reserve if it holds bytes
+    already, without it if it holds none (or is None), and only up to the pressure mark for
+    a ``backlog`` read of an owner that holds none. ``total_bytes`` may shrink at any
     time; this is what makes reads follow it instead of failing.
+
+    Why the free bytes and not only the total: a read sized for the whole budget can be
+    granted only when the budget is empty, so as soon as anybody else holds a byte it falls
+    to the minimum (or waits) while most of the budget sits free. A connection whose reads
+    grew to 1 MiB on a 1 MiB budget then crawled at 1 KiB per read (the cancellation-storm
+    benchmark of issue 16 found it: about 7 MB/s for 17 connections, budget nearly free).
     """
     nbytes = minimum if ledger.in_use >= ledger.pressure_bytes else preferred
     cap = ledger.ordinary_limit
-    while nbytes > cap and nbytes > minimum:
+    if owner is not None and ledger.held.get(owner):
+        limit = ledger.total
+    else:
+        limit = ledger.pressure_bytes if backlog else cap
+    room = limit - ledger.in_use
+    while nbytes > minimum and (nbytes > cap or nbytes > room):
         nbytes = max(nbytes // 2, minimum)
     return min(nbytes, cap)
 
@@ -505,7 +521,7 @@ def _take_read_slowly(
 ) -> int:
     # Waiters, or a read that does not fit: the general rules, which may still grant it (an
     # owner that holds bytes does not wait behind ordinary waiters).
-    nbytes = read_request(ledger, preferred, minimum)
+    nbytes = read_request(ledger, preferred, minimum, owner, backlog)
     return nbytes if ledger.take(owner, nbytes, backlog) else 0
 
 

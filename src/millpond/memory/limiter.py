@@ -30,6 +30,7 @@ import outcome
 import trio
 
 from .._core.needs_trio import require_trio_run
+from . import census
 from .ledger import (
     Pressure,
     _Ledger,
@@ -219,6 +220,8 @@ class BufferLimiter:
         if trio.lowlevel.in_trio_run():
             self._token = trio.lowlevel.current_trio_token()
             self._home = threading.get_ident()
+        if census._OPEN:
+            census._note(self)
 
     def __repr__(self) -> str:
         ledger = self._ledger

@@ -185,7 +185,9 @@ class ServerStatistics:
       handler_errors: handlers that raised (each closed only its connection).
       accept_backoffs: times accept ran out of fds or memory and backed off.
       setup_errors: accepted connections dropped because setting them up
-        failed (each logged; the server went on accepting).
+        failed (each logged; the server went on accepting). A client that
+        reset while it waited in the backlog is not one: it counts as a
+        ``reset`` close, logged at info.
       accept_pauses: times the accept loop paused at ``max_connections``.
       accept_paused_seconds: time spent paused there, in total.
       shutting_down: whether ``shutdown`` has been called.
@@ -627,7 +629,15 @@ class Server:
             # Whatever it is (the client reset before setup, a budget or a
             # pool refusing, a bug in a constructor), it concerns this one
             # connection: the accept loop must go on serving the others.
+            gone = _gone_before_setup(sock)
             sock.close()
+            if gone:
+                # Not a setup error: a client that reset while it waited in the
+                # backlog (a reset storm makes thousands a second, and a warning
+                # each would flood the log). Counted and logged as any reset.
+                self._closed["reset"] += 1
+                logger.info("a connection was reset by the peer before setup: %r", exc)
+                return
             self._setup_errors += 1
             logger.warning("dropped a connection during setup: %r", exc)
             return
@@ -716,6 +726,16 @@ class Server:
             eof = eof or tls.peer_closed(stream)
             await tls.close(stream)
         return "eof" if eof else "done"
+
+
+def _gone_before_setup(sock: socket.socket) -> bool:
+    """Whether an accepted socket's peer is gone already (it reset in the backlog)."""
+    try:
+        sock.getpeername()
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNRESET, errno.EINVAL)
+    return False
+
 
 def _close_listeners(
     poller: Poller | None, registrations: list[Registration], listeners: list[socket.socket]
