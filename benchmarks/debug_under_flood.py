@@ -9,7 +9,8 @@ as the server takes them, never reading, for ``--ramp`` seconds (every
 echo's send blocks with its tail charged: with 8 MiB the connections hold
 6.1-6.4 MiB, at the pressure level; with ``--budget 2M``, 1.6-1.9 MiB, at
 the pressure or hard level. No read waits for memory: every handler is stuck
-in ``send_all``, and one that holds nothing has its guaranteed read). Each
+in ``send_all``, and one that holds nothing has its guaranteed read; so it was
+before backlog reads waited below the pressure mark, docs/memory.md). Each
 time it GETs each page ``--requests`` times, one at a time, on a new
 connection each (connect, request, whole answer), and keeps the latencies.
 It prints, per run and as the median over the runs, each page's median and

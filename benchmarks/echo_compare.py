@@ -362,8 +362,8 @@ class Scenario:
     """One measurement type with its parameters (see SCENARIO_NAMES)."""
 
     name: str
-    kind: str  # "echo", "idle", "churn" or "flood"
-    conns: int = 0  # echo connections, idle connections, churn slots or flooders
+    kind: str  # "echo", "idle" or "churn"
+    conns: int = 0  # echo connections, idle connections or churn slots
     size: int = 0  # echo message size
     inflight: int = 1  # echo messages in flight per connection
 
@@ -379,10 +379,7 @@ class Scenario:
                 f"{self.conns} parallel slots, each: connect, one 64 B echo, close, repeat; "
                 "msgs/s = connections/s"
             )
-        return (
-            f"{self.conns} clients that write 64 KiB chunks and never read; "
-            "server peak RSS (VmHWM) minus RSS at start"
-        )
+        raise ValueError(f"unknown scenario kind {self.kind!r}")
 
 
 @dataclass
@@ -405,9 +402,7 @@ class Config:
     retries: int = 2
     scenarios: list[Scenario] = field(default_factory=list)
     churn_parallel: int = 100
-    flood_clients: int = 1000
-    flood_hold: float = 5.0
-    flood_budget_mib: int = 8
+    loadgen_prefix: Sequence[str] = ()  # e.g. ("nice", "-n", "-5") before taskset
 
 
 def reset_signals() -> None:
@@ -490,7 +485,7 @@ def start_loadgen(cfg: Config, args: Sequence[str], stdin: int) -> subprocess.Po
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     with open(LOG_DIR / f"loadgen-{args[0]}.stderr", "wb") as errf:
         return subprocess.Popen(
-            ["taskset", "-c", str(cfg.client_cpu), str(cfg.loadgen), *args],
+            [*cfg.loadgen_prefix, "taskset", "-c", str(cfg.client_cpu), str(cfg.loadgen), *args],
             stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=errf,
@@ -504,6 +499,88 @@ def loadgen_stderr(mode: str) -> str:
     return "\n".join("    | " + line for line in text.splitlines()[-20:])
 
 
+def server_commands(echo_script: Path) -> dict[str, list[str]]:
+    """Every server by name (SERVER_NAMES), as the command that starts it (without --host and
+    --port); ``echo_script`` is the millpond echo. c-ref's binary is built by the caller."""
+    py = sys.executable
+    commands = {
+        "millpond": [py, str(echo_script), "--poller", "epoll"],
+        "millpond-trio": [py, str(echo_script), "--poller", "trio"],
+        "millpond-unpooled": [py, str(echo_script), "--poller", "epoll", "--unpooled"],
+        "trio": [py, str(TRIO_ECHO)],
+        "asyncio-streams": [py, str(ASYNCIO_STREAMS_ECHO)],
+        "asyncio-protocol": [py, str(ASYNCIO_PROTOCOL_ECHO)],
+        "uvloop-streams": [py, str(ASYNCIO_STREAMS_ECHO), "--uvloop"],
+        "uvloop-protocol": [py, str(ASYNCIO_PROTOCOL_ECHO), "--uvloop"],
+        "anyio": [py, str(ANYIO_ECHO)],
+        "c-ref": [str(ECHO_REF_BIN)],
+    }
+    assert tuple(commands) == SERVER_NAMES
+    return commands
+
+
+def select_servers(names: str, echo_script: Path) -> dict[str, list[str]] | None:
+    """The servers named in the comma-separated ``names`` that can run here, in that order,
+    with their commands; skipped ones are logged. None (with a message) for an unknown name
+    or when none is left."""
+    available = server_commands(echo_script)
+    has_uvloop = importlib.util.find_spec("uvloop") is not None
+    servers: dict[str, list[str]] = {}
+    for name in filter(None, (s.strip() for s in names.split(","))):
+        if name not in available:
+            print(f"unknown server {name!r}; choose from {', '.join(available)}", file=sys.stderr)
+            return None
+        if name.startswith("millpond") and not echo_script.exists():
+            log(f"SKIPPING {name}: {echo_script} does not exist (yet)")
+            continue
+        if name.startswith("uvloop") and not has_uvloop:
+            log(
+                f"SKIPPING {name}: uvloop is not importable by {sys.executable} "
+                '(python -m pip install -e ".[bench]")'
+            )
+            continue
+        servers[name] = available[name]
+    if not servers:
+        print("no servers to benchmark", file=sys.stderr)
+        return None
+    return servers
+
+
+def prepare_machine(server_cpu: int, client_cpu: int) -> Path | int:
+    """Check for taskset and two distinct usable CPUs, build the load generator; its path,
+    or the exit status to stop with (0: skipped, with a message; 2: wrong CPUs)."""
+    if shutil.which("taskset") is None:
+        print("SKIPPED: taskset not found (util-linux); cannot pin processes", file=sys.stderr)
+        return 0
+    allowed = os.sched_getaffinity(0)
+    if not {server_cpu, client_cpu} <= allowed or server_cpu == client_cpu:
+        print(
+            f"need two distinct usable CPUs (server {server_cpu}, client {client_cpu}); "
+            f"usable: {sorted(allowed)}",
+            file=sys.stderr,
+        )
+        return 2
+    loadgen = compile_c(LOADGEN_SRC, LOADGEN_BIN)
+    if loadgen is None:
+        print("SKIPPED: no C compiler (cc/gcc) to build benchmarks/loadgen.c", file=sys.stderr)
+        return 0
+    return loadgen
+
+
+def stop_holding(proc: subprocess.Popen[bytes], reader: LineReader) -> Row | None:
+    """Close the stdin of an idle or flood load generator (it stops holding) and return the
+    JSON line it prints last (None if it printed none)."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    result: Row | None = None
+    end = time.monotonic() + 30
+    while (line := reader.readline(end)) is not None:
+        if line.startswith("{"):
+            result = json.loads(line)
+    proc.wait(timeout=max(1.0, end - time.monotonic()))
+    return result
+
+
 # --------------------------------------------------------------------------- scenarios
 
 SCENARIO_NAMES = (
@@ -514,11 +591,8 @@ SCENARIO_NAMES = (
     "echo-1m",
     "idle",
     "churn",
-    "flood",
 )
 DEFAULT_SCENARIOS = "echo-64,idle"
-# Servers that take examples/echo.py's --budget-mib (the pooled millpond ones).
-BUDGET_SERVERS = ("millpond", "millpond-trio")
 
 
 def build_scenarios(names: Sequence[str], args: argparse.Namespace) -> list[Scenario]:
@@ -532,7 +606,6 @@ def build_scenarios(names: Sequence[str], args: argparse.Namespace) -> list[Scen
         "echo-1m": Scenario("echo-1m", "echo", 10, 1024 * 1024, inflight=2),
         "idle": Scenario("idle", "idle", args.idle),
         "churn": Scenario("churn", "churn", args.churn_parallel),
-        "flood": Scenario("flood", "flood", args.flood_clients),
     }
     return [table[n] for n in names]
 
@@ -681,13 +754,7 @@ def run_idle(cfg: Config, name: str, sc: Scenario) -> Row:
             time.sleep(1.0)
             server.check_alive()
             rss1, fds1 = vmrss_kib(server.pid), fd_count(server.pid)
-            assert proc.stdin is not None
-            proc.stdin.close()  # tells loadgen to stop holding
-            end = time.monotonic() + 30
-            while (line := reader.readline(end)) is not None:
-                if line.startswith("{"):
-                    result = json.loads(line)
-            proc.wait(timeout=max(1.0, end - time.monotonic()))
+            result = stop_holding(proc, reader)
         finally:
             reader.close()
             if proc.poll() is None:
@@ -707,60 +774,7 @@ def run_idle(cfg: Config, name: str, sc: Scenario) -> Row:
     }
 
 
-def run_flood(cfg: Config, name: str, sc: Scenario) -> Row:
-    budget = name in BUDGET_SERVERS
-    extra = ["--budget-mib", str(cfg.flood_budget_mib)] if budget else []
-    with running_server(cfg, name, sc.name, extra) as server:
-        time.sleep(cfg.settle)
-        server.check_alive()
-        rss0 = vmrss_kib(server.pid)
-        args = ["flood", HOST, str(server.port), str(sc.conns), str(cfg.flood_hold)]
-        args.append(str(cfg.idle_rate))
-        proc = start_loadgen(cfg, args, subprocess.DEVNULL)
-        reader = LineReader(proc)
-        deadline = time.monotonic() + sc.conns / cfg.idle_rate + cfg.flood_hold + 90
-        result: Row | None = None
-        t0 = t1 = 0.0
-        ticks0 = ticks1 = 0
-        try:
-            while (line := reader.readline(deadline)) is not None:
-                if line.startswith("connected "):
-                    t0, ticks0 = time.monotonic(), cpu_ticks(server.pid)
-                elif line.startswith("{"):
-                    t1, ticks1 = time.monotonic(), cpu_ticks(server.pid)
-                    result = json.loads(line)
-            rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        finally:
-            reader.close()
-            if proc.poll() is None:
-                stop_process(proc, signal.SIGTERM)
-        server.check_alive()
-        hwm, rss1 = status_kib(server.pid, "VmHWM"), vmrss_kib(server.pid)
-    if rc != 0 or result is None or not t0 or not t1:
-        raise BenchError(f"loadgen flood failed (status {rc})\n{loadgen_stderr('flood')}")
-    held = t1 - t0
-    client_wall = result["connect_s"] + result["held_s"]
-    return {
-        "kind": "flood",
-        "server": name,
-        "flooders": sc.conns,
-        "budget_mib": cfg.flood_budget_mib if budget else None,
-        "rss_start_kib": rss0,
-        "rss_peak_kib": hwm,
-        "rss_end_kib": rss1,
-        "rss_kib": hwm,
-        "growth_kib": hwm - rss0,
-        "mib_written": round(result["bytes_written"] / 2**20, 1),
-        "connected": result["connected"],
-        "closed_by_peer": result["closed_by_peer"],
-        "server_cpu_pct": round(100.0 * (ticks1 - ticks0) / CLK_TCK / held, 1) if held else 0.0,
-        "client_cpu_pct": round(100.0 * result["cpu_s"] / client_wall, 1) if client_wall else 0.0,
-        "held_s": round(held, 3),
-        "loadgen": result,
-    }
-
-
-RUNNERS = {"echo": run_echo, "idle": run_idle, "churn": run_churn, "flood": run_flood}
+RUNNERS = {"echo": run_echo, "idle": run_idle, "churn": run_churn}
 
 
 # --------------------------------------------------------------------------- reporting
@@ -795,18 +809,9 @@ COLUMNS: dict[str, list[tuple[str, str, float, int]]] = {
         ("RSS after MiB", "rss_after_kib", MIB, 1),
         ("closed by server", "closed_by_peer", 1, 0),
     ],
-    "flood": [
-        ("growth MiB", "growth_kib", MIB, 1),
-        ("RSS start MiB", "rss_start_kib", MIB, 1),
-        ("RSS peak MiB", "rss_peak_kib", MIB, 1),
-        ("server CPU%", "server_cpu_pct", 1, 1),
-        ("client CPU%", "client_cpu_pct", 1, 1),
-        ("MiB written", "mib_written", 1, 0),
-        ("closed by server", "closed_by_peer", 1, 0),
-    ],
 }
 # What the headline figure means, for "vs trio": True if more is better.
-MORE_IS_BETTER = {"echo": True, "churn": True, "idle": False, "flood": False}
+MORE_IS_BETTER = {"echo": True, "churn": True, "idle": False}
 
 
 def fmt(v: float, digits: int = 0) -> str:
@@ -825,16 +830,10 @@ def print_row(run: int, sc: Scenario, row: Row) -> None:
             f"server {row['server_cpu_pct']:5.1f}% (core {row['server_core_busy_pct']:5.1f}%)  "
             f"errors {row['errors']}" + ("  DISTURBED" if row.get("disturbed") else "")
         )
-    elif sc.kind == "idle":
+    else:
         text += (
             f"  (RSS {row['rss_before_kib']} -> {row['rss_after_kib']} KiB, "
             f"{row['idle_conns']} conns, {row['closed_by_peer']} closed by server)"
-        )
-    else:
-        text += (
-            f"  (RSS {row['rss_start_kib']} -> peak {row['rss_peak_kib']} KiB, "
-            f"{row['connected']} connected, {row['mib_written']:.0f} MiB written, "
-            f"{row['closed_by_peer']} closed by server, server CPU {row['server_cpu_pct']}%)"
         )
     print(text, flush=True)
 
@@ -944,12 +943,7 @@ def scenario_markdown(cfg: Config, sc: Scenario, rows: list[Row], summary: list[
         line.append(str(s["runs"]) + (f" ({', '.join(notes)})" if notes else ""))
         table.append(line)
     title = f"### {sc.name}: {sc.describe()}"
-    if sc.kind == "flood":
-        title += (
-            f"; {cfg.flood_hold:g} s hold; {', '.join(BUDGET_SERVERS)} run with "
-            f"--budget-mib {cfg.flood_budget_mib}"
-        )
-    elif sc.kind in ("echo", "churn"):
+    if sc.kind in ("echo", "churn"):
         title += f"; {cfg.duration:g} s window after {cfg.warmup:g} s warmup"
     return title + "\n\n" + markdown_table(headers, table) + "\n"
 
@@ -1095,16 +1089,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--size", type=int, default=64, help="echo-64 message size, bytes (others are fixed)"
     )
     p.add_argument("--idle", type=int, default=5000, help="idle connections (0: skip idle)")
-    p.add_argument("--idle-rate", type=int, default=5000, help="idle/flood connects per second")
+    p.add_argument("--idle-rate", type=int, default=5000, help="idle connects per second")
     p.add_argument("--churn-parallel", type=int, default=100, help="churn: parallel slots")
-    p.add_argument("--flood-clients", type=int, default=1000, help="flood: clients")
-    p.add_argument("--flood-hold", type=float, default=5.0, help="flood: seconds of flooding")
-    p.add_argument(
-        "--flood-budget-mib",
-        type=int,
-        default=8,
-        help="flood: --budget-mib for " + ", ".join(BUDGET_SERVERS),
-    )
     p.add_argument(
         "--servers",
         default=DEFAULT_SERVERS,
@@ -1119,7 +1105,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
     p.add_argument("--startup-timeout", type=float, default=20.0)
-    p.add_argument("--settle", type=float, default=0.5, help="idle/flood: wait before RSS baseline")
+    p.add_argument("--settle", type=float, default=0.5, help="idle: wait before RSS baseline")
     p.add_argument(
         "--results",
         type=Path,
@@ -1148,20 +1134,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.argv[1:] if argv is None else argv
     )
     echo_script = args.millpond_echo.resolve()
-    py = sys.executable
-    available = {
-        "millpond": [py, str(echo_script), "--poller", "epoll"],
-        "millpond-trio": [py, str(echo_script), "--poller", "trio"],
-        "millpond-unpooled": [py, str(echo_script), "--poller", "epoll", "--unpooled"],
-        "trio": [py, str(TRIO_ECHO)],
-        "asyncio-streams": [py, str(ASYNCIO_STREAMS_ECHO)],
-        "asyncio-protocol": [py, str(ASYNCIO_PROTOCOL_ECHO)],
-        "uvloop-streams": [py, str(ASYNCIO_STREAMS_ECHO), "--uvloop"],
-        "uvloop-protocol": [py, str(ASYNCIO_PROTOCOL_ECHO), "--uvloop"],
-        "anyio": [py, str(ANYIO_ECHO)],
-        "c-ref": [str(ECHO_REF_BIN)],  # built below, once we know there is a compiler
-    }
-    assert tuple(available) == SERVER_NAMES
     scenario_names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for sname in scenario_names:
         if sname not in SCENARIO_NAMES:
@@ -1176,41 +1148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not scenario_names:
         print("no scenarios to run", file=sys.stderr)
         return 2
-    has_uvloop = importlib.util.find_spec("uvloop") is not None
-    servers: dict[str, list[str]] = {}
-    for name in filter(None, (s.strip() for s in args.servers.split(","))):
-        if name not in available:
-            print(f"unknown server {name!r}; choose from {', '.join(available)}", file=sys.stderr)
-            return 2
-        if name.startswith("millpond") and not echo_script.exists():
-            log(f"SKIPPING {name}: {echo_script} does not exist (yet)")
-            continue
-        if name.startswith("uvloop") and not has_uvloop:
-            log(
-                f"SKIPPING {name}: uvloop is not importable by {py} "
-                '(python -m pip install -e ".[bench]")'
-            )
-            continue
-        servers[name] = available[name]
-    if not servers:
-        print("no servers to benchmark", file=sys.stderr)
+    servers = select_servers(args.servers, echo_script)
+    if servers is None:
         return 2
-    if shutil.which("taskset") is None:
-        print("SKIPPED: taskset not found (util-linux); cannot pin processes", file=sys.stderr)
-        return 0
-    allowed = os.sched_getaffinity(0)
-    if not {args.server_cpu, args.client_cpu} <= allowed or args.server_cpu == args.client_cpu:
-        print(
-            f"need two distinct usable CPUs (server {args.server_cpu}, client "
-            f"{args.client_cpu}); usable: {sorted(allowed)}",
-            file=sys.stderr,
-        )
-        return 2
-
-    loadgen = compile_c(LOADGEN_SRC, LOADGEN_BIN)
-    if loadgen is None:
-        print("SKIPPED: no C compiler (cc/gcc) to build benchmarks/loadgen.c", file=sys.stderr)
-        return 0
+    loadgen = prepare_machine(args.server_cpu, args.client_cpu)
+    if isinstance(loadgen, int):
+        return loadgen
     if "c-ref" in servers:
         try:
             built = compile_c(ECHO_REF_SRC, ECHO_REF_BIN)
@@ -1250,9 +1193,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         retries=args.retries,
         scenarios=scenarios,
         churn_parallel=args.churn_parallel,
-        flood_clients=args.flood_clients,
-        flood_hold=args.flood_hold,
-        flood_budget_mib=args.flood_budget_mib,
     )
     run_id = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     common = {"run_id": run_id, "commit": git_commit()}
@@ -1270,9 +1210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "idle": cfg.idle,
             "idle_rate": cfg.idle_rate,
             "churn_parallel": cfg.churn_parallel,
-            "flood_clients": cfg.flood_clients,
-            "flood_hold_s": cfg.flood_hold,
-            "flood_budget_mib": cfg.flood_budget_mib,
             "server_cpu": cfg.server_cpu,
             "client_cpu": cfg.client_cpu,
             "quiet_wait_s": cfg.quiet_wait,

@@ -29,6 +29,8 @@
  *   loadgen flood HOST PORT CONNS HOLD_S [RATE]
  *       Like idle, but once all CONNS are up every connection writes 64 KiB chunks
  *       whenever it can and never reads: the client that costs a server the most.
+ *       The JSON line adds bytes_written (what send() took, all connections) and its
+ *       minimum, median and maximum per connection (conn_bytes_min/_p50/_max).
  *       Opens CONNS connections, paced at RATE new connections per second (default 5000)
  *       with a bounded number of connects in progress, retrying with backoff on
  *       ECONNREFUSED/EAGAIN/ETIMEDOUT.  Sends nothing.  Prints "connected N" (flushed) when
@@ -712,6 +714,7 @@ enum { IC_FREE, IC_CONNECTING, IC_UP, IC_CLOSED };
 struct iconn {
     int fd;
     int state;
+    uint64_t written; /* flood: bytes send() took on this connection */
 };
 
 #define STDIN_TAG ((void *)-1)
@@ -720,12 +723,13 @@ static char flood_chunk[65536];
 static uint64_t flood_bytes;
 
 /* Write until the kernel says EAGAIN; returns -1 when the connection is gone. */
-static int flood_write(int fd)
+static int flood_write(struct iconn *c)
 {
     for (;;) {
-        ssize_t w = send(fd, flood_chunk, sizeof flood_chunk, MSG_NOSIGNAL);
+        ssize_t w = send(c->fd, flood_chunk, sizeof flood_chunk, MSG_NOSIGNAL);
         if (w > 0) {
             flood_bytes += (uint64_t)w;
+            c->written += (uint64_t)w;
             continue;
         }
         if (w < 0 && errno == EINTR)
@@ -734,6 +738,12 @@ static int flood_write(int fd)
             return 0;
         return -1;
     }
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
 }
 
 static int run_idle(int argc, char **argv, int flood)
@@ -797,7 +807,7 @@ static int run_idle(int argc, char **argv, int flood)
                         struct epoll_event ev = {.events = EPOLLOUT | EPOLLET | EPOLLRDHUP,
                                                  .data.ptr = &cs[i]};
                         epoll_ctl(ep, EPOLL_CTL_MOD, cs[i].fd, &ev);
-                        if (flood_write(cs[i].fd) < 0) {
+                        if (flood_write(&cs[i]) < 0) {
                             epoll_ctl(ep, EPOLL_CTL_DEL, cs[i].fd, NULL);
                             close(cs[i].fd);
                             cs[i].fd = -1;
@@ -921,7 +931,7 @@ static int run_idle(int argc, char **argv, int flood)
             } else if (c->state == IC_UP && flood && t_connected != 0) {
                 /* Never read: write if there is room, drop the connection if it is gone. */
                 if ((evs[k].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) == 0 &&
-                    flood_write(c->fd) == 0)
+                    flood_write(c) == 0)
                     continue;
                 epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
                 close(c->fd);
@@ -952,12 +962,22 @@ static int run_idle(int argc, char **argv, int flood)
                                         : "hold_elapsed";
     double u, s;
     double cpu = cpu_seconds(&u, &s);
+    /* Flood: how evenly the server took the flooders' bytes (per connection). */
+    uint64_t *per_conn = malloc((size_t)conns * sizeof *per_conn);
+    if (!per_conn)
+        die("malloc");
+    for (long i = 0; i < conns; i++)
+        per_conn[i] = cs[i].written;
+    qsort(per_conn, (size_t)conns, sizeof *per_conn, cmp_u64);
     printf("{\"mode\": \"%s\", \"conns\": %ld, \"connected\": %ld, \"connect_s\": %.3f, "
            "\"held_s\": %.3f, \"retries\": %ld, \"closed_by_peer\": %ld, \"stop\": \"%s\", "
-           "\"cpu_s\": %.3f, \"bytes_written\": %llu}\n",
+           "\"cpu_s\": %.3f, \"bytes_written\": %llu, \"conn_bytes_min\": %llu, "
+           "\"conn_bytes_p50\": %llu, \"conn_bytes_max\": %llu}\n",
            flood ? "flood" : "idle", conns, up, t_connected ? (double)(t_connected - t_start) / 1e9 : -1.0,
            t_connected ? (double)(t_done - t_connected) / 1e9 : 0.0, retries, closed_by_peer,
-           reason, cpu, (unsigned long long)flood_bytes);
+           reason, cpu, (unsigned long long)flood_bytes, (unsigned long long)per_conn[0],
+           (unsigned long long)per_conn[conns / 2], (unsigned long long)per_conn[conns - 1]);
+    free(per_conn);
     fflush(stdout);
 
     for (long i = 0; i < conns; i++)

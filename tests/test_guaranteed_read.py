@@ -40,13 +40,11 @@ async def test_a_prompt_client_is_served_while_the_whole_budget_is_held(
     assert limiter.bytes_in_use == 64 * KIB  # the guaranteed chunk went back
 
 
-@pytest.mark.parametrize("guaranteed", [True, False], ids=["guaranteed", "waiting"])
 async def test_flooders_blocked_on_peers_that_never_read_do_not_starve_a_prompt_client(
-    poller_name: str, nursery: trio.Nursery, guaranteed: bool
+    poller_name: str, nursery: trio.Nursery
 ) -> None:
     limiter = millpond.BufferLimiter(64 * KIB)
-    extra = {} if guaranteed else {"guaranteed_read": 0}
-    server, port = await started_server(nursery, echo, poller_name, limiter=limiter, **extra)
+    server, port = await started_server(nursery, echo, poller_name, limiter=limiter)
     prompt = await millpond.open_connection(HOST, port, poller=poller_name)
     # The rest of the program holds most of the budget; the flood takes what is left.
     limiter.acquire_on_behalf_of_nowait("hog", 56 * KIB)
@@ -55,32 +53,55 @@ async def test_flooders_blocked_on_peers_that_never_read_do_not_starve_a_prompt_
         flooder = await millpond.open_connection(HOST, port, poller=poller_name)
         nursery.start_soon(_flood, flooder)  # writes for ever, never reads
         flooders.append(flooder)
-    with trio.fail_after(30):
-        while True:  # until the flood holds the rest of the budget in blocked echoes
-            await trio.testing.wait_all_tasks_blocked()
-            states = [c.state for c in server.connection_statistics()]
-            if limiter.pressure is millpond.Pressure.HARD and states.count("idle") == 1:
-                break
-            await trio.sleep(0.01)
+    await _until_the_flood_is_stuck(server)
+    limiter.acquire_on_behalf_of_nowait("hog", limiter.bytes_available)  # nothing is left
     await prompt.send_all(b"ping")
-    await trio.testing.wait_all_tasks_blocked()
-    if guaranteed:
-        with trio.fail_after(10):
-            assert await prompt.receive_some() == b"ping"
-        await prompt.aclose()
-        await round_trips(port, poller_name, 20)
-        # Beyond the budget, at most one guaranteed read per connection.
-        ceiling = 64 * KIB + 42 * millpond.server.DEFAULT_GUARANTEED_READ
-        assert limiter.statistics().peak_bytes_in_use <= ceiling
-    else:
-        # Without the guarantee the prompt client waits for memory nobody releases.
-        assert limiter.statistics().tasks_waiting >= 1
-        with trio.move_on_after(0.5):
-            await prompt.receive_some()
-            raise AssertionError("served without memory")
-        await prompt.aclose()
+    with trio.fail_after(10):
+        assert await prompt.receive_some() == b"ping"
+    await prompt.aclose()
+    await round_trips(port, poller_name, 20)
+    # Beyond the budget, at most one guaranteed read per connection.
+    ceiling = 64 * KIB + 42 * millpond.server.DEFAULT_GUARANTEED_READ
+    assert limiter.statistics().peak_bytes_in_use <= ceiling
     for flooder in flooders:
         await flooder.aclose()
+
+
+@pytest.mark.parametrize("guaranteed", [True, False], ids=["guaranteed", "waiting"])
+async def test_a_flood_leaves_the_budget_above_the_pressure_mark_to_prompt_clients(
+    poller_name: str, nursery: trio.Nursery, guaranteed: bool
+) -> None:
+    limiter = millpond.BufferLimiter(32 * KIB)
+    extra = {} if guaranteed else {"guaranteed_read": 0}
+    server, port = await started_server(nursery, echo, poller_name, limiter=limiter, **extra)
+    prompt = await millpond.open_connection(HOST, port, poller=poller_name)
+    flooders = []
+    for _ in range(40):  # together they could hold the budget many times over
+        flooder = await millpond.open_connection(HOST, port, poller=poller_name)
+        nursery.start_soon(_flood, flooder)
+        flooders.append(flooder)
+    await _until_the_flood_is_stuck(server)
+    # The flood's reads of what was already waiting stop at the pressure mark: the
+    # quarter above it is left for reads of what a peer has just sent.
+    assert limiter.bytes_in_use <= limiter.pressure_bytes
+    assert limiter.statistics().tasks_waiting >= 1  # flooders, waiting below the mark
+    await prompt.aclose()
+    await round_trips(port, poller_name, 20)  # served, with or without the guarantee
+    for flooder in flooders:
+        await flooder.aclose()
+
+
+async def _until_the_flood_is_stuck(server: millpond.Server) -> None:
+    """Wait until every flooder's handler is blocked (sending, or waiting for memory)."""
+    with trio.fail_after(30):
+        while True:
+            await trio.testing.wait_all_tasks_blocked()
+            states = [c.state for c in server.connection_statistics()]
+            if states.count("idle") == 1 and all(
+                state in ("idle", "writing", "waiting for memory") for state in states
+            ):
+                return
+            await trio.sleep(0.01)
 
 
 async def _flood(stream: millpond.Connection) -> None:

@@ -66,10 +66,14 @@ async def test_a_blocked_echo_is_charged_its_chunk_once(poller_name: str) -> Non
     waiter=st.none() | st.tuples(st.booleans(), st.integers(1, 100_000)),
     preferred_shift=st.integers(10, 20),
     minimum_shift=st.integers(10, 20),
+    backlog=st.booleans(),
+    backlog_waiter=st.booleans(),
 )
-@example(100_000, 0.0, None, "at the pressure mark", 0, None, 12, 10)
-@example(100_000, 0.0, None, "one below it", 0, None, 12, 10)
-@example(100_000, 0.5, 0.5, "at the pressure mark", 4096, None, 12, 10)
+@example(100_000, 0.0, None, "at the pressure mark", 0, None, 12, 10, False, False)
+@example(100_000, 0.0, None, "one below it", 0, None, 12, 10, False, False)
+@example(100_000, 0.5, 0.5, "at the pressure mark", 4096, None, 12, 10, False, False)
+@example(100_000, 0.0, None, "one below it", 0, None, 10, 10, True, False)
+@example(100_000, 0.0, None, "one below it", 0, None, 10, 10, False, True)
 def test_take_read_agrees_with_the_rules_it_stands_in_for(
     total: int,
     reserve_fraction: float,
@@ -79,6 +83,8 @@ def test_take_read_agrees_with_the_rules_it_stands_in_for(
     waiter: tuple[bool, int] | None,
     preferred_shift: int,
     minimum_shift: int,
+    backlog: bool,
+    backlog_waiter: bool,
 ) -> None:
     minimum = 1 << min(preferred_shift, minimum_shift)
     preferred = 1 << max(preferred_shift, minimum_shift)
@@ -99,12 +105,14 @@ def test_take_read_agrees_with_the_rules_it_stands_in_for(
         if waiter is not None:
             holder, nbytes = waiter
             made.enqueue("reader" if holder and own else "somebody", nbytes)
+        if backlog_waiter:
+            made.enqueue("bulk", 1, backlog=True)
         return made
 
     fast, reference = ledger(), ledger()
-    granted = take_read(fast, "reader", preferred, minimum)
-    nbytes = read_request(reference, preferred, minimum, "reader")
-    expected = nbytes if reference.take("reader", nbytes) else 0
+    granted = take_read(fast, "reader", preferred, minimum, backlog)
+    nbytes = read_request(reference, preferred, minimum, "reader", backlog)
+    expected = nbytes if reference.take("reader", nbytes, backlog) else 0
     assert granted == expected
     assert (fast.in_use, fast.held, fast.peak, fast.grants) == (
         reference.in_use,

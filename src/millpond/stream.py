@@ -54,6 +54,17 @@ DEFAULT_RECEIVE_SIZE: Final = 65536
 # "the queue is short", not "the 4 MiB send buffer has a byte free".
 NOTSENT_LOWAT: Final = 16384
 
+# How much a connection may read without its socket draining before its reads
+# count as a backlog (data that was waiting before the handler asked: a bulk
+# upload, or a flood that never reads its answers), which under memory pressure
+# waits for the budget below the pressure mark (docs/memory.md). 4 KiB is
+# Linux's tcp_rmem[0], what every socket may buffer even at the hard limit: a
+# request up to that size, read in any number of pieces, counts as what the
+# peer just sent. Larger, the flood's reads before it parks cost task steps
+# (16 KiB kept a well-behaved client at ~1 % of its rate for 4 s of a flood
+# of 1000, 4 KiB for about 1 s).
+BACKLOG_ALLOWANCE: Final = 4096
+
 # Linux's value, for Pythons whose socket module does not export it.
 _TCP_NOTSENT_LOWAT: Final = getattr(
     socket, "TCP_NOTSENT_LOWAT", 25 if sys.platform == "linux" else None
@@ -124,6 +135,7 @@ class Connection(trio.abc.HalfCloseableStream):
     """
 
     __slots__ = (
+        "_run_bytes",
         "_bytes_received",
         "_bytes_sent",
         "_clock",
@@ -148,6 +160,7 @@ class Connection(trio.abc.HalfCloseableStream):
         "_read_minimum",
         "_read_minimum_index",
         "_receive_memory_wait",
+        "_waiting_for_memory",
         "_receiving",
         "_registration",
         "_scratch",
@@ -211,9 +224,17 @@ class Connection(trio.abc.HalfCloseableStream):
         self._held_read = 0
         # What a read may take beyond a spent budget (see _read_now): 0 waits instead.
         self._guaranteed_read = guaranteed_read
+        # Bytes read since the socket last drained (a read that did not fill its
+        # buffer): beyond BACKLOG_ALLOWANCE the connection reads a backlog (data that
+        # was waiting before it asked: a bulk upload, or a flood), and such a read
+        # yields the budget above the pressure mark and gets no guaranteed read
+        # (docs/memory.md, "A flood cannot crowd out a prompt client").
+        self._run_bytes = 0
         # The cancel scope around a wait for memory, so that close() can end
         # it (a task waiting in the limiter is not parked on the socket).
         self._receive_memory_wait: trio.CancelScope | None = None
+        # A receive_some waiting in the limiter for a read's charge (see _receive).
+        self._waiting_for_memory = False
         # Counted always (statistics, the access log); cheap integer adds.
         self._bytes_received = 0
         self._bytes_sent = 0
@@ -266,7 +287,7 @@ class Connection(trio.abc.HalfCloseableStream):
         """
         if self._closed:
             return "closed"
-        if self._receive_memory_wait is not None:
+        if self._receive_memory_wait is not None or self._waiting_for_memory:
             return "waiting for memory"
         if self._sending:
             return "writing"
@@ -390,9 +411,20 @@ class Connection(trio.abc.HalfCloseableStream):
                     break
                 granted = 0
                 if data:
+                    # The budget is spent or others wait first: queue (FIFO, cancellable;
+                    # the bytes wait in the kernel meanwhile) until a read is charged.
+                    # Awaited right here, with no frame or cancel scope of its own: a
+                    # flood parks a thousand connections in this wait (close() ends it
+                    # through the limiter).
                     if self._clock is not None:
                         self._note_receive_waiting()
-                    granted = await self._wait_for_memory(data)
+                    self._waiting_for_memory = True
+                    try:
+                        granted = await self._limiter.acquire_read(  # type: ignore[union-attr]
+                            self, data, backlog=self._run_bytes > BACKLOG_ALLOWANCE
+                        )
+                    finally:
+                        self._waiting_for_memory = False
                     parked = True
             if not parked:
                 await SCHEDULE_POINT
@@ -454,7 +486,9 @@ class Connection(trio.abc.HalfCloseableStream):
                 if ledger is None:  # a pool that charges no limiter
                     size = preferred
                 else:
-                    size = take_read(ledger, self, preferred, minimum)
+                    size = take_read(
+                        ledger, self, preferred, minimum, self._run_bytes > BACKLOG_ALLOWANCE
+                    )
                     if not size:
                         size = self._guaranteed(ledger, minimum)
                         if not size:
@@ -476,6 +510,7 @@ class Connection(trio.abc.HalfCloseableStream):
             raise self._stream_error(exc) from exc
         if received > 0:
             data = scratch[:received] if size <= MAX_CLASS_BYTES else large  # type: ignore[index]
+            self._run_bytes = self._run_bytes + received if received == size else 0
             self._bytes_received += received
             if self._clock is not None:
                 self._last_activity = self._clock()
@@ -489,6 +524,7 @@ class Connection(trio.abc.HalfCloseableStream):
                 self._shrink_pending = False
             return data  # type: ignore[return-value]
         self._give_back_read(size)  # EAGAIN or EOF: nothing is held after all
+        self._run_bytes = 0  # drained: the next bytes are what the peer sends next
         if received < 0:
             return 0
         self._eof_received = True
@@ -508,7 +544,7 @@ class Connection(trio.abc.HalfCloseableStream):
         per connection reading at once (docs/memory.md).
         """
         guaranteed = self._guaranteed_read
-        if not guaranteed or self in ledger.held:
+        if not guaranteed or self._run_bytes > BACKLOG_ALLOWANCE or self in ledger.held:
             return 0
         size = min(guaranteed, minimum)
         self._limiter.charge_on_behalf_of(self, size)  # type: ignore[union-attr]
@@ -577,13 +613,6 @@ class Connection(trio.abc.HalfCloseableStream):
         buffer.set_length(received)
         with buffer:
             yield buffer
-
-    async def _wait_for_memory(self, minimum: int) -> int:
-        # The budget is spent or others wait first: queue (FIFO, cancellable;
-        # the bytes wait in the kernel meanwhile) until a read is charged.
-        return await self._unless_closed(
-            self._limiter.acquire_read(self, minimum)  # type: ignore[union-attr]
-        )
 
     async def _lease_waiting(self, max_bytes: int) -> Buffer:
         """Lease receive_buffer's next buffer, waiting for memory (and for a budget that
@@ -839,6 +868,10 @@ class Connection(trio.abc.HalfCloseableStream):
         self._closed = True
         if self._receive_memory_wait is not None:
             self._receive_memory_wait.cancel()
+        if self._waiting_for_memory:
+            self._limiter._end_waits(  # type: ignore[union-attr]
+                self, trio.ClosedResourceError("this connection was closed")
+            )
         if self._held_read:
             self._release_held_read()
         self._poller.unregister(self._registration)
@@ -907,4 +940,3 @@ class Connection(trio.abc.HalfCloseableStream):
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"fd={self._sock.fileno()}"
         return f"<millpond.Connection {state} poller={self._poller.name}>"
-

@@ -32,6 +32,7 @@ __all__ = [
 # time, which is enough for a server to start shrinking read sizes before anyone has to wait.
 DEFAULT_PRESSURE_FRACTION: Final = (3, 4)
 
+
 class Pressure(enum.IntEnum):
     """How full a :class:`BufferLimiter` is, after the three levels of Linux's ``tcp_mem``.
 
@@ -53,9 +54,8 @@ def _unhashable_owner(owner: object) -> TypeError:
     return TypeError(f"owner must be hashable, not {type(owner).__name__}")
 
 
-
 class _State(enum.Enum):
-    WAITING = "waiting"  # in one of the two queues
+    WAITING = "waiting"  # in one of the three queues
     GRANTED = "granted"  # the ledger counts the bytes as held by the waiter's owner
     WITHDRAWN = "withdrawn"  # cancelled while waiting; nothing was ever granted
     REFUSED = "refused"  # total_bytes shrank below what it asked for
@@ -76,12 +76,15 @@ _TRANSITIONS: Final = frozenset(
 class _Waiter:
     """One blocked request. The ledger treats ``task`` as an opaque tag for the I/O layer."""
 
-    __slots__ = ("nbytes", "owner", "privileged", "state", "task")
+    __slots__ = ("backlog", "nbytes", "owner", "privileged", "state", "task")
 
-    def __init__(self, owner: object, nbytes: int, privileged: bool) -> None:
+    def __init__(self, owner: object, nbytes: int, privileged: bool, backlog: bool) -> None:
         self.owner = owner
         self.nbytes = nbytes
         self.privileged = privileged
+        # A read of a backlog from an owner that holds nothing (see _Ledger): it waits in
+        # the backlog queue, and only for bytes below the pressure mark.
+        self.backlog = backlog and not privileged
         self.state = _State.WAITING
         self.task: trio.lowlevel.Task | None = None
 
@@ -110,6 +113,12 @@ class _Ledger:
     * An ordinary waiter whose owner becomes a holder while it waits (because another request
       for the same owner was granted) is promoted to the tail of the privileged FIFO.
       Privilege is never taken away from a waiter.
+    * A *backlog* request (an ordinary request for a read of data that was already waiting:
+      a bulk upload, or a flood that never reads its answers) is the lowest class. It is
+      granted only while ``in_use`` stays within ``pressure_bytes`` (or when nothing at all
+      is in use), after every other waiter, in a FIFO of its own; backlog waiters never
+      hold back ordinary or privileged requests. So the budget above the pressure mark is
+      kept for reads of what a peer has just sent. Promoted like ordinary waiters.
     """
 
     def __init__(self, total: int, reserved: int, pressure: int | None) -> None:
@@ -123,6 +132,8 @@ class _Ledger:
         self.held: dict[object, int] = {}  # owner -> bytes, never 0
         self.privileged: OrderedDict[_Waiter, None] = OrderedDict()
         self.ordinary: OrderedDict[_Waiter, None] = OrderedDict()
+        self.backlog: OrderedDict[_Waiter, None] = OrderedDict()
+        # Ordinary and backlog waiters by owner, for their promotion.
         self.ordinary_by_owner: dict[object, list[_Waiter]] = {}
         self.total = total
         self.ordinary_limit = total - reserved
@@ -190,10 +201,29 @@ class _Ledger:
 
     @property
     def idle(self) -> bool:
-        return not self.in_use and not self.privileged and not self.ordinary
+        return not self.in_use and not self.privileged and not self.ordinary and not self.backlog
 
-    def take(self, owner: object, nbytes: int) -> bool:
-        """Grant ``nbytes`` to ``owner`` now if the policy allows it; False means wait."""
+    @property
+    def waiters(self) -> int:
+        """Requests waiting, in all three queues."""
+        return len(self.privileged) + len(self.ordinary) + len(self.backlog)
+
+    def waiters_of(self, owner: object) -> list[_Waiter]:
+        """``owner``'s requests still waiting, in any queue."""
+        found = list(self.ordinary_by_owner.get(owner, ()))
+        found += [waiter for waiter in self.privileged if waiter.owner == owner]
+        return found
+
+    def backlog_fits(self, nbytes: int) -> bool:
+        """May a backlog request of ``nbytes`` be granted, as far as the bytes go?"""
+        return self.in_use + nbytes <= self.pressure_bytes or not self.in_use
+
+    def take(self, owner: object, nbytes: int, backlog: bool = False) -> bool:
+        """Grant ``nbytes`` to ``owner`` now if the policy allows it; False means wait.
+
+        ``backlog``: a read of data that was already waiting (see the class docstring);
+        it only matters for an owner that holds nothing.
+        """
         # Hot path: a few dict and int operations when nobody waits.
         held = self.held
         try:
@@ -216,6 +246,8 @@ class _Ledger:
                     f"{self.ordinary_limit}, the most an owner that holds nothing can get"
                 )
             if self.privileged or self.ordinary or in_use > self.ordinary_limit:
+                return False
+            if backlog and (self.backlog or not self.backlog_fits(nbytes)):
                 return False
         held[owner] = already + nbytes
         self.in_use = in_use
@@ -269,19 +301,25 @@ class _Ledger:
         held[taker] = had + nbytes
         if had or taker not in self.ordinary_by_owner:
             return _NOBODY
-        for promoted in self.ordinary_by_owner.pop(taker):
-            del self.ordinary[promoted]
-            promoted.privileged = True
-            self.privileged[promoted] = None
+        self._promote(taker)
         return self._serve()
 
-    def enqueue(self, owner: object, nbytes: int) -> _Waiter:
-        """Queue a request that :meth:`take` refused."""
-        waiter = _Waiter(owner, nbytes, privileged=owner in self.held)
+    def _promote(self, owner: object) -> None:
+        # ``owner`` just became a holder: its ordinary and backlog waiters are now requests
+        # "from an owner that holds bytes", at the tail of the privileged queue.
+        for promoted in self.ordinary_by_owner.pop(owner, ()):
+            del (self.backlog if promoted.backlog else self.ordinary)[promoted]
+            promoted.privileged = True
+            promoted.backlog = False
+            self.privileged[promoted] = None
+
+    def enqueue(self, owner: object, nbytes: int, backlog: bool = False) -> _Waiter:
+        """Queue a request that :meth:`take` refused (with the same ``backlog``)."""
+        waiter = _Waiter(owner, nbytes, owner in self.held, backlog)
         if waiter.privileged:
             self.privileged[waiter] = None
         else:
-            self.ordinary[waiter] = None
+            (self.backlog if waiter.backlog else self.ordinary)[waiter] = None
             self.ordinary_by_owner.setdefault(owner, []).append(waiter)
         self.bytes_waited_for += nbytes
         return waiter
@@ -321,7 +359,7 @@ class _Ledger:
         else:
             held[owner] = already - nbytes
         self.in_use -= nbytes
-        if self.privileged or self.ordinary:
+        if self.privileged or self.ordinary or self.backlog:
             return self._serve()
         if self.in_use < self.level_down_below:
             self.note_level()
@@ -335,7 +373,7 @@ class _Ledger:
         self.pressure_bytes = self._compute_pressure_bytes()
         refused = [
             waiter
-            for waiter in (*self.privileged, *self.ordinary)
+            for waiter in (*self.privileged, *self.ordinary, *self.backlog)
             if waiter.nbytes > (total if waiter.privileged else self.ordinary_limit)
         ]
         for waiter in refused:
@@ -349,7 +387,7 @@ class _Ledger:
         if waiter.privileged:
             del self.privileged[waiter]
         else:
-            del self.ordinary[waiter]
+            del (self.backlog if waiter.backlog else self.ordinary)[waiter]
             self._forget_ordinary(waiter)
         self.bytes_waited_for -= waiter.nbytes
 
@@ -361,7 +399,8 @@ class _Ledger:
 
     def _serve(self) -> list[_Waiter]:
         granted: list[_Waiter] = []
-        privileged, ordinary, held = self.privileged, self.ordinary, self.held
+        privileged, ordinary, backlog = self.privileged, self.ordinary, self.backlog
+        held = self.held
         while True:
             if privileged:
                 waiter = next(iter(privileged))
@@ -373,6 +412,12 @@ class _Ledger:
                 if self.in_use + waiter.nbytes > self.ordinary_limit:
                     break
                 del ordinary[waiter]
+                self._forget_ordinary(waiter)
+            elif backlog:
+                waiter = next(iter(backlog))
+                if not self.backlog_fits(waiter.nbytes):
+                    break
+                del backlog[waiter]
                 self._forget_ordinary(waiter)
             else:
                 break
@@ -386,12 +431,7 @@ class _Ledger:
             self.grants += 1
             granted.append(waiter)
             if not already:
-                # The owner just became a holder: its other waiting requests are now
-                # requests "from an owner that holds bytes".
-                for promoted in self.ordinary_by_owner.pop(owner, ()):
-                    del ordinary[promoted]
-                    promoted.privileged = True
-                    privileged[promoted] = None
+                self._promote(owner)
         self.note_level()
         return granted
 
@@ -408,7 +448,9 @@ class _Ledger:
 # (``BufferLimiter.read_ledger`` hands the ledger out), so they need no thread check.
 
 
-def read_request(ledger: _Ledger, preferred: int, minimum: int, owner: object = None) -> int:
+def read_request(
+    ledger: _Ledger, preferred: int, minimum: int, owner: object = None, backlog: bool = False
+) -> int:
     """How many bytes a read should ask for right now.
 
     ``preferred`` normally, ``minimum`` from the pressure mark on (Linux shrinks what a socket
@@ -416,7 +458,8 @@ def read_request(ledger: _Ledger, preferred: int, minimum: int, owner: object = 
     right now: a larger read halves (a size class stays a size class) down to ``minimum``,
     then takes what the budget has. "Right now" is the budget's free bytes, for ``owner``
     (the reader) as :meth:`_Ledger.take` counts them: with the reserve if it holds bytes
-    already, without it if it holds none (or is None). ``total_bytes`` may shrink at any
+    already, without it if it holds none (or is None), and only up to the pressure mark for
+    a ``backlog`` read of an owner that holds none. ``total_bytes`` may shrink at any
     time; this is what makes reads follow it instead of failing.
 
     Why the free bytes and not only the total: a read sized for the whole budget can be
@@ -427,7 +470,10 @@ def read_request(ledger: _Ledger, preferred: int, minimum: int, owner: object = 
     """
     nbytes = minimum if ledger.in_use >= ledger.pressure_bytes else preferred
     cap = ledger.ordinary_limit
-    limit = ledger.total if owner is not None and ledger.held.get(owner) else cap
+    if owner is not None and ledger.held.get(owner):
+        limit = ledger.total
+    else:
+        limit = ledger.pressure_bytes if backlog else cap
     room = limit - ledger.in_use
     while nbytes > minimum and (nbytes > cap or nbytes > room):
         nbytes = max(nbytes // 2, minimum)
@@ -440,23 +486,26 @@ def read_wait_bytes(ledger: _Ledger, minimum: int) -> int:
     return min(minimum, ledger.ordinary_limit)
 
 
-def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> int:
+def take_read(
+    ledger: _Ledger, owner: object, preferred: int, minimum: int, backlog: bool = False
+) -> int:
     """Charge a read of :func:`read_request` bytes now if nobody has to wait; returns the
-    bytes charged, or 0: queue for :func:`read_wait_bytes` instead."""
+    bytes charged, or 0: queue for :func:`read_wait_bytes` instead (with the same
+    ``backlog``: whether data was already waiting, see ``_Ledger``)."""
     in_use = ledger.in_use
     # Hot path: read_request() and _Ledger.take() inlined for the common case (no pressure,
     # nobody waits, it fits); test_take_read_agrees_with_the_rules_it_stands_in_for
     # (tests/test_read_charges.py) checks the two agree.
     nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
-    if ledger.privileged or ledger.ordinary:
-        return _take_read_slowly(ledger, owner, preferred, minimum)
+    if ledger.privileged or ledger.ordinary or (backlog and ledger.backlog):
+        return _take_read_slowly(ledger, owner, preferred, minimum, backlog)
     held = ledger.held
     already = held.get(owner, 0)
     in_use += nbytes
     if nbytes > ledger.ordinary_limit or in_use > (
-        ledger.total if already else ledger.ordinary_limit
+        ledger.total if already else ledger.pressure_bytes if backlog else ledger.ordinary_limit
     ):
-        return _take_read_slowly(ledger, owner, preferred, minimum)
+        return _take_read_slowly(ledger, owner, preferred, minimum, backlog)
     held[owner] = already + nbytes
     ledger.in_use = in_use
     if in_use > ledger.peak:
@@ -467,11 +516,13 @@ def take_read(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> i
     return nbytes
 
 
-def _take_read_slowly(ledger: _Ledger, owner: object, preferred: int, minimum: int) -> int:
+def _take_read_slowly(
+    ledger: _Ledger, owner: object, preferred: int, minimum: int, backlog: bool
+) -> int:
     # Waiters, or a read that does not fit: the general rules, which may still grant it (an
     # owner that holds bytes does not wait behind ordinary waiters).
-    nbytes = read_request(ledger, preferred, minimum, owner)
-    return nbytes if ledger.take(owner, nbytes) else 0
+    nbytes = read_request(ledger, preferred, minimum, owner, backlog)
+    return nbytes if ledger.take(owner, nbytes, backlog) else 0
 
 
 def keep_read(ledger: _Ledger, held: int, preferred: int) -> bool:
@@ -482,7 +533,7 @@ def keep_read(ledger: _Ledger, held: int, preferred: int) -> bool:
     """
     return (
         held == preferred
-        and not (ledger.privileged or ledger.ordinary)
+        and not (ledger.privileged or ledger.ordinary or ledger.backlog)
         and ledger.in_use < ledger.pressure_bytes
     )
 
@@ -490,7 +541,7 @@ def keep_read(ledger: _Ledger, held: int, preferred: int) -> bool:
 def return_read(ledger: _Ledger, owner: object, nbytes: int) -> bool:
     """Give back read bytes when nobody waits; False: use
     :meth:`BufferLimiter.release_on_behalf_of` instead (waiters to serve, or an error)."""
-    if ledger.privileged or ledger.ordinary:
+    if ledger.privileged or ledger.ordinary or ledger.backlog:
         return False
     held = ledger.held
     already = held.get(owner, 0)

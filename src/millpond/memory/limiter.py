@@ -20,7 +20,7 @@ import bisect
 import heapq
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
@@ -225,7 +225,7 @@ class BufferLimiter:
 
     def __repr__(self) -> str:
         ledger = self._ledger
-        waiting = len(ledger.privileged) + len(ledger.ordinary)
+        waiting = ledger.waiters
         return (
             f"<millpond.BufferLimiter at {id(self):#x}, {ledger.in_use}/{ledger.total} bytes "
             f"in use, {waiting} waiting>"
@@ -406,34 +406,42 @@ class BufferLimiter:
             return
         self._wake(self._ledger.transfer(from_owner, to_owner, nbytes))
 
-    def acquire_read_nowait(self, owner: object, preferred: int, minimum: int) -> int:
+    def acquire_read_nowait(
+        self, owner: object, preferred: int, minimum: int, *, backlog: bool = False
+    ) -> int:
         """Take bytes for a socket read now if that needs no wait; returns how many, or 0.
 
         ``preferred`` normally, ``minimum`` under pressure (Linux shrinks what a
         socket may buffer above ``tcp_mem[1]`` the same way); 0 means even that
-        would have to wait (or barge): queue with :meth:`acquire_on_behalf_of`.
-        The reader's hot path, with :meth:`release_read`: call both on the
-        Trio thread. Arguments are not checked here (the caller owns them).
+        would have to wait (or barge): queue with :meth:`acquire_read`.
+        ``backlog=True`` says the data was already waiting before the reader
+        asked (its last read filled its buffer): from an owner that holds
+        nothing, such a read gets only the budget below :attr:`pressure_bytes`
+        (see ``docs/limiter.md``, "Backlog reads"). The reader's hot path, with
+        :meth:`release_read`: call both on the Trio thread. Arguments are not
+        checked here (the caller owns them).
         """
         if threading.get_ident() != self._home and not self._at_home():
             raise RuntimeError("acquire_read_nowait must be called on the Trio thread")
-        return take_read(self._ledger, owner, preferred, minimum)
+        return take_read(self._ledger, owner, preferred, minimum, backlog)
 
-    async def acquire_read(self, owner: object, minimum: int) -> int:
+    def acquire_read(
+        self, owner: object, minimum: int, *, backlog: bool = False
+    ) -> Coroutine[object, None, int]:
         """Wait (FIFO, cancellable) for a socket read's charge; returns the bytes charged.
 
         The reader's slow path, after :meth:`acquire_read_nowait` said 0: it queues for
         ``minimum``, or for less when the budget is smaller than that (``total_bytes -
         reserved_bytes``), and a change of ``total_bytes`` while it waits makes it queue again
-        for what still fits instead of raising. Cancelled, it holds nothing more.
+        for what still fits instead of raising. Cancelled, it holds nothing more. A
+        ``backlog`` read (see :meth:`acquire_read_nowait`) waits in the backlog queue, served
+        after every other waiter and only below :attr:`pressure_bytes`.
         """
-        while True:
-            nbytes = read_wait_bytes(self._ledger, minimum)
-            try:
-                await self.acquire_on_behalf_of(owner, nbytes)
-            except _Refused:
-                continue
-            return nbytes
+        if not isinstance(backlog, bool):
+            raise TypeError(f"backlog must be a bool, not {type(backlog).__name__}")
+        # Not ``async def``: the waiting reader's stack is _acquire's frame alone, which
+        # matters when a flood parks a thousand connections here.
+        return self._acquire(owner, 0, backlog, minimum)
 
     async def _wait_for_resize(self) -> None:
         """Wait until ``total_bytes`` changes (for a request that cannot fit until it grows)."""
@@ -492,6 +500,12 @@ class BufferLimiter:
         """
         if type(nbytes) is not int or nbytes <= 0:
             nbytes = _checked_nbytes(nbytes)
+        await self._acquire(owner, nbytes, False, 0)
+
+    @trio.lowlevel.enable_ki_protection
+    async def _acquire(self, owner: object, nbytes: int, backlog: bool, read_minimum: int) -> int:
+        # acquire_on_behalf_of for a checked nbytes; with read_minimum, acquire_read: the
+        # request is read_wait_bytes(read_minimum), asked again when a resize refuses it.
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
         except RuntimeError:
@@ -500,23 +514,33 @@ class BufferLimiter:
         if threading.get_ident() != self._home or not self._ledger.in_use:
             self._at_home()  # inside Trio this binds the limiter to this run, or raises
         ledger = self._ledger
-        if ledger.take(owner, nbytes):
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return
-        waiter = ledger.enqueue(owner, nbytes)
-        waiter.task = trio.lowlevel.current_task()
-        queued_at = trio.current_time()
+        while True:
+            if read_minimum:
+                nbytes = read_wait_bytes(ledger, read_minimum)
+            if ledger.take(owner, nbytes, backlog):
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return nbytes
+            waiter = ledger.enqueue(owner, nbytes, backlog)
+            waiter.task = trio.lowlevel.current_task()
+            queued_at = trio.current_time()
 
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            # Still queued (Trio only calls this before reschedule()): leave the queue, and
-            # let whoever was behind us go if we were what blocked them.
-            self._wake(ledger.withdraw(waiter))
-            return trio.lowlevel.Abort.SUCCEEDED
+            def abort(
+                _: trio.lowlevel.RaiseCancelT, waiter: _Waiter = waiter
+            ) -> trio.lowlevel.Abort:
+                # Still queued (Trio only calls this before reschedule()): leave the queue,
+                # and let whoever was behind us go if we were what blocked them.
+                self._wake(ledger.withdraw(waiter))
+                return trio.lowlevel.Abort.SUCCEEDED
 
-        try:
-            await trio.lowlevel.wait_task_rescheduled(abort)
-        finally:
-            self._note_wait(trio.current_time() - queued_at)
+            try:
+                await trio.lowlevel.wait_task_rescheduled(abort)
+            except _Refused:
+                if read_minimum:
+                    continue  # a read asks again for what still fits
+                raise
+            finally:
+                self._note_wait(trio.current_time() - queued_at)
+            break
         # The ledger already counts the bytes as ours: the handoff happened inside a release
         # (or a resize, or somebody else's withdrawal) while we were parked, so no newcomer
         # could take them. But our scope may have been cancelled between that handoff and
@@ -528,6 +552,20 @@ class BufferLimiter:
         except BaseException:
             self._wake(ledger.give_back(waiter))
             raise
+        return nbytes
+
+    @trio.lowlevel.enable_ki_protection
+    def _end_waits(self, owner: object, error: BaseException) -> None:
+        """Wake every request of ``owner`` still waiting with ``error``, holding nothing more.
+
+        How closing a connection ends its wait for a read's memory without a cancel scope
+        per wait (a flood parks a thousand of them). Call it on the Trio thread.
+        """
+        ledger = self._ledger
+        for waiter in ledger.waiters_of(owner):
+            self._wake(ledger.withdraw(waiter))
+            assert waiter.task is not None
+            trio.lowlevel.reschedule(waiter.task, outcome.Error(error))
 
     def _note_wait(self, seconds: float) -> None:
         # One request left the queue (granted, cancelled or refused): count its wait.
@@ -602,7 +640,7 @@ class BufferLimiter:
             bytes_in_use=ledger.in_use,
             bytes_available=max(0, ledger.total - ledger.in_use),
             peak_bytes_in_use=ledger.peak,
-            tasks_waiting=len(ledger.privileged) + len(ledger.ordinary),
+            tasks_waiting=ledger.waiters,
             bytes_waited_for=ledger.bytes_waited_for,
             grants=ledger.grants,
             timeouts=ledger.timeouts,
