@@ -62,6 +62,11 @@ SCENARIOS: dict[str, str] = {
     "flood": "hostile_flood",
 }
 
+# Issue 16's other scenarios, long versions (the tests run short ones): they live in
+# hostile_scenarios.py with options of their own, and ``hostile.py NAME ...`` runs them
+# there, so that this stays the one entry point (``hostile.py slowloris --help``).
+SCENARIO_SCRIPT_NAMES = ("slowloris", "reset", "halfclose", "fds", "memory", "cancel", "faults")
+
 # The peers of issue 16: millpond, the idiomatic Trio server, and the fastest asyncio
 # streams server a Python user would pick (any server of echo_compare.py may be named).
 DEFAULT_SERVERS = "millpond,trio,uvloop-streams"
@@ -176,7 +181,11 @@ def load_scenario(name: str) -> Scenario:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The common options, then the chosen scenario's."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Also: " + ", ".join(SCENARIO_SCRIPT_NAMES) + " (hostile_scenarios.py's own "
+        "options: hostile.py slowloris --help).",
+    )
     commands = parser.add_subparsers(dest="scenario", required=True, metavar="SCENARIO")
     for name in SCENARIOS:
         scenario = load_scenario(name)
@@ -222,6 +231,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Check the machine, build the load generator, run the chosen scenario."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] and arguments[0] in SCENARIO_SCRIPT_NAMES:
+        import hostile_scenarios
+
+        sys.argv = [str(Path(hostile_scenarios.__file__)), *arguments]
+        return hostile_scenarios.main()
     args = parse_args(argv)
     servers = select_servers(args.servers, args.millpond_echo.resolve())
     if servers is None:
