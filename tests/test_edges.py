@@ -288,3 +288,32 @@ async def test_a_request_arriving_during_a_shortage_is_answered_once_memory_is_b
     assert await receive_exactly(requester, 13) == b"reply to ping"
     for stream in [*holders, requester]:
         await stream.aclose()
+
+
+@pytest.mark.parametrize("pooled", [True, False], ids=["pooled", "unpooled"])
+async def test_a_short_read_clears_the_flag_so_a_ping_pong_makes_no_stale_read(
+    poller_name: str, pooled: bool
+) -> None:
+    # A read shorter than asked for drained the socket (the peer has not hung
+    # up): the receive clears ``readable`` itself, so the next one parks at
+    # once. Left set, every next receive would first make a recv that says
+    # EAGAIN, one syscall more per message, counted as a stale edge.
+    pool = millpond.BufferPool() if pooled else None
+    client, server_side = await socket_pair(poller_name, pool=pool)
+    poller = millpond.get_poller(poller_name)
+
+    async def echo() -> None:
+        async for chunk in server_side:
+            await server_side.send_all(chunk)
+
+    async with server_side:
+        before = poller.statistics().stale_read_edges
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(echo)
+                async with client:  # its close ends the echo
+                    for number in range(20):
+                        message = b"ping %d" % number
+                        await client.send_all(message)
+                        assert await client.receive_some() == message
+        assert poller.statistics().stale_read_edges == before

@@ -496,32 +496,48 @@ class Connection(trio.abc.HalfCloseableStream):
         # The lease of the pool's scratch buffer lasts one syscall: the bytes
         # are copied out before anything else can run (see
         # BufferPool.scratch). The charge stays (_held_read).
+        #
+        # The syscall is Registration.recv_into/recv inlined (one Python call less
+        # per message): an EAGAIN, or a short read while the peer has not hung up,
+        # clears ``readable``, exactly as there (poller.py, rule 3).
         scratch = self._scratch
         try:
             if size <= MAX_CLASS_BYTES:
-                received = registration.recv_into(scratch, size)  # type: ignore[arg-type]
+                received = self._sock.recv_into(scratch, size)  # type: ignore[arg-type]
+                data = scratch[:received]  # type: ignore[index]
             else:
                 # Beyond the scratch buffer (a bulk stream's large reads):
                 # straight into the bytes returned, no copy.
-                large = registration.recv(size)
-                received = -1 if large is None else len(large)
+                data = self._sock.recv(size)
+                received = len(data)
+        except BlockingIOError:
+            registration.found_nothing_to_read()
+            received = -1
         except OSError as exc:
             self._give_back_read(size)
             raise self._stream_error(exc) from exc
         if received > 0:
-            data = scratch[:received] if size <= MAX_CLASS_BYTES else large  # type: ignore[index]
-            self._run_bytes = self._run_bytes + received if received == size else 0
             self._bytes_received += received
             if self._clock is not None:
                 self._last_activity = self._clock()
             if ledger is not None:
                 self._held_read = size
-            if size == self._preferred_read and (
-                received >= size or received < self._shrink_below
-            ):
-                self._adapt(received)
-            elif self._shrink_pending:
-                self._shrink_pending = False
+            # adapt() acts on a read of the preferred size that filled it or
+            # was small (below _shrink_below); any other read ends a pending shrink.
+            if received < size:
+                if not registration.hangup:
+                    registration.readable = False
+                self._run_bytes = 0
+                if received < self._shrink_below and size == self._preferred_read:
+                    self._adapt(received)
+                elif self._shrink_pending:
+                    self._shrink_pending = False
+            else:
+                self._run_bytes += received
+                if size == self._preferred_read:
+                    self._adapt(received)
+                elif self._shrink_pending:
+                    self._shrink_pending = False
             return data  # type: ignore[return-value]
         self._give_back_read(size)  # EAGAIN or EOF: nothing is held after all
         self._run_bytes = 0  # drained: the next bytes are what the peer sends next
@@ -730,17 +746,23 @@ class Connection(trio.abc.HalfCloseableStream):
             # Hot path: bytes or a bytearray the kernel takes whole, as a
             # small message does: one send(), then the schedule point.
             if type(data) is bytes or type(data) is bytearray:
+                # The socket's own send, one Python call less per message than
+                # Registration.send: on EAGAIN, _send_rest sends again through
+                # the registration, which clears ``writable`` before it parks.
                 try:
-                    sent = self._registration.send(data)
+                    sent = self._sock.send(data)
+                except BlockingIOError:
+                    sent = 0
                 except OSError as exc:
                     raise self._stream_error(exc) from exc
-                if sent:
+                if sent == len(data):
                     self._bytes_sent += sent
                     if self._clock is not None:
                         self._last_activity = self._clock()
-                if sent == len(data):
                     await SCHEDULE_POINT
                 else:
+                    if sent:
+                        self._note_sent(sent)
                     await self._send_rest(data, sent)
             else:
                 try:

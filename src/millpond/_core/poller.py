@@ -45,9 +45,13 @@ because millpond owns the sockets it registers:
    one thing clears them: the registration's own non-blocking I/O
    (``recv``, ``recv_into``, ``peek``, ``send``, ``accept``, ``writable_now``), at the
    moment the kernel says EAGAIN (or a read comes back short while the peer
-   has not hung up). A wake-up does not consume the edge, so a task woken
-   and then stopped before its read (cancelled while it queued for memory,
-   timed out, failed) leaves the flag set, and the next receive reads at
+   has not hung up). ``Connection``'s receive makes that syscall itself, one
+   Python call less per message, and applies the same rules (with
+   ``found_nothing_to_read``); its ``send_all`` tries the socket's own
+   ``send`` first and, on EAGAIN, sends again through ``send``. A wake-up
+   does not consume the edge, so a task woken and then stopped before its
+   read (cancelled while it queued for memory, timed out, failed) leaves
+   the flag set, and the next receive reads at
    once instead of parking until the peer sends more. A park only happens
    while the flag is clear, that is after a syscall said EAGAIN, and the
    flag is cleared with no ``await`` between that syscall and the park, so
@@ -217,7 +221,7 @@ class Registration(abc.ABC):
         try:
             received = self.sock.recv_into(buffer, nbytes)
         except BlockingIOError:
-            self._read_found_nothing()
+            self.found_nothing_to_read()
             return -1
         if 0 < received < nbytes and not self.hangup:
             self.readable = False
@@ -231,7 +235,7 @@ class Registration(abc.ABC):
         try:
             data = self.sock.recv(nbytes)
         except BlockingIOError:
-            self._read_found_nothing()
+            self.found_nothing_to_read()
             return None
         if data and len(data) < nbytes and not self.hangup:
             self.readable = False
@@ -250,7 +254,7 @@ class Registration(abc.ABC):
         try:
             data = self.sock.recv(nbytes, socket.MSG_PEEK)
         except BlockingIOError:
-            self._read_found_nothing()
+            self.found_nothing_to_read()
             return None
         if data and len(data) < nbytes and not self.hangup:
             self.readable = False
@@ -289,11 +293,14 @@ class Registration(abc.ABC):
         try:
             return self.sock.accept()
         except BlockingIOError:
-            self._read_found_nothing()
+            self.found_nothing_to_read()
             return None
 
-    def _read_found_nothing(self) -> None:
-        # EAGAIN: the edge is consumed. If the flag said "maybe", it was stale.
+    def found_nothing_to_read(self) -> None:
+        """A read said EAGAIN: the edge is consumed (a "maybe" flag was stale).
+
+        For a hot path that makes the syscall itself (``Connection``'s receive).
+        """
         if self.readable:
             self.counts[0] += 1
         self.readable = False

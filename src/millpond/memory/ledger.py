@@ -9,7 +9,6 @@ anybody, so every rule can be tested without Trio (``limiter.py`` wraps it).
 from __future__ import annotations
 
 import enum
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -95,6 +94,11 @@ class _Waiter:
 
 _NOBODY: Final[tuple[_Waiter, ...]] = ()
 
+# The level bounds when there is no level above or below: ints, not infinities, so that
+# the read path's comparisons stay int against int (an int against a float is slower).
+_NEVER_UP: Final = 1 << 62
+_NEVER_DOWN: Final = -1
+
 
 class _Ledger:
     """Who holds how many bytes, and who waits for how many, with no I/O at all.
@@ -133,6 +137,8 @@ class _Ledger:
         self.privileged: OrderedDict[_Waiter, None] = OrderedDict()
         self.ordinary: OrderedDict[_Waiter, None] = OrderedDict()
         self.backlog: OrderedDict[_Waiter, None] = OrderedDict()
+        # Waiters in all three queues: the read path's one test for "anybody waits?".
+        self.queued = 0
         # Ordinary and backlog waiters by owner, for their promotion.
         self.ordinary_by_owner: dict[object, list[_Waiter]] = {}
         self.total = total
@@ -147,13 +153,15 @@ class _Ledger:
         self.level_since = self.clock()
         self.level_seconds = [0.0, 0.0, 0.0]
         self.level_changes = 0
-        self.level_up_at: float = math.inf
-        self.level_down_below: float = -math.inf
+        self.level_up_at = _NEVER_UP
+        self.level_down_below = _NEVER_DOWN
         self._set_level_bounds()
 
     def _compute_pressure_bytes(self) -> int:
+        # Never above the ordinary limit (total_bytes may shrink below an explicit mark):
+        # take_read's fast path relies on it.
         if self.explicit_pressure is not None:
-            return self.explicit_pressure
+            return min(self.explicit_pressure, self.ordinary_limit)
         num, den = DEFAULT_PRESSURE_FRACTION
         return min(self.total * num // den, self.ordinary_limit)
 
@@ -179,11 +187,11 @@ class _Ledger:
     def _set_level_bounds(self) -> None:
         # Where in_use leaves the current level, up or down: the read path's one comparison.
         if self.level == 0:
-            self.level_up_at, self.level_down_below = self.pressure_bytes, -math.inf
+            self.level_up_at, self.level_down_below = self.pressure_bytes, _NEVER_DOWN
         elif self.level == 1:
             self.level_up_at, self.level_down_below = self.ordinary_limit, self.pressure_bytes
         else:
-            self.level_up_at, self.level_down_below = math.inf, self.ordinary_limit
+            self.level_up_at, self.level_down_below = _NEVER_UP, self.ordinary_limit
 
     def seconds_at_each_level(self) -> tuple[float, float, float]:
         """Time spent at ``NONE``, ``PRESSURE`` and ``HARD`` so far, the current stay included."""
@@ -201,12 +209,12 @@ class _Ledger:
 
     @property
     def idle(self) -> bool:
-        return not self.in_use and not self.privileged and not self.ordinary and not self.backlog
+        return not self.in_use and not self.queued
 
     @property
     def waiters(self) -> int:
         """Requests waiting, in all three queues."""
-        return len(self.privileged) + len(self.ordinary) + len(self.backlog)
+        return self.queued
 
     def waiters_of(self, owner: object) -> list[_Waiter]:
         """``owner``'s requests still waiting, in any queue."""
@@ -321,6 +329,7 @@ class _Ledger:
         else:
             (self.backlog if waiter.backlog else self.ordinary)[waiter] = None
             self.ordinary_by_owner.setdefault(owner, []).append(waiter)
+        self.queued += 1
         self.bytes_waited_for += nbytes
         return waiter
 
@@ -359,7 +368,7 @@ class _Ledger:
         else:
             held[owner] = already - nbytes
         self.in_use -= nbytes
-        if self.privileged or self.ordinary or self.backlog:
+        if self.queued:
             return self._serve()
         if self.in_use < self.level_down_below:
             self.note_level()
@@ -389,6 +398,7 @@ class _Ledger:
         else:
             del (self.backlog if waiter.backlog else self.ordinary)[waiter]
             self._forget_ordinary(waiter)
+        self.queued -= 1
         self.bytes_waited_for -= waiter.nbytes
 
     def _forget_ordinary(self, waiter: _Waiter) -> None:
@@ -422,6 +432,7 @@ class _Ledger:
             else:
                 break
             waiter.move(_State.GRANTED)
+            self.queued -= 1
             nbytes, owner = waiter.nbytes, waiter.owner
             self.bytes_waited_for -= nbytes
             already = held.get(owner, 0)
@@ -497,14 +508,19 @@ def take_read(
     # nobody waits, it fits); test_take_read_agrees_with_the_rules_it_stands_in_for
     # (tests/test_read_charges.py) checks the two agree.
     nbytes = minimum if in_use >= ledger.pressure_bytes else preferred
-    if ledger.privileged or ledger.ordinary or (backlog and ledger.backlog):
+    if ledger.queued and (backlog or ledger.privileged or ledger.ordinary):
+        # Somebody waits ahead of this read (backlog waiters hold back only backlog reads).
         return _take_read_slowly(ledger, owner, preferred, minimum, backlog)
     held = ledger.held
     already = held.get(owner, 0)
     in_use += nbytes
-    if nbytes > ledger.ordinary_limit or in_use > (
-        ledger.total if already else ledger.pressure_bytes if backlog else ledger.ordinary_limit
-    ):
+    # An owner that holds nothing: within the ordinary limit (or the pressure mark, which is
+    # no higher), which also bounds nbytes. A holder may use the reserve, for reads that an
+    # owner holding nothing could get.
+    if already:
+        if in_use > ledger.total or nbytes > ledger.ordinary_limit:
+            return _take_read_slowly(ledger, owner, preferred, minimum, backlog)
+    elif in_use > (ledger.pressure_bytes if backlog else ledger.ordinary_limit):
         return _take_read_slowly(ledger, owner, preferred, minimum, backlog)
     held[owner] = already + nbytes
     ledger.in_use = in_use
@@ -531,17 +547,13 @@ def keep_read(ledger: _Ledger, held: int, preferred: int) -> bool:
     Only when it is the same size, nobody waits and use is below the pressure mark: giving it
     back and taking it again would then change nothing, and costs two dict updates.
     """
-    return (
-        held == preferred
-        and not (ledger.privileged or ledger.ordinary or ledger.backlog)
-        and ledger.in_use < ledger.pressure_bytes
-    )
+    return held == preferred and not ledger.queued and ledger.in_use < ledger.pressure_bytes
 
 
 def return_read(ledger: _Ledger, owner: object, nbytes: int) -> bool:
     """Give back read bytes when nobody waits; False: use
     :meth:`BufferLimiter.release_on_behalf_of` instead (waiters to serve, or an error)."""
-    if ledger.privileged or ledger.ordinary or ledger.backlog:
+    if ledger.queued:
         return False
     held = ledger.held
     already = held.get(owner, 0)
@@ -551,7 +563,8 @@ def return_read(ledger: _Ledger, owner: object, nbytes: int) -> bool:
         held[owner] = already - nbytes
     else:
         return False
-    ledger.in_use -= nbytes
-    if ledger.in_use < ledger.level_down_below:
+    in_use = ledger.in_use - nbytes
+    ledger.in_use = in_use
+    if in_use < ledger.level_down_below:
         ledger.note_level()
     return True
