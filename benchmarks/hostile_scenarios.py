@@ -165,6 +165,16 @@ def leftovers(before: Figures, after: Figures) -> Figures:
     return left
 
 
+def listen_counters() -> dict[str, int]:
+    """The kernel's count of connections its listen queues dropped (full accept queue) and
+    of SYN cookies sent (full SYN queue), from /proc/net/netstat: loopback-wide."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    names, values = (line.split()[1:] for line in lines if line.startswith("TcpExt:"))
+    counters = dict(zip(names, map(int, values), strict=True))
+    return {"listen_overflows": counters["ListenOverflows"],
+            "syncookies_sent": counters["SyncookiesSent"]}  # fmt: skip
+
+
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return math.nan
@@ -177,13 +187,21 @@ def payload_for(seed: int, size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-async def checked_echo(port: int, seed: int, size: int, gaps: list[float] | None = None) -> bool:
-    """Send ``size`` bytes and EOF, read the echo; True if every byte came back (SHA-256).
+# How a checked echo ended: every byte back (SHA-256), the connection reset (by the server
+# or its kernel), or bytes lost (an early EOF or a wrong byte).
+WHOLE, RESET, LOST = "whole", "reset", "lost"
+
+
+async def checked_echo(port: int, seed: int, size: int, gaps: list[float] | None = None) -> str:
+    """Send ``size`` bytes and EOF, read the echo; WHOLE, RESET or LOST.
 
     With ``gaps``, appends the longest time this client waited for its next bytes.
     """
     payload = payload_for(seed, size)
-    stream = await trio.open_tcp_stream(HOST, port)
+    try:
+        stream = await trio.open_tcp_stream(HOST, port)
+    except OSError:
+        return RESET  # refused or reset while connecting (a full accept queue)
     digest, count = hashlib.sha256(), 0
     last, longest = trio.current_time(), 0.0
     gone = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -209,7 +227,9 @@ async def checked_echo(port: int, seed: int, size: int, gaps: list[float] | None
             nursery.cancel_scope.cancel()
     if gaps is not None:
         gaps.append(longest)
-    return count == size and digest.digest() == hashlib.sha256(payload).digest()
+    if count == -1:
+        return RESET
+    return WHOLE if count == size and digest.digest() == hashlib.sha256(payload).digest() else LOST
 
 
 # --- slowloris ---------------------------------------------------------------------------------
@@ -344,7 +364,7 @@ async def slowloris(server: ServerProcess, args: argparse.Namespace) -> Figures:
 
 async def reset(server: ServerProcess, args: argparse.Namespace) -> Figures:
     before = await server.areport()
-    checked, lost = [0], [0]
+    checked, lost, reset_ = [0], [0], [0]
     load = LoadCpu()
     end = trio.current_time() + args.seconds
     # The storm runs in a process of its own on this core (benchmarks/hostile_storm.py: one
@@ -353,14 +373,16 @@ async def reset(server: ServerProcess, args: argparse.Namespace) -> Figures:
     command = [sys.executable, str(STORM), str(server.port), str(args.seconds),
                str(args.concurrency)]  # fmt: skip
     server_cpu, wall = server.cpu_seconds(), time.monotonic()
+    listen = listen_counters()
     cores = core_times((SERVER_CORE, CLIENT_CORE))
     storm = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
     async def honest(seed: int) -> None:
         while trio.current_time() < end:
-            ok = await checked_echo(server.port, seed, MIB)
+            outcome = await checked_echo(server.port, seed, MIB)
             checked[0] += MIB
-            lost[0] += 0 if ok else 1
+            lost[0] += outcome == LOST
+            reset_[0] += outcome == RESET
             seed += 1000
 
     try:
@@ -388,6 +410,8 @@ async def reset(server: ServerProcess, args: argparse.Namespace) -> Figures:
         "in_flight": args.concurrency,
         "checked_mib": checked[0] // MIB,
         "echoes_with_bytes_lost": lost[0],
+        "echoes_reset": reset_[0],
+        **{key: value - listen[key] for key, value in listen_counters().items()},
         "storm_cpu": figures["storm_cpu"],
         "load_cpu": round(load_share, 2),
         "server_cpu": round(server_cpu, 2),
@@ -411,7 +435,7 @@ async def halfclose(server: ServerProcess, args: argparse.Namespace) -> Figures:
     load = LoadCpu()
 
     async def one(seed: int) -> None:
-        results.append(await checked_echo(server.port, seed, args.size_mib * MIB))
+        results.append(await checked_echo(server.port, seed, args.size_mib * MIB) == WHOLE)
 
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -490,7 +514,7 @@ async def memory(server: ServerProcess, args: argparse.Namespace) -> Figures:
     load = LoadCpu()
 
     async def one(seed: int) -> None:
-        results.append(await checked_echo(server.port, seed, args.each_kib * KIB, gaps))
+        results.append(await checked_echo(server.port, seed, args.each_kib * KIB, gaps) == WHOLE)
 
     with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
@@ -637,7 +661,8 @@ async def faults(poller: str, args: argparse.Namespace, ratio: float) -> Figures
         started = trio.current_time()
 
         async def one(seed: int) -> None:
-            results.append(await checked_echo(server.addresses[0][1], seed, args.each_kib * KIB))
+            port = server.addresses[0][1]
+            results.append(await checked_echo(port, seed, args.each_kib * KIB) == WHOLE)
 
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:

@@ -19,6 +19,7 @@ MUST_BE_ZERO = frozenset(
     {
         "errors_escaped",
         "echoes_with_bytes_lost",
+        "echoes_reset",
         "echoes_failed",
         "answers_with_bytes_lost",
         "setup_errors",
