@@ -18,6 +18,10 @@ asyncio streams on uvloop; benchmarks/hostile_servers.py) as a process pinned to
 while this process, the load generator, is pinned to core 1 and reports its own CPU share.
 ``cancel`` and ``faults`` concern millpond alone and run it in this process. Each row is
 printed and appended as a JSON line to benchmarks/results/hostile_scenarios.jsonl.
+``--runs N``: N rounds, every server's (poller's) interleaved with the others', then one
+summary per server: medians and [min–max], leftovers as the maximum (hostile_summary.py).
+The reset storm runs in a process of its own (hostile_storm.py), the slowloris tricklers
+too (``_trickle`` below), both on this process's core.
 (The lead folds this into benchmarks/hostile.py as its subcommands.)
 """
 
