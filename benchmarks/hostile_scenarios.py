@@ -425,6 +425,8 @@ async def reset(server: ServerProcess, args: argparse.Namespace) -> Figures:
             for name, core in (("server", SERVER_CORE), ("client", CLIENT_CORE))
         },  # fmt: skip
         "server_alive": server.alive(),
+        # A leak per reset would show here, not only in the counts: RSS once it settled.
+        "rss_growth_kib": after["rss_kib"] - before["rss_kib"],
         **{key: after[key] for key in ("accepted", "closed", "setup_errors") if key in after},
         **leftovers(before, after),
     }
