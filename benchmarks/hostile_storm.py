@@ -148,9 +148,12 @@ def storm(port: int, seconds: float, inflight: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    usage = "usage: hostile_storm.py PORT SECONDS INFLIGHT"
+    if len(sys.argv) != 4:
+        raise SystemExit(usage)
     port, seconds, inflight = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
     if not 0 < port < 65536 or seconds <= 0 or inflight < 1:
-        raise SystemExit("usage: hostile_storm.py PORT SECONDS INFLIGHT")
+        raise SystemExit(usage)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print(json.dumps(storm(port, seconds, inflight)), flush=True)
