@@ -18,12 +18,17 @@ asyncio streams on uvloop; benchmarks/hostile_servers.py) as a process pinned to
 while this process, the load generator, is pinned to core 1 and reports its own CPU share.
 ``cancel`` and ``faults`` concern millpond alone and run it in this process. Each row is
 printed and appended as a JSON line to benchmarks/results/hostile_scenarios.jsonl.
+``--runs N``: N rounds, every server's (poller's) interleaved with the others', then one
+summary per server: medians and [min–max], leftovers as the maximum (hostile_summary.py).
+The reset storm runs in a process of its own (hostile_storm.py), the slowloris tricklers
+too (``_trickle`` below), both on this process's core.
 (The lead folds this into benchmarks/hostile.py as its subcommands.)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -31,9 +36,9 @@ import os
 import random
 import resource
 import socket
-import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,18 +46,20 @@ from typing import Any
 
 import trio
 import trio.testing
+from echo_compare import core_busy_pct, core_times
 from hostile_servers import all_tasks
+from hostile_summary import describe, summarize
 
 import millpond
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ROOT / "benchmarks" / "hostile_servers.py"
+STORM = ROOT / "benchmarks" / "hostile_storm.py"
 RESULTS = ROOT / "benchmarks" / "results" / "hostile_scenarios.jsonl"
 HOST = "127.0.0.1"
 KIB = 1024
 MIB = 1024 * KIB
 SERVER_CORE, CLIENT_CORE = 0, 1
-BIG_REQUEST = b"BIG\n"
 
 Figures = dict[str, Any]
 
@@ -69,9 +76,13 @@ class ServerProcess:
         if os.cpu_count() and os.cpu_count() > 1:  # type: ignore[operator]
             command = ["taskset", "-c", str(SERVER_CORE), *command]
         environment = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        # What the server logs (Python's last-resort handler: WARNING and up) is counted:
+        # a line per reset would be a finding.
+        self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment
-        )
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            text=True, env=environment,
+        )  # fmt: skip
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if not line.startswith("listening on "):
@@ -94,6 +105,11 @@ class ServerProcess:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def log_lines(self) -> list[str]:
+        """What the server has written to stderr so far, by line."""
+        self.log.seek(0)
+        return self.log.read().splitlines()
+
     def alive(self) -> bool:
         return self.process.poll() is None
 
@@ -108,6 +124,7 @@ class ServerProcess:
         finally:
             self.process.kill()
             self.process.wait()
+            self.log.close()
 
 
 class LoadCpu:
@@ -152,6 +169,16 @@ def leftovers(before: Figures, after: Figures) -> Figures:
     return left
 
 
+def listen_counters() -> dict[str, int]:
+    """The kernel's count of connections its listen queues dropped (full accept queue) and
+    of SYN cookies sent (full SYN queue), from /proc/net/netstat: loopback-wide."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    names, values = (line.split()[1:] for line in lines if line.startswith("TcpExt:"))
+    counters = dict(zip(names, map(int, values), strict=True))
+    return {"listen_overflows": counters["ListenOverflows"],
+            "syncookies_sent": counters["SyncookiesSent"]}  # fmt: skip
+
+
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return math.nan
@@ -164,13 +191,21 @@ def payload_for(seed: int, size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
-async def checked_echo(port: int, seed: int, size: int, gaps: list[float] | None = None) -> bool:
-    """Send ``size`` bytes and EOF, read the echo; True if every byte came back (SHA-256).
+# How a checked echo ended: every byte back (SHA-256), the connection reset (by the server
+# or its kernel), or bytes lost (an early EOF or a wrong byte).
+WHOLE, RESET, LOST = "whole", "reset", "lost"
+
+
+async def checked_echo(port: int, seed: int, size: int, gaps: list[float] | None = None) -> str:
+    """Send ``size`` bytes and EOF, read the echo; WHOLE, RESET or LOST.
 
     With ``gaps``, appends the longest time this client waited for its next bytes.
     """
     payload = payload_for(seed, size)
-    stream = await trio.open_tcp_stream(HOST, port)
+    try:
+        stream = await trio.open_tcp_stream(HOST, port)
+    except OSError:
+        return RESET  # refused or reset while connecting (a full accept queue)
     digest, count = hashlib.sha256(), 0
     last, longest = trio.current_time(), 0.0
     gone = (trio.BrokenResourceError, trio.ClosedResourceError)
@@ -196,11 +231,9 @@ async def checked_echo(port: int, seed: int, size: int, gaps: list[float] | None
             nursery.cancel_scope.cancel()
     if gaps is not None:
         gaps.append(longest)
-    return count == size and digest.digest() == hashlib.sha256(payload).digest()
-
-
-def linger_zero(sock: trio.socket.SocketType) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    if count == -1:
+        return RESET
+    return WHOLE if count == size and digest.digest() == hashlib.sha256(payload).digest() else LOST
 
 
 # --- slowloris ---------------------------------------------------------------------------------
@@ -222,7 +255,7 @@ async def one_request(port: int, number: int) -> float:
 
 async def well_behaved_for(port: int, seconds: float) -> tuple[float, float]:
     """Sequential requests for ``seconds``: (requests per second, p99 latency in ms)."""
-    latencies = []
+    latencies: list[float] = []
     end = trio.current_time() + seconds
     while trio.current_time() < end:
         latencies.append(await one_request(port, len(latencies)))
@@ -333,65 +366,68 @@ async def slowloris(server: ServerProcess, args: argparse.Namespace) -> Figures:
 # --- reset storm -------------------------------------------------------------------------------
 
 
-async def resetting_client(port: int, kind: str) -> None:
-    sock = trio.socket.socket()
-    try:
-        await sock.connect((HOST, port))
-        linger_zero(sock)
-        if kind == "mid_send":
-            with trio.move_on_after(0.05):
-                while True:
-                    await sock.send(b"y" * (64 * KIB))
-        elif kind == "mid_receive":
-            await sock.send(BIG_REQUEST)
-            got = 0
-            while got < 16 * KIB:
-                chunk = await sock.recv(4096)
-                if not chunk:
-                    break
-                got += len(chunk)
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
 async def reset(server: ServerProcess, args: argparse.Namespace) -> Figures:
     before = await server.areport()
-    kinds = ("at_once", "mid_send", "mid_receive")
-    resets, checked, lost = [0], [0], [0]
+    checked, lost, reset_ = [0], [0], [0]
     load = LoadCpu()
     end = trio.current_time() + args.seconds
-
-    async def storm() -> None:
-        number = 0
-        while trio.current_time() < end:
-            await resetting_client(server.port, kinds[number % 3])
-            number += 1
-            resets[0] += 1
+    # The storm runs in a process of its own on this core (benchmarks/hostile_storm.py: one
+    # epoll loop with --concurrency connections in flight), so that the server, not a
+    # Python client awaiting each connect, sets the rate.
+    command = [sys.executable, str(STORM), str(server.port), str(args.seconds),
+               str(args.concurrency)]  # fmt: skip
+    server_cpu, wall = server.cpu_seconds(), time.monotonic()
+    listen = listen_counters()
+    cores = core_times((SERVER_CORE, CLIENT_CORE))
+    storm = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
     async def honest(seed: int) -> None:
         while trio.current_time() < end:
-            ok = await checked_echo(server.port, seed, MIB)
+            outcome = await checked_echo(server.port, seed, MIB)
             checked[0] += MIB
-            lost[0] += 0 if ok else 1
+            lost[0] += outcome == LOST
+            reset_[0] += outcome == RESET
             seed += 1000
 
-    with trio.fail_after(args.seconds + 60):
-        async with trio.open_nursery() as nursery:
-            for _ in range(args.concurrency):
-                nursery.start_soon(storm)
-            for seed in range(8):
-                nursery.start_soon(honest, seed)
+    try:
+        with trio.fail_after(args.seconds + 60):
+            async with trio.open_nursery() as nursery:
+                for seed in range(8):
+                    nursery.start_soon(honest, seed)
+            assert storm.stdout is not None
+            line = await trio.to_thread.run_sync(storm.stdout.readline)
+        server_cpu = (server.cpu_seconds() - server_cpu) / (time.monotonic() - wall)
+        cores_after = core_times((SERVER_CORE, CLIENT_CORE))
+        storm.wait(timeout=10)
+    finally:
+        storm.kill()
+        storm.wait()
     load_share = load.share()
+    figures = json.loads(line)
     after = await settled(server, before)
     return {
-        "resets": resets[0],
-        "resets_per_s": round(resets[0] / args.seconds),
+        "resets": figures["resets"],
+        "resets_per_s": round(figures["resets"] / figures["seconds"]),
+        **{f"{kind}_resets": count for kind, count in figures["resets_by_kind"].items()},
+        "server_closed_first": sum(figures["server_closed_first"].values()),
+        "connect_failed": figures["connect_failed"],
+        "in_flight": args.concurrency,
         "checked_mib": checked[0] // MIB,
         "echoes_with_bytes_lost": lost[0],
+        "echoes_reset": reset_[0],
+        **{key: value - listen[key] for key, value in listen_counters().items()},
+        "storm_cpu": figures["storm_cpu"],
         "load_cpu": round(load_share, 2),
+        "server_cpu": round(server_cpu, 2),
+        # Whole cores, kernel included (loopback TCP's softirq work lands there too).
+        **{
+            f"{name}_core_busy": round(core_busy_pct(cores[core], cores_after[core]) / 100, 2)
+            for name, core in (("server", SERVER_CORE), ("client", CLIENT_CORE))
+        },  # fmt: skip
         "server_alive": server.alive(),
+        # A leak per reset would show here, not only in the counts: RSS once it settled.
+        "rss_growth_kib": after["rss_kib"] - before["rss_kib"],
+        **{key: after[key] for key in ("accepted", "closed", "setup_errors") if key in after},
         **leftovers(before, after),
     }
 
@@ -405,7 +441,7 @@ async def halfclose(server: ServerProcess, args: argparse.Namespace) -> Figures:
     load = LoadCpu()
 
     async def one(seed: int) -> None:
-        results.append(await checked_echo(server.port, seed, args.size_mib * MIB))
+        results.append(await checked_echo(server.port, seed, args.size_mib * MIB) == WHOLE)
 
     with trio.fail_after(120):
         async with trio.open_nursery() as nursery:
@@ -484,7 +520,7 @@ async def memory(server: ServerProcess, args: argparse.Namespace) -> Figures:
     load = LoadCpu()
 
     async def one(seed: int) -> None:
-        results.append(await checked_echo(server.port, seed, args.each_kib * KIB, gaps))
+        results.append(await checked_echo(server.port, seed, args.each_kib * KIB, gaps) == WHOLE)
 
     with trio.fail_after(180):
         async with trio.open_nursery() as nursery:
@@ -631,7 +667,8 @@ async def faults(poller: str, args: argparse.Namespace, ratio: float) -> Figures
         started = trio.current_time()
 
         async def one(seed: int) -> None:
-            results.append(await checked_echo(server.addresses[0][1], seed, args.each_kib * KIB))
+            port = server.addresses[0][1]
+            results.append(await checked_echo(port, seed, args.each_kib * KIB) == WHOLE)
 
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
@@ -672,16 +709,49 @@ def record(scenario: str, server: str, figures: Figures, command: str) -> None:
         results.write(json.dumps(row) + "\n")
 
 
+def runs_of(args: argparse.Namespace) -> list[tuple[str, Callable[[], Figures]]]:
+    """One round of the scenario: (the row's name, what runs it) per server or poller."""
+    if args.scenario in SERVER_SCENARIOS:
+        handler, run = SERVER_SCENARIOS[args.scenario]
+        budget = args.budget_kib if args.scenario == "memory" else 8192
+        options = ["--budget-kib", str(budget), "--header-seconds", str(args.header_seconds)]
+        if args.scenario == "fds":
+            options += ["--nofile", str(args.nofile)]
+
+        def on_server(kind: str) -> Figures:
+            server = ServerProcess(kind, handler, *options)
+            try:
+                figures: Figures = trio.run(run, server, args)
+                logged = server.log_lines()
+            finally:
+                server.stop()
+            if logged:
+                print(f"{kind} logged {len(logged)} lines, the first: {logged[:3]}", flush=True)
+            return {**figures, "server_log_lines": len(logged)}
+
+        return [(kind, functools.partial(on_server, kind)) for kind in args.servers.split(",")]
+    pollers = args.pollers.split(",")
+    if args.scenario == "cancel":
+        return [(f"millpond/{p}", functools.partial(trio.run, cancel, p, args)) for p in pollers]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    return [
+        (f"millpond/{p} {ratio:.0%}", functools.partial(trio.run, faults, p, args, ratio))
+        for p in pollers
+        for ratio in ratios
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=[*SERVER_SCENARIOS, "cancel", "faults"])
     parser.add_argument("--servers", default="millpond,trio,uvloop")
+    parser.add_argument("--runs", type=int, default=1, help="rounds, interleaved; medians")
     parser.add_argument("--pollers", default="epoll,trio", help="cancel and faults")
     parser.add_argument("--tricklers", type=int, default=5000)
     parser.add_argument("--header-seconds", type=float, default=10.0)
     parser.add_argument("--measure", type=float, default=5.0, help="seconds per rate sample")
     parser.add_argument("--seconds", type=float, default=10.0, help="reset and cancel: length")
-    parser.add_argument("--concurrency", type=int, default=50, help="reset: storm tasks")
+    parser.add_argument("--concurrency", type=int, default=1024, help="reset: in flight")
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--size-mib", type=int, default=4, help="halfclose: bytes per client")
     parser.add_argument("--nofile", type=int, default=256, help="fds: the server's RLIMIT_NOFILE")
@@ -697,6 +767,8 @@ def main() -> int:
         print(json.dumps(trio.run(trickle, port, count, limit)), flush=True)
         return 0
     args = parser.parse_args()
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     default_clients = {"halfclose": 50, "fds": 400, "memory": 1000, "cancel": 100, "faults": 200}
     if args.clients is None:
         args.clients = default_clients.get(args.scenario, 100)
@@ -705,27 +777,19 @@ def main() -> int:
     if (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {CLIENT_CORE})
     command = " ".join(["python", "benchmarks/hostile_scenarios.py", *sys.argv[1:]])
-    if args.scenario in SERVER_SCENARIOS:
-        handler, run = SERVER_SCENARIOS[args.scenario]
-        for kind in args.servers.split(","):
-            options = ["--budget-kib", str(args.budget_kib if args.scenario == "memory" else 8192),
-                       "--header-seconds", str(args.header_seconds)]  # fmt: skip
-            if args.scenario == "fds":
-                options += ["--nofile", str(args.nofile)]
-            server = ServerProcess(kind, handler, *options)
-            try:
-                figures = trio.run(run, server, args)
-            finally:
-                server.stop()
-            record(args.scenario, kind, figures, command)
-    else:
-        for poller in args.pollers.split(","):
-            if args.scenario == "cancel":
-                record("cancel", f"millpond/{poller}", trio.run(cancel, poller, args), command)
-            else:
-                for ratio in (float(r) for r in args.ratios.split(",")):
-                    figures = trio.run(faults, poller, args, ratio)
-                    record("faults", f"millpond/{poller}", figures, command)
+    rows: dict[str, list[Figures]] = {}
+    # Rounds interleaved: round 1 of every server (poller, ratio), then round 2, ..., so
+    # that a stretch of other load on the VM spreads over all of them.
+    for round_ in range(1, args.runs + 1):
+        for name, run_once in runs_of(args):
+            figures = {"round": round_, **run_once()}
+            record(args.scenario, name, figures, command)
+            rows.setdefault(name, []).append(figures)
+    if args.runs > 1:
+        for name, mine in rows.items():
+            summary = summarize(mine)
+            print(f"{args.scenario} {name}: {describe(summary)}", flush=True)
+            record(args.scenario, name, {"summary": True, **summary}, command)
     return 0
 
 

@@ -5,9 +5,12 @@ of budget (issue 16; ``benchmarks/hostile_scenarios.py reset`` is the long versi
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import struct
+import sys
+from pathlib import Path
 
 import pytest
 import trio
@@ -80,15 +83,21 @@ async def run_storm(port: int, kinds: tuple[str, ...], per_kind: int) -> None:
                 nursery.start_soon(one, kind)
 
 
+async def storm_server(
+    nursery: trio.Nursery, poller_name: str
+) -> tuple[millpond.Server, int, Leftovers]:
+    """The storm's server (1 MiB budget), its port, and what it holds before the storm."""
+    limiter = millpond.BufferLimiter(1024 * KIB)
+    server, port = await started_server(nursery, storm_handler, poller_name, limiter=limiter)
+    return server, port, await Leftovers.of(server)
+
+
 @pytest.mark.time_limit(60)
 async def test_a_reset_storm_leaves_nothing_behind_and_honest_clients_lose_nothing(
     poller_name: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="millpond")
-    limiter = millpond.BufferLimiter(1024 * KIB)
-    server, port = await started_server(nursery, storm_handler, poller_name, limiter=limiter)
-    await trio.testing.wait_all_tasks_blocked()
-    before = await Leftovers.of(server)
+    server, port, before = await storm_server(nursery, poller_name)
     with trio.fail_after(40):
         async with trio.open_nursery() as clients:
             clients.start_soon(run_storm, port, KINDS, RESETS_PER_KIND)
@@ -111,10 +120,7 @@ async def test_a_reset_storm_leaves_nothing_behind_and_honest_clients_lose_nothi
 async def test_each_kind_of_reset_closes_as_reset_and_holds_nothing(
     poller_name: str, nursery: trio.Nursery, kind: str
 ) -> None:
-    limiter = millpond.BufferLimiter(1024 * KIB)
-    server, port = await started_server(nursery, storm_handler, poller_name, limiter=limiter)
-    await trio.testing.wait_all_tasks_blocked()
-    before = await Leftovers.of(server)
+    server, port, before = await storm_server(nursery, poller_name)
     with trio.fail_after(20):
         await run_storm(port, (kind,), 10)
         await settled(server)
@@ -143,3 +149,29 @@ async def test_a_client_reset_in_the_backlog_is_a_reset_not_a_setup_error(
     assert statistics.setup_errors == 0
     assert "reset by the peer before setup" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+STORM = Path(__file__).resolve().parent.parent / "benchmarks" / "hostile_storm.py"
+
+
+@pytest.mark.time_limit(60)
+async def test_the_benchmarks_storm_generator_resets_every_kind_and_leaves_nothing(
+    poller_name: str, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # benchmarks/hostile_storm.py, the long version's generator (one epoll loop, many
+    # connections in flight, no Trio), for a second: far more resets at once than above.
+    caplog.set_level(logging.WARNING, logger="millpond")
+    server, port, before = await storm_server(nursery, poller_name)
+    command = [sys.executable, str(STORM), str(port), "1", "128"]
+    with trio.fail_after(40):
+        done = await trio.run_process(command, capture_stdout=True)
+        await settled(server, 30)
+    counts = json.loads(done.stdout)
+    assert counts["connect_failed"] == 0
+    assert all(counts["resets_by_kind"][kind] > 0 for kind in KINDS), counts
+    assert sum(counts["server_closed_first"].values()) == 0, counts
+    statistics = server.statistics()
+    assert (statistics.handler_errors, statistics.setup_errors) == (0, 0)
+    assert statistics.closed["reset"] == statistics.connections_accepted > 0
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert await Leftovers.of(server) == before
