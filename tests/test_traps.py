@@ -376,3 +376,136 @@ async def test_connection_works_without_the_fast_path(
                 await a.send_all(payload)
         assert got == payload
         assert a._registration.write_park is None  # type: ignore[attr-defined]
+
+
+# -- cancel_pending: checkpoint_if_cancelled without a coroutine ----------------------------
+
+
+async def test_cancel_pending_answers_true_until_the_proof_is_in(unproven: None) -> None:
+    # Unproven, Trio's own function decides: the caller always awaits it.
+    task = current_task()
+    before = task._cancel_points
+    assert traps.cancel_pending() is True
+    assert task._cancel_points == before
+
+
+@fast_only
+async def test_cancel_pending_is_checkpoint_if_cancelled_once_proven() -> None:
+    await prove_now()
+    assert traps.PROVEN
+    task = current_task()
+    before = task._cancel_points
+    assert traps.cancel_pending() is False
+    assert task._cancel_points == before + 1  # counted, as Trio's function counts it
+    with trio.testing.assert_checkpoints():
+        if traps.cancel_pending():
+            await checkpoint_if_cancelled()  # pragma: no cover - not cancelled
+        await SCHEDULE_POINT
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        assert traps.cancel_pending() is True
+        await checkpoint_if_cancelled()
+    assert scope.cancelled_caught
+    with trio.CancelScope(shield=True):
+        with trio.CancelScope() as outer:
+            outer.cancel()
+            with trio.CancelScope(shield=True):
+                assert traps.cancel_pending() is False  # a shield hides it, as in Trio
+
+
+@fast_only
+async def test_a_send_all_in_a_cancelled_scope_sends_nothing_and_raises(
+    poller_name: str,
+) -> None:
+    await prove_now()
+    left, right = await socket_pair(poller_name)
+    async with left, right:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await left.send_all(b"never sent")
+        assert scope.cancelled_caught
+        await left.send_all(b"sent")
+        with trio.fail_after(HANG_GUARD_SECONDS):
+            assert await right.receive_some() == b"sent"
+
+
+@pytest.mark.parametrize("break_it", ["no_cancel_status", "never_cancelled", "uncounted"])
+async def test_the_proof_checks_the_task_attributes_cancel_pending_reads(break_it: str) -> None:
+    class NeverCancelled:
+        effectively_cancelled = False
+
+    class Disguised:
+        """The current task as a differently built Trio might show it."""
+
+        def __init__(self, task: Task) -> None:
+            self._task = task
+            self._runner = task._runner
+            self._frozen_points = task._cancel_points
+            if break_it == "never_cancelled":
+                self._cancel_status: object = NeverCancelled()
+            elif break_it == "uncounted":
+                self._cancel_status = task._cancel_status
+
+        @property
+        def _cancel_points(self) -> int:
+            if break_it == "uncounted":
+                return self._frozen_points
+            return self._task._cancel_points
+
+    found = await traps._check_cancel_attributes(Disguised(current_task()))  # type: ignore[arg-type]
+    expected = {
+        "no_cancel_status": "missing",
+        "never_cancelled": "does not show",
+        "uncounted": "does not count",
+    }[break_it]
+    assert expected in found
+    assert await traps._check_cancel_attributes(current_task()) == "cancel attributes as expected"
+
+
+@fast_only
+async def test_a_trio_whose_cancel_attributes_differ_keeps_trios_functions(
+    unproven: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def differs(task: Task) -> str:
+        return "a task's cancel attributes look different"
+
+    monkeypatch.setattr(traps, "_check_cancel_attributes", differs)
+    with caplog.at_level(logging.WARNING, logger="millpond._core.traps"):
+        await prove_now()
+    assert not traps.PROVEN and traps._FAILED
+    assert "cancel attributes look different" in caplog.text
+    assert traps.cancel_pending() is True
+    await echo_once("epoll", b"on Trio's functions")
+
+
+@fast_only
+def test_cancel_pending_sees_a_keyboard_interrupt_pending_for_the_main_task() -> None:
+    # Trio delivers a pending KeyboardInterrupt to the main task at its next
+    # cancel point; so must the check that stands in for it.
+    async def main() -> tuple[bool, bool]:
+        await prove_now()
+        runner = current_task()._runner
+        runner.ki_pending = True
+        try:
+            pending = traps.cancel_pending()
+        finally:
+            runner.ki_pending = False
+        return pending, traps.cancel_pending()
+
+    assert trio.run(main) == (True, False)
+
+
+async def test_fast_reschedule_is_trios_function_until_the_proof_is_in(unproven: None) -> None:
+    assert traps.fast_reschedule() is trio.lowlevel.reschedule
+    if not traps.FAST_TRAPS:
+        return
+    await prove_now()
+    fast = traps.fast_reschedule()
+    assert fast is not trio.lowlevel.reschedule
+    # It wakes a parked task as Trio's function does.
+    sleeper = Sleeper()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sleeper.sleep)
+        await trio.testing.wait_all_tasks_blocked()
+        task, sleeper.task = sleeper.task, None
+        fast(task, WOKEN)

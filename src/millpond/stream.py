@@ -31,7 +31,7 @@ import trio
 from trio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._core.poller import Poller, Registration, get_poller
-from ._core.traps import SCHEDULE_POINT
+from ._core.traps import SCHEDULE_POINT, cancel_pending
 from .memory.buffers import Buffer, BufferPool
 from .memory.ledger import _Ledger, keep_read, read_request, return_read, take_read
 from .memory.readsize import DEFAULT_READ_SIZES, MAX_READ_BYTES, READ_SIZE_CLASSES, ReadSizes, adapt
@@ -382,7 +382,7 @@ class Connection(trio.abc.HalfCloseableStream):
             max_bytes = self._start_receiving(max_bytes)
         try:
             registration = self._registration
-            if registration.readable:
+            if registration.readable and cancel_pending():
                 # Not about to park (a park is a cancel point of its own).
                 await checkpoint_if_cancelled()
             parked = False
@@ -587,7 +587,8 @@ class Connection(trio.abc.HalfCloseableStream):
         try:
             if self._held_read:
                 self._release_held_read()
-            await checkpoint_if_cancelled()
+            if cancel_pending():
+                await checkpoint_if_cancelled()
             registration = self._registration
             parked = False
             while True:
@@ -742,7 +743,8 @@ class Connection(trio.abc.HalfCloseableStream):
             self._raise_cannot_send()
         self._sending = True
         try:
-            await checkpoint_if_cancelled()
+            if cancel_pending():  # await checkpoint_if_cancelled(), without a coroutine
+                await checkpoint_if_cancelled()
             # Hot path: bytes or a bytearray the kernel takes whole, as a
             # small message does: one send(), then the schedule point.
             if type(data) is bytes or type(data) is bytearray:

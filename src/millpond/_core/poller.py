@@ -661,10 +661,14 @@ class EpollPoller(Poller):
         # Tasks parked on a traps.Park are woken with one shared outcome;
         # those in Trio's wait_task_rescheduled (no Park) need a fresh one.
         woken = WOKEN
+        trio_reschedule = trio.lowlevel.reschedule
+        reschedule = traps.fast_reschedule()
         try:
             while True:
                 await wait_readable(epoll_fd)
                 self._dispatcher_wakeups += 1
+                if reschedule is trio_reschedule and traps.PROVEN:
+                    reschedule = traps.fast_reschedule()  # the proof is in by now
                 while True:
                     events = poll(0, MAX_EVENTS_PER_POLL)
                     remembered = 0

@@ -166,7 +166,10 @@ class _Ledger:
         return min(self.total * num // den, self.ordinary_limit)
 
     def note_level(self) -> None:
-        """After ``in_use`` or a threshold changed: move to the level it is at, counting time."""
+        """After ``in_use`` or a threshold changed: move to the level it is at, counting time
+        (and note a new peak: ``level_up_at`` is never above ``peak + 1``)."""
+        if self.in_use > self.peak:
+            self.peak = self.in_use
         level = self._level_now()
         if level != self.level:
             now = self.clock()
@@ -186,12 +189,15 @@ class _Ledger:
 
     def _set_level_bounds(self) -> None:
         # Where in_use leaves the current level, up or down: the read path's one comparison.
+        # Going up also stops at a new peak, which note_level records, so that the read path
+        # needs no comparison of its own for the peak.
         if self.level == 0:
-            self.level_up_at, self.level_down_below = self.pressure_bytes, _NEVER_DOWN
+            up, self.level_down_below = self.pressure_bytes, _NEVER_DOWN
         elif self.level == 1:
-            self.level_up_at, self.level_down_below = self.ordinary_limit, self.pressure_bytes
+            up, self.level_down_below = self.ordinary_limit, self.pressure_bytes
         else:
-            self.level_up_at, self.level_down_below = _NEVER_UP, self.ordinary_limit
+            up, self.level_down_below = _NEVER_UP, self.ordinary_limit
+        self.level_up_at = min(up, self.peak + 1)
 
     def seconds_at_each_level(self) -> tuple[float, float, float]:
         """Time spent at ``NONE``, ``PRESSURE`` and ``HARD`` so far, the current stay included."""
@@ -259,10 +265,8 @@ class _Ledger:
                 return False
         held[owner] = already + nbytes
         self.in_use = in_use
-        if in_use > self.peak:
-            self.peak = in_use
         self.grants += 1
-        if in_use >= self.level_up_at:
+        if in_use >= self.level_up_at:  # a new level or a new peak
             self.note_level()
         return True
 
@@ -279,8 +283,6 @@ class _Ledger:
         except TypeError:
             raise _unhashable_owner(owner) from None
         self.in_use += nbytes
-        if self.in_use > self.peak:
-            self.peak = self.in_use
         self.grants += 1
         self.note_level()
 
@@ -437,8 +439,7 @@ class _Ledger:
             self.bytes_waited_for -= nbytes
             already = held.get(owner, 0)
             held[owner] = already + nbytes
-            self.in_use += nbytes
-            self.peak = max(self.peak, self.in_use)
+            self.in_use += nbytes  # the peak: note_level, after the loop
             self.grants += 1
             granted.append(waiter)
             if not already:
@@ -524,10 +525,8 @@ def take_read(
         return _take_read_slowly(ledger, owner, preferred, minimum, backlog)
     held[owner] = already + nbytes
     ledger.in_use = in_use
-    if in_use > ledger.peak:
-        ledger.peak = in_use
     ledger.grants += 1
-    if in_use >= ledger.level_up_at:
+    if in_use >= ledger.level_up_at:  # a new level or a new peak
         ledger.note_level()
     return nbytes
 
