@@ -27,6 +27,7 @@ import pathlib
 import sys
 
 import atheris
+from fuzzing import harness_main
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "examples"))
 
@@ -117,14 +118,7 @@ def seeds() -> list[bytes]:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--seed-corpus"]:
-        corpus = pathlib.Path(sys.argv[2])
-        corpus.mkdir(parents=True, exist_ok=True)
-        for number, seed in enumerate(seeds()):
-            (corpus / f"seed-{number}").write_bytes(seed)
-        return
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    harness_main(seeds, test_one_input)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 import atheris
+from fuzzing import harness_main
 
 with atheris.instrument_imports(include=["millpond.protocols"]):
     from millpond.protocols import (
@@ -96,14 +96,7 @@ def seeds() -> list[bytes]:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--seed-corpus"]:
-        corpus = pathlib.Path(sys.argv[2])
-        corpus.mkdir(parents=True, exist_ok=True)
-        for number, seed in enumerate(seeds()):
-            (corpus / f"seed-{number}").write_bytes(seed)
-        return
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    harness_main(seeds, test_one_input)
 
 
 if __name__ == "__main__":

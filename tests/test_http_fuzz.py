@@ -21,16 +21,15 @@ Two properties:
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 
 import pytest
+from fuzzing import run_short
 from http_example_process import (
     HELLO,
     IO_GUARD_SECONDS,
@@ -282,17 +281,4 @@ def test_atheris_finds_no_crash_and_no_hang_in_either_parser(tmp_path: pathlib.P
     # time must make the same conversation, refuse only with a 4xx (or h11's
     # 501) and raise nothing else; an input slower than 5 s is a hang.
     pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    harness = str(pathlib.Path(__file__).with_name("fuzz_http_parser.py"))
-    corpus = tmp_path / "corpus"
-    subprocess.run(
-        [sys.executable, harness, "--seed-corpus", str(corpus)],
-        check=True, timeout=30, env=environment,
-    )  # fmt: skip
-    result = subprocess.run(
-        [sys.executable, harness, str(corpus), "-runs=20000", "-max_total_time=40",
-         "-timeout=5", "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path}/"],
-        capture_output=True, text=True, timeout=80, env=environment,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Done" in result.stderr
+    run_short(pathlib.Path(__file__).with_name("fuzz_http_parser.py"), tmp_path)

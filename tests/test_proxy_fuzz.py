@@ -6,14 +6,12 @@ loopback to a server: every one ends in the handler (a header) or a close counte
 
 from __future__ import annotations
 
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 import trio
 from conftest import started_server
+from fuzzing import run_short
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_proxy_protocol import mutated
@@ -90,18 +88,4 @@ async def test_any_bytes_then_eof_end_in_the_handler_or_a_proxy_error_close(
 @pytest.mark.time_limit(90)
 def test_atheris_finds_no_crash_and_no_hang_in_a_short_run(tmp_path: pathlib.Path) -> None:
     pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    harness = str(HERE / "fuzz_proxy_header.py")
-    corpus = tmp_path / "corpus"
-    subprocess.run(
-        [sys.executable, harness, "--seed-corpus", str(corpus)],
-        check=True, timeout=30, env=environment,
-    )  # fmt: skip
-    # -timeout: an input that takes over 5 s is reported as a hang, and fails the run.
-    result = subprocess.run(
-        [sys.executable, harness, str(corpus), "-runs=20000", "-max_total_time=40",
-         "-timeout=5", "-rss_limit_mb=2048", f"-artifact_prefix={tmp_path}/"],
-        capture_output=True, text=True, timeout=80, env=environment,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Done" in result.stderr
+    run_short(pathlib.Path(__file__).with_name("fuzz_proxy_header.py"), tmp_path)
