@@ -139,10 +139,21 @@ def test_out_of_descriptors_the_server_backs_off_without_spinning_and_recovers(
 # that the waiting clients are served once others leave, and that nothing is left.
 CLIENT_EXHAUSTION = textwrap.dedent(
     """
-    import os, resource, sys, time
+    import collections, logging, os, resource, sys, time
     import trio, millpond
+    import millpond.server.server
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    # The accept loop's log lines, by their first three words.
+    lines = collections.Counter()
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            lines[" ".join(record.getMessage().split()[:3])] += 1
+
+    logging.getLogger("millpond.server").addHandler(Count())
+    logging.getLogger("millpond.server").setLevel(logging.INFO)
+    millpond.server.server.ACCEPT_FAILING_REMINDER_SECONDS = 0.35
 
     async def echo(stream):
         async for chunk in stream:
@@ -176,7 +187,9 @@ CLIENT_EXHAUSTION = textwrap.dedent(
             left = len(os.listdir("/proc/self/fd")) - fds
             stats = server.statistics()
             print(left, limiter.bytes_in_use, server.poller.statistics().registered,
-                  stats.connections_accepted, stats.setup_errors, flush=True)
+                  stats.connections_accepted, stats.setup_errors, stats.accept_backoffs,
+                  lines["accept failed (EMFILE);"], lines["accept still failing"],
+                  lines["accepting again after"], flush=True)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -224,9 +237,16 @@ def test_out_of_descriptors_by_clients_the_server_serves_those_it_has_and_recove
             client.close()
         child.stdin.write("gone\n")
         child.stdin.flush()
-        left, budget, registered, accepted, setup_errors = child.stdout.readline().split()
+        left, budget, registered, accepted, setup_errors, *log = child.stdout.readline().split()
         assert (int(left), int(budget), int(registered)) == (0, 0, 1)  # the listener
         assert (int(accepted), int(setup_errors)) == (EXHAUSTING_CLIENTS, 0)
+        # The log: one line when accept starts failing, a reminder at most every
+        # 0.35 s here (60 s by default) with the count, one when it succeeds again;
+        # not a line per back-off.
+        all_backoffs, failed, reminders, again = map(int, log)
+        assert failed >= 1 and again == failed  # every episode ended
+        assert 1 <= reminders < all_backoffs
+        assert failed + reminders < all_backoffs
         assert child.wait(timeout=30) == 0
     finally:
         for client in clients:

@@ -101,6 +101,11 @@ ACCEPT_IGNORED_ERRNOS: Final = frozenset({errno.ECONNABORTED, errno.EPROTO, errn
 # that a client retrying its connect barely notices.
 ACCEPT_BACKOFF_SECONDS: Final = 0.100
 
+# While accept keeps failing, the log says so once, then again at most this
+# often (with the count), and once more when it succeeds: not ten lines a
+# second for as long as the descriptors are out.
+ACCEPT_FAILING_REMINDER_SECONDS = 60.0
+
 # Connections accepted in a row before the accept loop yields, so a connect
 # flood cannot keep established connections from running.
 ACCEPT_BATCH: Final = 16
@@ -564,6 +569,10 @@ class Server:
     ) -> None:
         accept = registration.accept
         accepted_in_a_row = 0
+        # An episode of capacity errors: when it began, its back-offs, its last log line.
+        failing_since: float | None = None
+        failing_backoffs = 0
+        failing_logged = 0.0
         while True:
             if self._max_connections is not None:
                 await self._wait_for_a_slot(self._max_connections)
@@ -575,15 +584,36 @@ class Server:
                 if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
                     raise
                 self._accept_backoffs += 1
-                logger.error(
-                    "accept failed (%s); backing off for %.0f ms",
-                    errno.errorcode.get(exc.errno or 0, exc.errno),
-                    ACCEPT_BACKOFF_SECONDS * 1000,
-                )
+                failing_backoffs += 1
+                now = trio.current_time()
+                name = errno.errorcode.get(exc.errno or 0, exc.errno)
+                if failing_since is None:
+                    failing_since = failing_logged = now
+                    failing_backoffs = 1
+                    logger.error(
+                        "accept failed (%s); backing off %.0f ms at a time until it succeeds",
+                        name,
+                        ACCEPT_BACKOFF_SECONDS * 1000,
+                    )
+                elif now - failing_logged >= ACCEPT_FAILING_REMINDER_SECONDS:
+                    failing_logged = now
+                    logger.error(
+                        "accept still failing (%s): %d back-offs in %.0f s",
+                        name,
+                        failing_backoffs,
+                        now - failing_since,
+                    )
                 # The backlog still holds its edge: nothing consumed it.
                 accepted_in_a_row = 0
                 await trio.sleep(ACCEPT_BACKOFF_SECONDS)
                 continue
+            if failing_since is not None:
+                logger.warning(
+                    "accepting again after %d back-off(s) over %.1f s",
+                    failing_backoffs,
+                    trio.current_time() - failing_since,
+                )
+                failing_since = None
             if accepted is None:
                 accepted_in_a_row = 0
                 await registration.wait_readable()
