@@ -2,7 +2,10 @@
 
 The backends are millpond servers in the test's Trio run; clients are plain
 blocking sockets in worker threads (as a user's client would be), so the
-test process can push a GiB while the proxy's process moves it.
+test process can push a GiB while the proxy's process moves it. Most tests
+run in both modes (``MODES``), so they cover both data paths of
+examples/proxy_forward.py, the module proxy.py moves its bytes with:
+``forward_spliced`` (``splice(2)``) and ``forward_pooled`` (``--no-splice``).
 """
 
 from __future__ import annotations

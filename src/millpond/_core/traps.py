@@ -262,7 +262,7 @@ def cancel_pending() -> bool:
     """Would ``await trio.lowlevel.checkpoint_if_cancelled()`` raise now? If not, count it.
 
     For hot paths, in place of that await, which makes a coroutine each
-    time (about 0.55 µs against 0.2 µs for this call)::
+    time (about 0.55 µs against 0.34 µs for this call)::
 
         if cancel_pending():
             await checkpoint_if_cancelled()  # raises Cancelled (or KeyboardInterrupt)

@@ -515,9 +515,9 @@ def take_read(
     held = ledger.held
     already = held.get(owner, 0)
     in_use += nbytes
-    # An owner that holds nothing: within the ordinary limit (or the pressure mark, which is
-    # no higher), which also bounds nbytes. A holder may use the reserve, for reads that an
-    # owner holding nothing could get.
+    # An owner that holds nothing stays within the ordinary limit (or the pressure mark, which
+    # is never higher), and so does nbytes; a holder may use the reserve, up to the total, for
+    # a read no larger than the ordinary limit.
     if already:
         if in_use > ledger.total or nbytes > ledger.ordinary_limit:
             return _take_read_slowly(ledger, owner, preferred, minimum, backlog)

@@ -589,7 +589,6 @@ class Server:
                 name = errno.errorcode.get(exc.errno or 0, exc.errno)
                 if failing_since is None:
                     failing_since = failing_logged = now
-                    failing_backoffs = 1
                     logger.error(
                         "accept failed (%s); backing off %.0f ms at a time until it succeeds",
                         name,
@@ -613,7 +612,7 @@ class Server:
                     failing_backoffs,
                     trio.current_time() - failing_since,
                 )
-                failing_since = None
+                failing_since, failing_backoffs = None, 0
             if accepted is None:
                 accepted_in_a_row = 0
                 await registration.wait_readable()
