@@ -196,6 +196,16 @@ def payload_for(seed: int, size: int) -> bytes:
 WHOLE, RESET, LOST = "whole", "reset", "lost"
 
 
+async def all_at_once(
+    one: Callable[[int], Awaitable[None]], count: int, limit_seconds: float
+) -> None:
+    """Run ``one(seed)`` for seeds 0 to ``count - 1`` at once; fail after ``limit_seconds``."""
+    with trio.fail_after(limit_seconds):
+        async with trio.open_nursery() as nursery:
+            for seed in range(count):
+                nursery.start_soon(one, seed)
+
+
 async def checked_echo(port: int, seed: int, size: int, gaps: list[float] | None = None) -> str:
     """Send ``size`` bytes and EOF, read the echo; WHOLE, RESET or LOST.
 
@@ -443,10 +453,7 @@ async def halfclose(server: ServerProcess, args: argparse.Namespace) -> Figures:
     async def one(seed: int) -> None:
         results.append(await checked_echo(server.port, seed, args.size_mib * MIB) == WHOLE)
 
-    with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            for seed in range(args.clients):
-                nursery.start_soon(one, seed)
+    await all_at_once(one, args.clients, 120)
     seconds = time.monotonic() - load.wall
     load_share = load.share()
     after = await settled(server, before)
@@ -522,10 +529,7 @@ async def memory(server: ServerProcess, args: argparse.Namespace) -> Figures:
     async def one(seed: int) -> None:
         results.append(await checked_echo(server.port, seed, args.each_kib * KIB, gaps) == WHOLE)
 
-    with trio.fail_after(180):
-        async with trio.open_nursery() as nursery:
-            for seed in range(args.clients):
-                nursery.start_soon(one, seed)
+    await all_at_once(one, args.clients, 180)
     seconds = time.monotonic() - load.wall
     load_share = load.share()
     after = await settled(server, before)
@@ -670,10 +674,7 @@ async def faults(poller: str, args: argparse.Namespace, ratio: float) -> Figures
             port = server.addresses[0][1]
             results.append(await checked_echo(port, seed, args.each_kib * KIB) == WHOLE)
 
-        with trio.fail_after(120):
-            async with trio.open_nursery() as nursery:
-                for seed in range(args.clients):
-                    nursery.start_soon(one, seed)
+        await all_at_once(one, args.clients, 120)
         return {
             "ratio": ratio,
             "clients": args.clients,
