@@ -216,9 +216,7 @@ def requirements(config: Configuration, pyproject: Path = ROOT / "pyproject.toml
     return [*project["dependencies"], *tests, *pins, *document["build-system"]["requires"]]
 
 
-def _without_self(
-    wanted: list[str], extras: dict[str, list[str]], name: str
-) -> list[str]:
+def _without_self(wanted: list[str], extras: dict[str, list[str]], name: str) -> list[str]:
     """``wanted`` with the project's own extras (``"millpond[anyio]"``) replaced by what they hold.
 
     pip resolves such a self-reference only while installing the project itself; these
@@ -230,7 +228,7 @@ def _without_self(
             expanded.append(requirement)
             continue
         listed = re.search(r"\[([^\]]*)\]", requirement)
-        for extra in (listed.group(1).split(",") if listed else []):
+        for extra in listed.group(1).split(",") if listed else []:
             expanded += _without_self(extras[extra.strip()], extras, name)
     return expanded
 

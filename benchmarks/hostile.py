@@ -175,7 +175,7 @@ class Bench:
 
 def load_scenario(name: str) -> Scenario:
     """The module that implements subcommand ``name``."""
-    module: Scenario = importlib.import_module(SCENARIOS[name])  # type: ignore[assignment]
+    module: Scenario = importlib.import_module(SCENARIOS[name])
     return module
 
 

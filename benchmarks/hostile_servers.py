@@ -89,7 +89,9 @@ async def millpond_line(stream: millpond.Connection) -> None:
 
 
 def all_tasks() -> int:
-    stack, count = [trio.lowlevel.current_root_task()], 0
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # called from inside trio.run
+    stack, count = [root], 0
     while stack:
         task = stack.pop()
         count += 1

@@ -266,8 +266,9 @@ def open_kept_alive(port: int, count: int, timeout: float) -> list[socket.socket
             if time.monotonic() > deadline:
                 raise BenchError(f"only {len(answered)} of {count} clients answered in {timeout} s")
             for key, events in selector.select(timeout=1.0):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                ready = key.fileobj
+                assert isinstance(ready, socket.socket)
+                sock = ready
                 if events & selectors.EVENT_WRITE:
                     if error := sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                         raise BenchError(f"connect failed: {os.strerror(error)}")
@@ -296,7 +297,8 @@ def closed_by_server(socks: Sequence[socket.socket]) -> int:
     with selectors.DefaultSelector() as selector:
         for sock in socks:
             selector.register(sock, selectors.EVENT_READ)
-        return sum(1 for key, _ in selector.select(timeout=0) if not key.fileobj.recv(1))  # type: ignore[union-attr]
+        ready = [key.fileobj for key, _ in selector.select(timeout=0)]
+        return sum(1 for sock in ready if isinstance(sock, socket.socket) and not sock.recv(1))
 
 
 def measure_idle(args: argparse.Namespace, name: str, round_: int) -> Row:

@@ -107,7 +107,9 @@ async def test_read_waits_in_line_and_proceeds_when_memory_is_released(
 
 
 async def test_handler_timing_out_while_waiting_for_memory_is_closed_cleanly(
-    poller_name: str, nursery: trio.Nursery, idle_clock: trio.testing.MockClock,
+    poller_name: str,
+    nursery: trio.Nursery,
+    idle_clock: trio.testing.MockClock,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     limiter = millpond.BufferLimiter(64 * KIB)
@@ -121,9 +123,7 @@ async def test_handler_timing_out_while_waiting_for_memory_is_closed_cleanly(
         impatient, 0, host="127.0.0.1", poller=poller_name, limiter=limiter, guaranteed_read=0
     )
     await nursery.start(server.run)
-    client = await millpond.open_connection(
-        "127.0.0.1", server.addresses[0][1], poller=poller_name
-    )
+    client = await millpond.open_connection("127.0.0.1", server.addresses[0][1], poller=poller_name)
     with caplog.at_level(logging.ERROR, logger="millpond.server"):
         await client.send_all(b"please")
         with trio.fail_after(30):
@@ -185,9 +185,7 @@ async def test_receive_buffer_echo_server(poller_name: str, nursery: trio.Nurser
     limiter = millpond.BufferLimiter(1 << 20)
     server = pooled_server(zero_copy_echo, poller_name, limiter)
     await nursery.start(server.run)
-    client = await millpond.open_connection(
-        "127.0.0.1", server.addresses[0][1], poller=poller_name
-    )
+    client = await millpond.open_connection("127.0.0.1", server.addresses[0][1], poller=poller_name)
     payload = bytes(range(256)) * 1000
     async with trio.open_nursery() as inner:
 
@@ -321,9 +319,7 @@ async def test_a_server_with_a_budget_below_the_read_sizes_serves_within_it(
         echo, 0, host="127.0.0.1", poller=poller_name, limiter=limiter, read_sizes=sizes
     )
     await nursery.start(server.run)
-    client = await millpond.open_connection(
-        "127.0.0.1", server.addresses[0][1], poller=poller_name
-    )
+    client = await millpond.open_connection("127.0.0.1", server.addresses[0][1], poller=poller_name)
     payload = b"b" * (256 * KIB)
     async with trio.open_nursery() as senders:
         senders.start_soon(client.send_all, payload)

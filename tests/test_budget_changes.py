@@ -111,9 +111,7 @@ async def test_shrinking_the_budget_while_a_handler_waits_for_memory_neither_rai
     )
     await nursery.start(server.run)
     limiter.acquire_on_behalf_of_nowait("hog", 56 * KIB)  # the whole ordinary budget
-    client = await millpond.open_connection(
-        "127.0.0.1", server.addresses[0][1], poller=poller_name
-    )
+    client = await millpond.open_connection("127.0.0.1", server.addresses[0][1], poller=poller_name)
     async with client:
         await client.send_all(b"q" * 3000)
         await trio.testing.wait_all_tasks_blocked()

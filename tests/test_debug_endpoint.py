@@ -54,9 +54,7 @@ async def start_debugged(
     nursery: trio.Nursery, handler: Callable[[millpond.Connection], Any] = hold, **kwargs: Any
 ) -> tuple[millpond.Server, httpx.AsyncClient]:
     """A server with its debug endpoint on 127.0.0.1, and an HTTP client for that endpoint."""
-    server = millpond.Server(
-        handler, 0, host="127.0.0.1", debug_address=("127.0.0.1", 0), **kwargs
-    )
+    server = millpond.Server(handler, 0, host="127.0.0.1", debug_address=("127.0.0.1", 0), **kwargs)
     await nursery.start(server.run)
     (address,) = server.debug_addresses
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{address[1]}", timeout=GUARD_SECONDS)

@@ -48,9 +48,7 @@ operations = st.lists(
             st.just("resize"),
             st.sampled_from([RESERVE + 1, RESERVE + 600, 12 * KIB, 64 * KIB, FULL_BUDGET]),
         ),
-        st.tuples(
-            st.just("begin"), st.booleans(), st.none() | st.integers(1, 70_000)
-        ),
+        st.tuples(st.just("begin"), st.booleans(), st.none() | st.integers(1, 70_000)),
         st.tuples(st.just("cancel")),
         st.tuples(st.just("feed_and_cancel")),
     ),

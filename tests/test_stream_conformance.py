@@ -31,6 +31,7 @@ MAX_FILL_SENDS = 1000
 # writable (unsent bytes below half of TCP_NOTSENT_LOWAT) completes at once.
 SMALL_CHUNK = b"x" * 4096
 
+
 def fill_kernel_queue(sock: socket.socket) -> None:
     """Send on a non-blocking socket until the kernel says EAGAIN."""
     for _ in range(MAX_FILL_SENDS):

@@ -172,5 +172,3 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
     with _time_limit(item, "teardown"):
         return (yield)
-
-

@@ -12,11 +12,13 @@ import argparse
 import functools
 import signal
 import sys
+from typing import cast
 
 import trio
 from asgi_hello import app
 from hypercorn.config import Config
 from hypercorn.trio import serve
+from hypercorn.typing import ASGIFramework
 
 
 async def until_signalled() -> None:
@@ -29,7 +31,12 @@ async def until_signalled() -> None:
 async def run(config: Config, host: str, port: int) -> None:
     """Serve; print where once bound."""
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(serve, app, config, shutdown_trigger=until_signalled))
+        # asgi_hello.app is typed with plain dicts (uvicorn serves it too), not
+        # hypercorn's TypedDicts: the same callable, which mypy cannot see.
+        hypercorn_app = cast(ASGIFramework, app)
+        await nursery.start(
+            functools.partial(serve, hypercorn_app, config, shutdown_trigger=until_signalled)
+        )
         print(f"listening on {host}:{port}", flush=True)
 
 

@@ -799,7 +799,6 @@ class TrioPoller(Poller):
 _RUN_POLLERS: RunVar[dict[str, Poller]] = RunVar("millpond_pollers")
 
 
-
 def resolve_poller_name(name: object) -> str:
     """Validate a poller name and resolve ``"auto"`` to a concrete one.
 

@@ -201,9 +201,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     # How the supervisor starts a worker: the same command line, plus these.
     # Not for users, so not in --help (supervisor.py says what each is).
     processes.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
-    processes.add_argument(
-        "--worker-channel", type=values.file_descriptor, help=argparse.SUPPRESS
-    )
+    processes.add_argument("--worker-channel", type=values.file_descriptor, help=argparse.SUPPRESS)
     for handed in ("--worker-fd", "--worker-debug-fd"):  # listeners, debug endpoint's
         processes.add_argument(
             handed,

@@ -200,8 +200,14 @@ def _connections(server: Server, query: Mapping[str, str]) -> tuple[str, object,
                 header("bytes out", "sent"),
             ],
             (
-                (c.peer, c.state, f"{c.age_seconds:.1f}", c.budget_held, c.bytes_received,
-                 c.bytes_sent)
+                (
+                    c.peer,
+                    c.state,
+                    f"{c.age_seconds:.1f}",
+                    c.budget_held,
+                    c.bytes_received,
+                    c.bytes_sent,
+                )
                 for c in rows
             ),  # fmt: skip
             numeric=4,
@@ -240,7 +246,7 @@ def _buffers(server: Server, query: Mapping[str, str]) -> tuple[str, object, str
         "sampled": f"1 lease in {LEAK_SAMPLE_INTERVAL} (at random) records its site: the "
         "table shows that sample. Make the pool with BufferPool(limiter, "
         'leak_detection="all") to see every lease.',
-        "off": "no lease records its site (leak_detection=\"off\").",
+        "off": 'no lease records its site (leak_detection="off").',
     }.get(level, "")
     holders = snap.limiter.top_holders if snap.limiter is not None else ()
     leaks = p.recent_leaks if p is not None else ()

@@ -52,6 +52,7 @@ def default_leak_detection() -> str:
         raise ValueError(f"${LEAK_DETECTION_ENV_VAR} must be one of {_LEAK_LEVELS}, not {level!r}")
     return level
 
+
 # Where a tracked lease was made: file name, line number, task (or thread) name.
 _Site = tuple[str, int, str]
 

@@ -88,9 +88,7 @@ SockAddr: TypeAlias = Any
 # accept() errors that mean "the process or the system is out of some
 # resource right now", not "this listener is broken": log, back off, retry.
 # Same list as trio's ACCEPT_CAPACITY_ERRNOS.
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-)
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 # accept() errors that concern only the one connection being accepted (it
 # was reset or refused before we got to it): skip it and accept the next.
@@ -466,8 +464,11 @@ class Server:
             )
             self._shutting_down.set()
         elif self._connections is not None:
-            logger.info("shutting down: %d connection(s) left, cancelling them in %g s",
-                        self._connections_active, grace)
+            logger.info(
+                "shutting down: %d connection(s) left, cancelling them in %g s",
+                self._connections_active,
+                grace,
+            )
         connections = self._connections
         if connections is not None:
             connections.cancel_scope.deadline = min(

@@ -102,9 +102,7 @@ class Reaper:
     def needs_clock(self) -> bool:
         """Whether connections must note the time of their I/O (any timeout is set)."""
         timeouts = self._timeouts
-        return timeouts.idle is not None or timeouts.read is not None or (
-            timeouts.write is not None
-        )
+        return timeouts.idle is not None or timeouts.read is not None or timeouts.write is not None
 
     def watch(self, connection: Connection, scope: trio.CancelScope) -> Watch:
         """Start enforcing on ``connection``; expiry cancels ``scope``."""
@@ -167,9 +165,7 @@ class Reaper:
             candidates.append(((now if since is None else since) + timeouts.read, "read_timeout"))
         if timeouts.write is not None:
             since = connection._send_blocked_since
-            candidates.append(
-                ((now if since is None else since) + timeouts.write, "write_timeout")
-            )
+            candidates.append(((now if since is None else since) + timeouts.write, "write_timeout"))
         deadline = connection.deadline
         if deadline != math.inf:
             candidates.append((deadline, "deadline"))
@@ -211,4 +207,3 @@ class Reaper:
         watch.active = False
         self.fired[kind] += 1
         watch.scope.cancel()
-
