@@ -209,7 +209,7 @@ def _connections(server: Server, query: Mapping[str, str]) -> tuple[str, object,
                     c.bytes_sent,
                 )
                 for c in rows
-            ),  # fmt: skip
+            ),
             numeric=4,
         )
     )
