@@ -278,7 +278,8 @@ def test_any_bytes_then_eof_get_answers_and_a_close_never_a_hang(
 @pytest.mark.time_limit(90)
 def test_atheris_finds_no_crash_and_no_hang_in_either_parser(tmp_path: pathlib.Path) -> None:
     # tests/fuzz_http_parser.py: each input fed whole, cut once and a byte at a
-    # time must make the same conversation, refuse only with a 4xx (or h11's
-    # 501) and raise nothing else; an input slower than 5 s is a hang.
+    # time must make the same conversation (finer pieces may only be refused
+    # earlier, with a 431: http_conversation.agrees), refuse only with a 4xx
+    # (or h11's 501) and raise nothing else; an input slower than 5 s is a hang.
     pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
     run_short(pathlib.Path(__file__).with_name("fuzz_http_parser.py"), tmp_path)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
+from http_conversation import Conversation, agrees, conversation  # noqa: E402
 from http_limits import (  # noqa: E402
     FIRST_CHUNKED_CAPACITY,
     Limits,
@@ -295,6 +296,50 @@ def test_trailer_fields_are_read_and_dropped(parser_name: str) -> None:
 def test_a_trailer_line_that_never_ends_is_431_once_over_the_limit(parser_name: str) -> None:
     pieces = [CHUNKED_HEAD + b"0\r\nx-endless: ", *[b"a" * 100] * 30]
     assert refusal_for(parser_name, Limits(max_head_bytes=1024), *pieces).status == 431
+
+
+# Inputs CI's atheris runs found (tests/fuzz_http_parser.py), with a 64-byte head limit:
+# an unfinished head over the limit, whose last line came in the same read as lines that
+# completed (httptools), and a complete head whose optional white space puts its raw
+# bytes, but not its parsed size, over the limit (h11).
+SMALL_HEAD_LIMIT = Limits(max_head_bytes=64, max_headers=4, max_body_bytes=32)
+ARRIVAL_DEPENDENT_HEADS = [
+    ("httptools", b"GET /xx HTTP/1.1\r\nHoEost:s HTTP/1.1\r\nHoEost:st: a\r\nt:  a\r\nHoEost: a\r"),
+    ("httptools", b"\r\nGET /[[{[[[[[l[[[[[[[[[[{[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\r\n"),
+    ("h11", b"GET / HTTP/1.1\r\nHost:" + b" " * 40 + b"a\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize(("parser_name", "sent"), ARRIVAL_DEPENDENT_HEADS)
+def test_a_head_over_the_raw_limit_is_refused_in_fine_pieces_and_may_pass_whole(
+    parser_name: str, sent: bytes
+) -> None:
+    # The allowance the fuzzers' ``agrees`` makes, on the inputs that showed it is needed:
+    # whole, the head passes or waits; a byte at a time, the unfinished-head guard sees
+    # more than 64 bytes held and refuses with 431, before any request.
+    whole = conversation(parser_name, SMALL_HEAD_LIMIT, [sent])
+    byte_by_byte = conversation(parser_name, SMALL_HEAD_LIMIT, [bytes([b]) for b in sent])
+    assert whole.ending != "refused"
+    assert (byte_by_byte.ending, byte_by_byte.status, byte_by_byte.requests) == ("refused", 431, ())
+    assert agrees(whole, byte_by_byte)
+
+
+def test_agrees_allows_only_an_earlier_431_in_finer_pieces() -> None:
+    first = ((b"GET", b"/", (), None, True, False), b"")
+    second = ((b"GET", b"/b", (), None, True, False), b"")
+    waiting = Conversation("waiting", (first, second))
+    assert agrees(waiting, Conversation("waiting", (first, second)))
+    assert agrees(waiting, Conversation("refused", (first,), status=431))
+    assert agrees(
+        Conversation("refused", (first,), status=400), Conversation("refused", (first,), status=431)
+    )
+    # Any other difference is a fault: another status, other requests, the other direction.
+    assert not agrees(waiting, Conversation("refused", (first,), status=400))
+    assert not agrees(waiting, Conversation("refused", (second,), status=431))
+    assert not agrees(waiting, Conversation("waiting", (first,)))
+    assert not agrees(waiting, Conversation("waiting", (first, second), pending=first))
+    assert not agrees(Conversation("refused", (first,), status=431), waiting)
+    assert not agrees(Conversation("closed", (first,)), Conversation("waiting", (first,)))
 
 
 def test_more_header_lines_than_allowed_is_431(parser_name: str) -> None:
