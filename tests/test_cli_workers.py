@@ -239,7 +239,7 @@ async def test_a_target_that_fails_at_import_fails_fast(app: Path) -> None:
     assert len(started(sup)) == 1, sup.text()  # the others never started
     assert sup.text().count("millpond: error: TARGET 'broken:pid'") == 1, sup.text()
     assert "the command is wrong" in sup.text()
-    assert "Traceback" not in sup.text()
+    assert "Traceback" not in sup.text(), sup.text()
 
 
 # --- serving ---
@@ -394,7 +394,7 @@ async def test_sigterm_to_the_process_group_is_one_graceful_shutdown(app: Path) 
         assert sup.log.count(b"worker %d pid %d millpond.server: shut down\n" % (slot, pid)) == 1
         assert sup.log.count(b"worker %d (pid %d) exited with status 0\n" % (slot, pid)) == 1
     assert sup.log.count(b"shut down\n") == 2
-    assert b"Traceback" not in sup.log
+    assert b"Traceback" not in sup.log, sup.text()
 
 
 @pytest.mark.time_limit(60)
@@ -451,7 +451,7 @@ async def test_a_second_sigint_cancels_every_workers_connections(
             assert await receive_to_eof(stream) == b""
         assert await sup.exit_status() == 0, sup.text()
     assert sup.log.count(b"SIGINT while shutting down: cancelling the connections left") >= 1
-    assert b"Traceback" not in sup.log
+    assert b"Traceback" not in sup.log, sup.text()
 
 
 @pytest.mark.time_limit(60)

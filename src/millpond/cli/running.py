@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final
 
@@ -79,6 +79,7 @@ def run_server(
         signal.signal(signum, write_down)  # Trio's receiver puts it back at its end
     try:
         trio.run(
+            _then_detach_wakeups,
             partial(
                 serve_until_signalled,
                 server,
@@ -87,11 +88,29 @@ def run_server(
                 where=where,
                 supervisor=supervisor,
                 early=early,
-            )
+            ),
         )
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, signal.SIG_IGN)
+
+
+async def _then_detach_wakeups(serve: Callable[[], Awaitable[None]]) -> None:
+    """Await ``serve()``, then let no signal write to the run's wake-up descriptor.
+
+    At its end Trio closes its wake-up socket and only then gives the signal
+    wake-up descriptor back (``WakeupSocketpair.close``). A signal between the
+    two makes CPython write to a closed descriptor, and print "Exception
+    ignored when trying to write to the signal wakeup fd" with a traceback;
+    with ``--workers``, the supervisor's copy of a SIGTERM the process group
+    already had can land there (CI saw it once). Nothing in this run waits for
+    a signal once the receiver is closed (a stop signal is written down, in
+    Python), so the descriptor is detached here, before Trio closes it.
+    """
+    try:
+        await serve()
+    finally:
+        signal.set_wakeup_fd(-1)
 
 
 async def serve_until_signalled(
