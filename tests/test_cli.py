@@ -200,11 +200,21 @@ class Running:
 
     async def exit_status(self) -> int:
         """Wait for the process to end (and its log to close); its exit status."""
-        with trio.fail_after(EXIT_GUARD_SECONDS):
+        with trio.move_on_after(EXIT_GUARD_SECONDS):
             status = await self.process.wait()
             while not self._ended:
                 await self._grew.wait()
-        return status
+            return status
+        # The log stays open while any process that inherited it (a worker) lives.
+        state = "still running" if self.process.returncode is None else "ended, its log open"
+        session = subprocess.run(
+            ["ps", "-o", "pid,ppid,stat,wchan:20,args", "--sid", str(self.process.pid)],
+            capture_output=True,
+            text=True,
+        ).stdout  # its session's processes, when it has one of its own
+        raise AssertionError(
+            f"not done in {EXIT_GUARD_SECONDS} s ({state}):\n{session}{self.text()}"
+        )
 
     def text(self) -> str:
         """The log so far, for assertion messages."""

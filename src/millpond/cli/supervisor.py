@@ -396,14 +396,20 @@ class _Supervisor:
     def _next_events(self) -> int | None:
         timeout = self._roster.next_deadline() - self._clock()
         ready = self._selector.select(None if timeout == math.inf else max(0.0, timeout))
+        # The wake-up socket is emptied before the signals are taken, never after:
+        # a signal that comes after the drain is taken now, or its byte wakes the
+        # next select. (Drained after the take, a SIGTERM that came in between
+        # would wait for something else to wake the loop, for ever if nothing
+        # did: a worker's SIGCHLD and a SIGTERM can come together.)
+        if any(key.data is None for key, _events in ready):
+            self._inbox.drain()
         for signum in self._inbox.take():
             if (status := self._carry_out(self._roster.signal(signum, self._clock()))) is not None:
                 return status
         for key, _events in ready:
-            if key.data is None:
-                self._inbox.drain()
-            elif (status := self._carry_out(self._read_channel(key.data))) is not None:
-                return status
+            if key.data is not None:
+                if (status := self._carry_out(self._read_channel(key.data))) is not None:
+                    return status
         for pid, process in list(self._processes.items()):
             returncode = process.poll()
             if returncode is not None:
