@@ -103,9 +103,9 @@ async def _then_detach_wakeups(serve: Callable[[], Awaitable[None]]) -> None:
     two makes CPython write to a closed descriptor, and print "Exception
     ignored when trying to write to the signal wakeup fd" with a traceback;
     with ``--workers``, the supervisor's copy of a SIGTERM the process group
-    already had can land there (CI saw it once). Nothing in this run waits for
-    a signal once the receiver is closed (a stop signal is written down, in
-    Python), so the descriptor is detached here, before Trio closes it.
+    already had can land there. Nothing in this run waits for a signal once
+    the receiver is closed (a stop signal is written down, in Python), so the
+    descriptor is detached here, before Trio closes it.
     """
     try:
         await serve()
